@@ -1,0 +1,45 @@
+# Every target creates the virtualenv (.venv) from pyproject.toml on first use;
+# a fresh machine needs only python3 (>= 3.11) and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test lint typecheck pytest docs-check bench clean
+
+help:
+	@echo "make test    lint, type-check, run the whole test suite and build the docs"
+	@echo "make bench   per-call overhead next to a bare call and a minimal decorator"
+	@echo "make clean   remove the virtualenv and build output"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing resilience and its dev tools into $(VENV) (log: $(VENV)/install.log)"
+	@{ $(BIN)/python -m pip install --upgrade "pip>=25.1" \
+	  && $(BIN)/python -m pip install --editable . --group dev; } > $(VENV)/install.log 2>&1 \
+	  || { tail -n 40 $(VENV)/install.log; exit 1; }
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy --strict resilience tests/typing
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+docs-check: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+test: lint typecheck pytest docs-check
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py --json benchmarks/results/core.json
+
+clean:
+	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,48 @@
+"""resilience: caller-side protection for Python services.
+
+Circuit breakers, budgeted retries, deadlines, bulkheads and fallbacks, as
+decorators for sync and async functions and as an httpx transport.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import events
+from ._clock import Clock, SystemClock
+from ._compose import Pipeline, Policy, compose
+from ._outcome import Outcome
+from ._state import State
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    ResilienceError,
+    RetryBudgetExhaustedError,
+)
+
+__all__ = [
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "Clock",
+    "DeadlineExceededError",
+    "Outcome",
+    "Pipeline",
+    "Policy",
+    "ResilienceError",
+    "RetryBudgetExhaustedError",
+    "State",
+    "SystemClock",
+    "__version__",
+    "compose",
+    "events",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: computed on first use, so `import resilience` stays cheap.
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("resilience")
+    raise AttributeError(f"module 'resilience' has no attribute {name!r}")

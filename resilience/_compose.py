@@ -1,0 +1,355 @@
+"""The machinery every policy shares: decorators, context managers, pipelines.
+
+A policy implements two methods, `call` (sync) and `acall` (async); this
+module turns them into a decorator that works on sync functions, coroutine
+functions, methods, classmethods and staticmethods, and keeps the wrapped
+signature for type checkers (ParamSpec). A policy that guards a block of code
+(a breaker, a bulkhead) subclasses `Guard` and gets `with` / `async with` too.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, cast, overload
+
+if TYPE_CHECKING:
+    from types import FrameType, TracebackType
+
+__all__ = ["Guard", "Pipeline", "Policy", "compose"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+Token = TypeVar("Token")
+
+
+class Policy(abc.ABC):
+    """A resilience policy: something that runs a call on the caller's behalf.
+
+    Subclasses implement `call` and `acall`. An instance is then a decorator
+    for sync and async callables:
+
+    ```python
+    @policy
+    def charge(order_id: str) -> Receipt: ...
+
+    @policy
+    async def fetch(url: str) -> bytes: ...
+    ```
+
+    Decorating a generator or async generator function raises `TypeError`:
+    the policy would only see the generator being created, not its work.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run `fn(*args, **kwargs)` under this policy and return its result."""
+
+    @abc.abstractmethod
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await `fn(*args, **kwargs)` under this policy and return its result."""
+
+    @overload
+    def __call__(self, fn: classmethod[T, P, R]) -> classmethod[T, P, R]: ...
+    @overload
+    def __call__(self, fn: staticmethod[P, R]) -> staticmethod[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Any) -> Any:
+        """Decorate `fn`, choosing the sync or async wrapper by what `fn` is."""
+        if isinstance(fn, (classmethod, staticmethod)):
+            return type(fn)(self(fn.__func__))
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__} decorates callables, got {fn!r}")
+        wrapper = self._wrap_async(fn) if is_async_callable(fn) else self._wrap_sync(fn)
+        functools.update_wrapper(wrapper, fn)
+        return wrapper
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """Return a sync wrapper that runs `fn` through `call`."""
+        _refuse_generators(fn, self)
+        call = self.call
+
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return call(fn, *args, **kwargs)
+
+        return wrapper
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        """Return a coroutine function that awaits `fn` through `acall`."""
+        acall = self.acall
+
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await acall(fn, *args, **kwargs)
+
+        return wrapper
+
+
+def is_async_callable(fn: object) -> bool:
+    """Return whether calling `fn` returns a coroutine, as far as can be known.
+
+    Sees through `functools.partial`, bound methods, and objects whose
+    `__call__` is a coroutine function.
+    """
+    import inspect
+
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial):
+        return False
+    return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _refuse_generators(fn: object, policy: Policy) -> None:
+    import inspect
+
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{type(policy).__name__} cannot wrap the generator function {fn!r}: "
+            f"it would see the generator being created, not the work done while it is "
+            f"iterated. Wrap a function that does the whole call instead."
+        )
+
+
+# One entered `with guard:` block: (guard, token, caller frame, enclosing block).
+# A plain tuple, because entering a block is on the hot path.
+_Block: TypeAlias = "tuple[Guard[Any], object, FrameType, _Block | None]"
+
+# The blocks entered in the current thread or task, innermost first. Context-local,
+# so that one guard object can be entered by many threads and tasks at once.
+_entered: ContextVar[_Block | None] = ContextVar("resilience_entered_blocks", default=None)
+
+
+class Guard(Policy, Generic[Token]):
+    """A policy that admits a call, then learns how it ended.
+
+    Subclasses implement `_enter` (admit, or raise to reject; returns a token
+    such as a permit) and `_on_error` / `_on_return` / `_on_exit` (settle the
+    token). Exactly one settle method runs per admitted call, whatever the call
+    does, including cancellation and KeyboardInterrupt. The settle methods must
+    not block and must settle the token even if they fail part-way.
+
+    `with guard as token:` and `async with guard as token:` work from any
+    number of threads and tasks at once: the token is kept per context.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def _enter(self) -> Token:
+        """Admit one call, or raise to reject it."""
+
+    async def _aenter(self) -> Token:
+        """Admit one call from async code; override if admission may wait."""
+        return self._enter()
+
+    def _enter_may_wait(self) -> bool:
+        """Whether `_aenter` is overridden; if not, async callers skip a coroutine."""
+        return type(self)._aenter is not Guard._aenter
+
+    @abc.abstractmethod
+    def _on_error(self, token: Token, exc: BaseException) -> None:
+        """Settle a call that raised `exc` (which will then propagate)."""
+
+    @abc.abstractmethod
+    def _on_exit(self, token: Token) -> None:
+        """Settle a block that ended normally (no result to look at)."""
+
+    def _on_return(self, token: Token, result: object) -> None:
+        """Settle a call that returned `result`; defaults to `_on_exit`."""
+        self._on_exit(token)
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run `fn(*args, **kwargs)` inside this guard."""
+        token = self._enter()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._on_error(token, exc)
+            raise
+        self._on_return(token, result)
+        return result
+
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await `fn(*args, **kwargs)` inside this guard."""
+        token = await self._aenter() if self._enter_may_wait() else self._enter()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._on_error(token, exc)
+            raise
+        self._on_return(token, result)
+        return result
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        # The body of `call`, inlined: one Python frame less per decorated call.
+        _refuse_generators(fn, self)
+        enter, on_error, on_return = self._enter, self._on_error, self._on_return
+
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            token = enter()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                on_error(token, exc)
+                raise
+            on_return(token, result)
+            return result
+
+        return wrapper
+
+    def _wrap_async(
+        self, fn: Callable[P, Awaitable[R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        # The body of `acall`, inlined: one coroutine less per decorated call.
+        enter, aenter = self._enter, self._aenter
+        on_error, on_return = self._on_error, self._on_return
+        enter_may_wait = self._enter_may_wait()
+
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            token = await aenter() if enter_may_wait else enter()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                on_error(token, exc)
+                raise
+            on_return(token, result)
+            return result
+
+        return wrapper
+
+    def __enter__(self) -> Token:
+        token = self._enter()
+        _entered.set((self, token, sys._getframe(1), _entered.get()))
+        return token
+
+    async def __aenter__(self) -> Token:
+        token = await self._aenter()
+        _entered.set((self, token, sys._getframe(1), _entered.get()))
+        return token
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        token = self._pop_token(sys._getframe(1))
+        if exc is None:
+            self._on_exit(token)
+        else:
+            self._on_error(token, exc)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        token = self._pop_token(sys._getframe(1))
+        if exc is None:
+            self._on_exit(token)
+        else:
+            self._on_error(token, exc)
+
+    def _pop_token(self, caller: FrameType) -> Token:
+        """Remove the block this exit belongs to and return its token.
+
+        That is the block of this guard entered from the same frame (two
+        generators can hold blocks of one guard and close in any order), or
+        else the innermost block of this guard (`contextlib.ExitStack` enters
+        and exits from different frames, but in reverse order).
+        """
+        block = _entered.get()
+        if block is not None and block[0] is self and block[2] is caller:
+            _entered.set(block[3])  # the common case: the innermost block is ours
+            return cast(Token, block[1])
+        above: list[_Block] = []
+        fallback: _Block | None = None
+        while block is not None:
+            if block[0] is self:
+                if block[2] is caller:
+                    break
+                fallback = fallback or block
+            above.append(block)
+            block = block[3]
+        else:
+            if fallback is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}.__exit__ without a matching __enter__ in this "
+                    f"thread or task: a `with` block must end where it began"
+                )
+            block = fallback
+            above = above[: above.index(fallback)]
+        rest = block[3]
+        for guard, token, frame, _ in reversed(above):
+            rest = (guard, token, frame, rest)
+        _entered.set(rest)
+        return cast(Token, block[1])
+
+
+class Pipeline(Policy):
+    """Policies applied in order, the first outermost: see `compose`."""
+
+    __slots__ = ("policies",)
+
+    def __init__(self, *policies: Policy) -> None:
+        flat: list[Policy] = []
+        for index, policy in enumerate(policies):
+            if isinstance(policy, Pipeline):
+                flat.extend(policy.policies)
+            elif isinstance(policy, Policy):
+                flat.append(policy)
+            else:
+                raise TypeError(
+                    f"compose() takes resilience policies; argument {index} is {policy!r}"
+                )
+        self.policies: tuple[Policy, ...] = tuple(flat)
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run `fn(*args, **kwargs)` through every policy, outermost first."""
+        if not self.policies:
+            return fn(*args, **kwargs)
+        return self._wrap_sync(fn)(*args, **kwargs)
+
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await `fn(*args, **kwargs)` through every policy, outermost first."""
+        if not self.policies:
+            return await fn(*args, **kwargs)
+        return await self._wrap_async(fn)(*args, **kwargs)
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if not self.policies:
+            return super()._wrap_sync(fn)
+        for policy in reversed(self.policies):
+            fn = policy._wrap_sync(fn)
+        return fn
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        if not self.policies:
+            return super()._wrap_async(fn)
+        wrapped: Callable[P, Awaitable[R]] = fn
+        for policy in reversed(self.policies):
+            wrapped = policy._wrap_async(wrapped)
+        return cast(Callable[P, Coroutine[Any, Any, R]], wrapped)
+
+    def __repr__(self) -> str:
+        return f"compose({', '.join(map(repr, self.policies))})"
+
+
+def compose(*policies: Policy) -> Pipeline:
+    """Combine policies into one; the first is outermost.
+
+    `compose(a, b, c)(f)` is `a(b(c(f)))`. The recommended order, outermost
+    first, is: total deadline, retry (with its budget), circuit breaker,
+    bulkhead, attempt timeout. Nested pipelines are flattened; an empty
+    pipeline runs the call unchanged.
+    """
+    return Pipeline(*policies)

@@ -1,0 +1,128 @@
+"""Errors raised by resilience itself.
+
+```
+Exception
+└── ResilienceError
+    ├── CircuitOpenError            a breaker rejected the call
+    ├── BulkheadFullError           no concurrency slot was free in time
+    ├── RetryBudgetExhaustedError   the retry budget of a downstream is spent
+    └── DeadlineExceededError       also a builtin TimeoutError
+```
+
+Errors raised by a policy are created fresh for each rejection, so their
+tracebacks never grow. Every error pickles with its attributes (each one is
+also in `args`), so it survives a process pool or a task queue.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._state import State
+
+__all__ = [
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "DeadlineExceededError",
+    "ResilienceError",
+    "RetryBudgetExhaustedError",
+]
+
+
+class ResilienceError(Exception):
+    """Base class of every error that resilience raises on its own account."""
+
+
+class CircuitOpenError(ResilienceError):
+    """A circuit breaker rejected the call without running it.
+
+    Attributes:
+        name: The breaker's name.
+        state: The state that rejected the call (`OPEN`, `HALF_OPEN` with
+            every probe slot taken, or `FORCED_OPEN`).
+        retry_after: Seconds until the breaker admits a probe again, or
+            `None` when no probe is scheduled (forced open).
+    """
+
+    def __init__(self, name: str, state: State, retry_after: float | None) -> None:
+        super().__init__(name, state, retry_after)
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        if self.retry_after is None:
+            return f"circuit breaker {self.name!r} is {self.state}; calls are rejected until reset"
+        return (
+            f"circuit breaker {self.name!r} is {self.state}; "
+            f"next probe allowed in {self.retry_after:.3f}s"
+        )
+
+
+class BulkheadFullError(ResilienceError):
+    """A bulkhead had no free slot, or none freed up within `max_wait`.
+
+    Attributes:
+        name: The bulkhead's name.
+        max_concurrent: The bulkhead's concurrency limit.
+        waited: Seconds the call waited for a slot before it was rejected.
+    """
+
+    def __init__(self, name: str, max_concurrent: int, waited: float = 0.0) -> None:
+        super().__init__(name, max_concurrent, waited)
+        self.name = name
+        self.max_concurrent = max_concurrent
+        self.waited = waited
+
+    def __str__(self) -> str:
+        return (
+            f"bulkhead {self.name!r} is full ({self.max_concurrent} concurrent calls); "
+            f"rejected after waiting {self.waited:.3f}s"
+        )
+
+
+class RetryBudgetExhaustedError(ResilienceError):
+    """The retry budget shared by the callers of a downstream is spent.
+
+    Retry policies raise the call's own last error with a note instead; this
+    error is for code that asks the budget directly and has no error of its own.
+
+    Attributes:
+        name: The budget's name.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"retry budget {self.name!r} is exhausted"
+
+
+class DeadlineExceededError(ResilienceError, TimeoutError):
+    """The time allowed for a call ran out.
+
+    It is a builtin `TimeoutError` too, so `except TimeoutError` catches it.
+
+    Attributes:
+        name: What ran out of time (a policy name or an operation), or `None`.
+        budget: The time that was allowed, in seconds, or `None` if unknown.
+    """
+
+    def __init__(self, name: str | None = None, budget: float | None = None) -> None:
+        # OSError.__init__ would read two positional args as (errno, strerror).
+        ResilienceError.__init__(self, name, budget)
+        self.name = name
+        self.budget = budget
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[DeadlineExceededError], tuple[str | None, float | None], dict[str, object]]:
+        return (type(self), (self.name, self.budget), self.__dict__)
+
+    def __str__(self) -> str:
+        what = "deadline exceeded" if self.name is None else f"{self.name!r}: deadline exceeded"
+        if self.budget is None:
+            return what
+        return f"{what} (budget {self.budget:.3f}s)"

@@ -1,0 +1,92 @@
+"""Type-checked, never executed: what users' type checkers see of the API.
+
+`make test` runs `mypy --strict` on this file. A line marked
+`# type: ignore[...]` must stay an error; mypy's warn_unused_ignores says so
+if it stops being one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, assert_type
+
+import resilience
+from resilience import Outcome, Pipeline, Policy, State, compose
+from resilience.events import Event, StateChanged
+from resilience.testing import FakeClock
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Passthrough(Policy):
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return fn(*args, **kwargs)
+
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await fn(*args, **kwargs)
+
+
+policy = Passthrough()
+
+
+@policy
+def charge(order_id: str, *, amount: int = 1) -> float:
+    return 1.0
+
+
+@policy
+async def fetch(url: str) -> bytes:
+    return b""
+
+
+assert_type(charge("o1", amount=2), float)
+pending: object = assert_type(fetch("u"), Coroutine[Any, Any, bytes])
+charge(1)  # type: ignore[arg-type]
+charge("o1", amount="2")  # type: ignore[arg-type]
+pending = fetch()  # type: ignore[call-arg]
+
+
+class Client:
+    @policy
+    def get(self, path: str) -> str:
+        return path
+
+    @policy
+    @classmethod
+    def make(cls, base: str) -> Client:
+        return cls()
+
+    @policy
+    @staticmethod
+    def join(a: str, b: str) -> str:
+        return a + b
+
+
+assert_type(Client().get("/"), str)
+assert_type(Client.make("b"), Client)
+assert_type(Client.join("a", "b"), str)
+Client().get(3)  # type: ignore[arg-type]
+
+pipeline = compose(policy, Passthrough())
+assert_type(pipeline, Pipeline)
+assert_type(pipeline(charge)("o1"), float)
+assert_type(pipeline.call(charge, "o1", amount=3), float)
+pipeline.call(charge, "o1", amount="3")  # type: ignore[arg-type]
+
+
+async def use_acall() -> None:
+    assert_type(await policy.acall(fetch, "u"), bytes)
+    await policy.acall(fetch, 1)  # type: ignore[arg-type]
+
+
+clock: resilience.Clock = FakeClock()
+assert_type(clock.monotonic(), float)
+assert_type(Outcome("success"), Outcome)
+event: Event = StateChanged(
+    name="p", time=0.0, from_state=State.CLOSED, to_state=State.OPEN, reason="manual"
+)
+StateChanged(name="p", time=0.0)  # type: ignore[call-arg]
+error = resilience.CircuitOpenError("p", State.OPEN, 1.0)
+assert_type(error.retry_after, float | None)
+assert_type(resilience.DeadlineExceededError(), resilience.DeadlineExceededError)
