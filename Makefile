@@ -34,7 +34,7 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 docs-check: $(STAMP)
-	$(BIN)/python -m mkdocs build --strict --quiet --site-dir $(VENV)/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir $(VENV)/site
 
 test: lint typecheck pytest docs-check
 
