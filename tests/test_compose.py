@@ -500,7 +500,7 @@ class WaitingGuard(RecordingGuard):
     """A guard whose async admission awaits (like a bulkhead waiting for a slot)."""
 
     async def _aenter(self) -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         self.log.append(("waited",))
         return self._enter()
 
