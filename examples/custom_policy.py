@@ -30,9 +30,7 @@ class Stopwatch(resilience.Policy):
         finally:
             self.durations.append(self.clock.monotonic() - start)
 
-    async def acall(
-        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R:
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         start = self.clock.monotonic()
         try:
             return await fn(*args, **kwargs)

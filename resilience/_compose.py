@@ -205,9 +205,7 @@ class Guard(Policy, Generic[Token]):
 
         return wrapper
 
-    def _wrap_async(
-        self, fn: Callable[P, Awaitable[R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         # The body of `acall`, inlined: one coroutine less per decorated call.
         enter, aenter = self._enter, self._aenter
         on_error, on_return = self._on_error, self._on_return
