@@ -13,6 +13,14 @@ from ._clock import Clock, SystemClock
 from ._compose import Pipeline, Policy, compose
 from ._outcome import Outcome
 from ._state import State
+from .breaker import (
+    BreakerMetrics,
+    CircuitBreaker,
+    CountWindow,
+    Permit,
+    TimeWindow,
+    exponential_open_duration,
+)
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -22,20 +30,26 @@ from .errors import (
 )
 
 __all__ = [
+    "BreakerMetrics",
     "BulkheadFullError",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
+    "CountWindow",
     "DeadlineExceededError",
     "Outcome",
+    "Permit",
     "Pipeline",
     "Policy",
     "ResilienceError",
     "RetryBudgetExhaustedError",
     "State",
     "SystemClock",
+    "TimeWindow",
     "__version__",
     "compose",
     "events",
+    "exponential_open_duration",
 ]
 
 

@@ -42,7 +42,8 @@ class CircuitOpenError(ResilienceError):
         state: The state that rejected the call (`OPEN`, `HALF_OPEN` with
             every probe slot taken, or `FORCED_OPEN`).
         retry_after: Seconds until the breaker admits a probe again, or
-            `None` when no probe is scheduled (forced open).
+            `None` when no time is known: forced open, or half-open with
+            every probe slot taken.
     """
 
     def __init__(self, name: str, state: State, retry_after: float | None) -> None:
@@ -53,6 +54,8 @@ class CircuitOpenError(ResilienceError):
 
     def __str__(self) -> str:
         if self.retry_after is None:
+            if self.state.value == "half_open":
+                return f"circuit breaker {self.name!r} is half_open; every probe slot is taken"
             return f"circuit breaker {self.name!r} is {self.state}; calls are rejected until reset"
         return (
             f"circuit breaker {self.name!r} is {self.state}; "

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._state import State
 
 __all__ = [
+    "BreakerEvicted",
     "BulkheadRejected",
     "CallRejected",
     "DeadlineExceeded",
@@ -38,6 +39,7 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "StateChanged",
+    "ThresholdCrossed",
     "global_hub",
     "subscribe",
 ]
@@ -139,6 +141,40 @@ class CallRejected(Event):
         def __init__(
             self, *, name: str, time: float, state: State, retry_after: float | None
         ) -> None: ...
+
+
+class ThresholdCrossed(Event):
+    """A breaker's failure rate, slow-call rate or failure streak reached its threshold.
+
+    Published just before the breaker opens, and in METRICS_ONLY state (which
+    never opens) once each time the value climbs back to the threshold.
+    """
+
+    __slots__ = ("metric", "threshold", "value")
+    kind: ClassVar[str] = "breaker.threshold_crossed"
+    #: "failure_rate", "slow_call_rate" or "consecutive_failures".
+    metric: str
+    value: float
+    threshold: float
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *, name: str, time: float, metric: str, value: float, threshold: float
+        ) -> None: ...
+
+
+class BreakerEvicted(Event):
+    """A bounded breaker registry dropped its least recently used breaker."""
+
+    __slots__ = ("state",)
+    kind: ClassVar[str] = "registry.evicted"
+    #: The evicted breaker's state; anything but closed means a lost open circuit.
+    state: State
+
+    if TYPE_CHECKING:
+
+        def __init__(self, *, name: str, time: float, state: State) -> None: ...
 
 
 class RetryScheduled(Event):

@@ -1,0 +1,633 @@
+"""The circuit breaker state machine (DESIGN sections 3 to 5).
+
+CLOSED admits every call and records outcomes in a sliding window; when a
+trip condition holds it goes OPEN and rejects every call for `open_duration`;
+the first call after that finds it HALF_OPEN (a lazy transition) and is one of
+at most `half_open_max_calls` probes, whose outcomes decide between CLOSED and
+OPEN again. FORCED_OPEN, DISABLED and METRICS_ONLY are set by an operator.
+
+Every state change bumps the *epoch*. A permit remembers the epoch it was
+issued in; an outcome from an older epoch is counted in the metrics but never
+moves the state: a slow call admitted before a trip cannot close the breaker,
+and a pre-trip call finishing during half-open is not a probe.
+
+No lock is held while the protected call runs. Admission in a closed breaker
+takes no lock at all (it reads one tuple); settling takes one short lock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._clock import Clock, resolve_clock
+from .._compose import Guard
+from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
+from .._state import State
+from .._validate import check_int, check_seconds, check_string
+from ..errors import CircuitOpenError
+from ..events import (
+    CallRejected,
+    Event,
+    ObserverHub,
+    StateChanged,
+    ThresholdCrossed,
+    global_hub,
+)
+from ._window import CountWindow, TimeWindow
+
+if TYPE_CHECKING:
+    from ._window import WindowState
+
+__all__ = ["BreakerMetrics", "CircuitBreaker", "Permit", "exponential_open_duration"]
+
+_CLOSED = State.CLOSED
+_OPEN = State.OPEN
+_HALF_OPEN = State.HALF_OPEN
+_FORCED_OPEN = State.FORCED_OPEN
+_DISABLED = State.DISABLED
+_METRICS_ONLY = State.METRICS_ONLY
+_SUCCESS = Outcome.SUCCESS
+_FAILURE = Outcome.FAILURE
+_IGNORED = Outcome.IGNORED
+
+OpenDuration = float | Callable[[int], float]
+
+
+def exponential_open_duration(
+    initial: float = 30.0, *, multiplier: float = 2.0, maximum: float = 600.0
+) -> Callable[[int], float]:
+    """Return `open_duration(openings) = min(initial * multiplier ** (openings - 1), maximum)`.
+
+    `openings` counts consecutive openings (1 for the first trip; back to 0
+    when the breaker closes), as resilience4j's waitIntervalFunctionInOpenState
+    does: a downstream that keeps failing its probes is left alone longer.
+    """
+    initial = check_seconds(initial, "initial")
+    maximum = check_seconds(maximum, "maximum")
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
+        raise TypeError(f"multiplier= must be a number, got {multiplier!r}")
+    if not (math.isfinite(multiplier) and multiplier >= 1):
+        raise ValueError(f"multiplier= must be a finite number >= 1, got {multiplier!r}")
+    if maximum < initial:
+        raise ValueError(f"maximum={maximum!r} must be >= initial={initial!r}")
+
+    def open_duration(openings: int) -> float:
+        try:
+            return min(initial * multiplier ** max(openings - 1, 0), maximum)
+        except OverflowError:  # long past the cap
+            return maximum
+
+    open_duration.__qualname__ = (
+        f"exponential_open_duration({initial!r}, multiplier={multiplier!r}, maximum={maximum!r})"
+    )
+    return open_duration
+
+
+class Permit:
+    """Admission of one call through a breaker; settle it exactly once.
+
+    Call `record_success()`, `record_failure()`, `record(outcome)`, or
+    `release()` (the call says nothing: a half-open slot is handed back).
+    Settling twice raises `RuntimeError`. Decorators and `with` blocks settle
+    their permits themselves.
+    """
+
+    __slots__ = ("_breaker", "epoch", "probe", "settled", "start")
+
+    def __init__(self, breaker: CircuitBreaker, epoch: int, start: float, probe: bool) -> None:
+        self._breaker = breaker
+        #: The breaker epoch this permit was issued in.
+        self.epoch = epoch
+        #: The clock reading at admission (0.0 if the breaker does not time calls).
+        self.start = start
+        #: Whether this call is a half-open probe.
+        self.probe = probe
+        #: Whether an outcome was recorded (or the permit released).
+        self.settled = False
+
+    def record(self, outcome: Outcome) -> None:
+        """Settle with `outcome`."""
+        if not isinstance(outcome, Outcome):
+            raise TypeError(f"outcome must be a resilience.Outcome, got {outcome!r}")
+        self._breaker._settle(self, outcome)
+
+    def record_success(self) -> None:
+        """Settle as a success."""
+        self._breaker._settle(self, _SUCCESS)
+
+    def record_failure(self) -> None:
+        """Settle as a failure."""
+        self._breaker._settle(self, _FAILURE)
+
+    def release(self) -> None:
+        """Settle as IGNORED: count nothing, hand a half-open slot back."""
+        self._breaker._settle(self, _IGNORED)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Permit breaker={self._breaker.name!r} epoch={self.epoch} "
+            f"probe={self.probe} settled={self.settled}>"
+        )
+
+
+class BreakerMetrics:
+    """A consistent snapshot of one breaker's counters, for metrics and debugging."""
+
+    __slots__ = (
+        "calls",
+        "consecutive_failures",
+        "failure_rate",
+        "name",
+        "openings",
+        "slow_call_rate",
+        "slow_calls",
+        "state",
+        "transitions",
+        "window_calls",
+        "window_failures",
+        "window_slow",
+    )
+
+    def __init__(self, **fields: Any) -> None:
+        for field, value in fields.items():
+            setattr(self, field, value)
+
+    name: str
+    state: State
+    #: Calls ever settled or rejected, by outcome: success, failure, ignored, rejected.
+    calls: dict[str, int]
+    slow_calls: int
+    #: Transitions ever made, by (from_state, to_state).
+    transitions: dict[tuple[State, State], int]
+    #: Failure rate over the current window; NaN below minimum_calls.
+    failure_rate: float
+    slow_call_rate: float
+    window_calls: int
+    window_failures: int
+    window_slow: int
+    consecutive_failures: int
+    openings: int
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{field}={getattr(self, field)!r}" for field in self.__slots__)
+        return f"BreakerMetrics({fields})"
+
+
+class CircuitBreaker(Guard[Permit]):
+    """Stops calling a downstream that is failing, and probes it to learn when it is back.
+
+    Use it as a decorator (sync or async), as `with` / `async with`, through
+    `call()` / `acall()`, or with the two-step `acquire()` API. See the
+    circuit breaker guide in the docs for every rule.
+
+    Args:
+        name: Names the breaker in errors, events and metrics.
+        failure_rate_threshold: Open when failures / calls in the window reach
+            this ratio, in (0, 1]; `None` disables the rate condition.
+        minimum_calls: Calls the window must hold before a rate is computed.
+        window: `CountWindow(n)` (last n calls) or `TimeWindow(seconds=s)`.
+        consecutive_failures: Also open after this many failures in a row.
+        slow_call_duration: Calls slower than this many seconds count as slow.
+        slow_call_rate_threshold: Open when slow calls / calls reach this ratio.
+        open_duration: Seconds to stay open, or a function of the number of
+            consecutive openings (see `exponential_open_duration`).
+        half_open_max_calls: Probes admitted in half-open; their outcomes decide.
+        half_open_max_wait: Reopen if the probes have not all reported after
+            this many seconds; `None` waits for them.
+        record: Exceptions that are failures (default: every `Exception`).
+        ignore: Exceptions that count as nothing (wins over `record`).
+        failure_if: Predicate on a returned value that makes it a failure.
+        clock: A `resilience.Clock`; `resilience.testing.FakeClock` in tests.
+    """
+
+    __slots__ = (
+        "_classifier",
+        "_consecutive",
+        "_counts",
+        "_half_open_since",
+        "_lock",
+        "_mode",
+        "_needs_time",
+        "_open_duration",
+        "_open_until",
+        "_openings",
+        "_probe_calls",
+        "_probe_failures",
+        "_probe_slow",
+        "_probes_in_flight",
+        "_rate_above",
+        "_slow_calls",
+        "_transitions",
+        "_window",
+        "clock",
+        "consecutive_failures",
+        "events",
+        "failure_rate_threshold",
+        "half_open_max_calls",
+        "half_open_max_wait",
+        "minimum_calls",
+        "name",
+        "slow_call_duration",
+        "slow_call_rate_threshold",
+        "window",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_rate_threshold: float | None = 0.5,
+        minimum_calls: int = 20,
+        window: CountWindow | TimeWindow | None = None,
+        consecutive_failures: int | None = None,
+        slow_call_duration: float | None = None,
+        slow_call_rate_threshold: float = 1.0,
+        open_duration: OpenDuration = 30.0,
+        half_open_max_calls: int = 1,
+        half_open_max_wait: float | None = None,
+        record: ExceptionSpec = (Exception,),
+        ignore: ExceptionSpec = (),
+        failure_if: ResultPredicate | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = check_string(name, "name")
+        self.failure_rate_threshold = (
+            None
+            if failure_rate_threshold is None
+            else _check_ratio(failure_rate_threshold, "failure_rate_threshold")
+        )
+        self.minimum_calls = check_int(minimum_calls, "minimum_calls")
+        if window is None:
+            window = CountWindow(100)
+        if not isinstance(window, (CountWindow, TimeWindow)):
+            raise TypeError(
+                f"window= must be resilience.CountWindow(n) or resilience.TimeWindow(seconds=s), "
+                f"got {window!r}"
+            )
+        if isinstance(window, CountWindow) and self.minimum_calls > window.size:
+            raise ValueError(
+                f"minimum_calls={self.minimum_calls} exceeds the window size {window.size}: "
+                f"the failure rate could never be computed"
+            )
+        self.window = window
+        self.consecutive_failures = (
+            None
+            if consecutive_failures is None
+            else check_int(consecutive_failures, "consecutive_failures")
+        )
+        self.slow_call_duration = (
+            None
+            if slow_call_duration is None
+            else check_seconds(slow_call_duration, "slow_call_duration")
+        )
+        self.slow_call_rate_threshold = _check_ratio(
+            slow_call_rate_threshold, "slow_call_rate_threshold"
+        )
+        if (
+            self.failure_rate_threshold is None
+            and self.consecutive_failures is None
+            and self.slow_call_duration is None
+        ):
+            raise ValueError(
+                "the breaker could never open: set failure_rate_threshold, "
+                "consecutive_failures or slow_call_duration"
+            )
+        self._open_duration = _check_open_duration(open_duration)
+        self.half_open_max_calls = check_int(half_open_max_calls, "half_open_max_calls")
+        self.half_open_max_wait = (
+            None
+            if half_open_max_wait is None
+            else check_seconds(half_open_max_wait, "half_open_max_wait")
+        )
+        self._classifier = Classifier(record=record, ignore=ignore, failure_if=failure_if)
+        self.clock = resolve_clock(clock)
+        #: This breaker's observers; forwards to `resilience.events.global_hub`.
+        self.events = ObserverHub(parent=global_hub)
+
+        # Outcomes need a timestamp only for slow calls and time windows.
+        self._needs_time = self.slow_call_duration is not None or isinstance(window, TimeWindow)
+        self._lock = threading.Lock()
+        self._window: WindowState = window._create()
+        self._mode: tuple[State, int] = (_CLOSED, 0)
+        self._open_until = 0.0
+        self._openings = 0
+        self._consecutive = 0
+        self._half_open_since = 0.0
+        self._probes_in_flight = 0
+        self._probe_calls = self._probe_failures = self._probe_slow = 0
+        self._rate_above: set[str] = set()
+        self._counts = {"success": 0, "failure": 0, "ignored": 0, "rejected": 0}
+        self._slow_calls = 0
+        self._transitions: dict[tuple[State, State], int] = {}
+
+    # -- admission ------------------------------------------------------------
+
+    def acquire(self) -> Permit:
+        """Admit one call and return its permit, or raise `CircuitOpenError`."""
+        state, epoch = self._mode
+        if state is _CLOSED or state is _METRICS_ONLY or state is _DISABLED:
+            start = self.clock.monotonic() if self._needs_time else 0.0
+            return Permit(self, epoch, start, False)
+        return self._acquire_slow()
+
+    def _acquire_slow(self) -> Permit:
+        now = self.clock.monotonic()
+        events: list[Event] = []
+        with self._lock:
+            self._advance(now, events)
+            state, epoch = self._mode
+            if state is _HALF_OPEN and (
+                self._probes_in_flight + self._probe_calls < self.half_open_max_calls
+            ):
+                self._probes_in_flight += 1
+                permit = Permit(self, epoch, now, True)
+            elif state is _OPEN or state is _HALF_OPEN or state is _FORCED_OPEN:
+                self._counts["rejected"] += 1
+                permit = None
+                retry_after = max(self._open_until - now, 0.0) if state is _OPEN else None
+            else:  # the state changed under us to an admitting one
+                permit = Permit(self, epoch, now if self._needs_time else 0.0, False)
+        self._publish(events)
+        if permit is not None:
+            return permit
+        if self.events.active:
+            self.events.publish(
+                CallRejected(name=self.name, time=now, state=state, retry_after=retry_after)
+            )
+        raise CircuitOpenError(self.name, state, retry_after)
+
+    # -- settling -------------------------------------------------------------
+
+    def _settle(self, permit: Permit, outcome: Outcome) -> None:
+        if permit.settled:
+            raise RuntimeError(f"{permit!r} was already settled; settle a permit exactly once")
+        permit.settled = True
+        now = self.clock.monotonic() if self._needs_time or permit.probe else 0.0
+        threshold = self.slow_call_duration
+        slow = threshold is not None and now - permit.start > threshold
+        events: list[Event] | None = None
+        with self._lock:
+            self._counts[outcome.value] += 1
+            if slow:
+                self._slow_calls += 1
+            state, epoch = self._mode
+            if permit.epoch != epoch or (outcome is _IGNORED and not permit.probe):
+                return  # stale, or nothing to learn: counted, never moves the state
+            if state is _CLOSED or state is _METRICS_ONLY:
+                failed = outcome is _FAILURE
+                self._window.record(failed, slow, now)
+                if failed:
+                    self._consecutive += 1
+                elif self._consecutive:
+                    self._consecutive = 0
+                if failed or slow or self._rate_above or self._needs_time:
+                    if not self._needs_time:
+                        now = self.clock.monotonic()  # only to stamp events and the open period
+                    events = []
+                    self._check_thresholds(now, events)
+            elif state is _HALF_OPEN:
+                self._probes_in_flight -= 1
+                if outcome is not _IGNORED:
+                    self._probe_calls += 1
+                    self._probe_failures += outcome is _FAILURE
+                    self._probe_slow += slow
+                    if self._probe_calls >= self.half_open_max_calls:
+                        events = []
+                        self._decide_half_open(now, events)
+        if events:
+            self._publish(events)
+
+    def _check_thresholds(self, now: float, events: list[Event]) -> None:
+        """Trip (CLOSED) or report crossings (METRICS_ONLY) after a recorded outcome."""
+        window = self._window
+        crossed: list[tuple[str, float, float]] = []
+        if self.consecutive_failures is not None and self._consecutive >= self.consecutive_failures:
+            crossed.append(("consecutive_failures", self._consecutive, self.consecutive_failures))
+        if window.calls >= self.minimum_calls:
+            if self.failure_rate_threshold is not None:
+                rate = window.failures / window.calls
+                if rate >= self.failure_rate_threshold:
+                    crossed.append(("failure_rate", rate, self.failure_rate_threshold))
+            if self.slow_call_duration is not None:
+                rate = window.slow / window.calls
+                if rate >= self.slow_call_rate_threshold:
+                    crossed.append(("slow_call_rate", rate, self.slow_call_rate_threshold))
+        above = {metric for metric, _, _ in crossed}
+        for metric, value, threshold in crossed:
+            if metric not in self._rate_above:
+                events.append(
+                    ThresholdCrossed(
+                        name=self.name,
+                        time=now,
+                        metric=metric,
+                        value=float(value),
+                        threshold=float(threshold),
+                    )
+                )
+        self._rate_above = above
+        if crossed and self._mode[0] is _CLOSED:
+            self._open(now, crossed[0][0], events)
+
+    def _decide_half_open(self, now: float, events: list[Event]) -> None:
+        calls = self._probe_calls
+        failures = self._probe_failures
+        if self.failure_rate_threshold is None:
+            failed = failures > 0
+        else:
+            failed = failures / calls >= self.failure_rate_threshold
+        slow = (
+            self.slow_call_duration is not None
+            and self._probe_slow / calls >= self.slow_call_rate_threshold
+        )
+        if failed or slow:
+            self._open(now, "probes_failed" if failed else "probes_slow", events)
+        else:
+            self._transition(_CLOSED, now, "probes_succeeded", events)
+
+    # -- transitions (under the lock) -------------------------------------------
+
+    def _advance(self, now: float, events: list[Event]) -> None:
+        """Apply the time-driven transitions that are due at `now`."""
+        state = self._mode[0]
+        if state is _OPEN and now >= self._open_until:
+            self._transition(_HALF_OPEN, now, "open_duration_elapsed", events)
+        elif (
+            state is _HALF_OPEN
+            and self.half_open_max_wait is not None
+            and now - self._half_open_since >= self.half_open_max_wait
+        ):
+            self._open(now, "half_open_max_wait", events)
+
+    def _open(self, now: float, reason: str, events: list[Event]) -> None:
+        self._openings += 1
+        duration = self._open_duration(self._openings)
+        duration = check_seconds(duration, "open_duration() result", allow_zero=True)
+        self._open_until = now + duration
+        self._transition(_OPEN, now, reason, events)
+
+    def _transition(self, to: State, now: float, reason: str, events: list[Event]) -> None:
+        from_state, epoch = self._mode
+        self._mode = (to, epoch + 1)
+        key = (from_state, to)
+        self._transitions[key] = self._transitions.get(key, 0) + 1
+        self._probes_in_flight = 0
+        self._probe_calls = self._probe_failures = self._probe_slow = 0
+        if to is _HALF_OPEN:
+            self._half_open_since = now
+        elif to is _CLOSED or to is _METRICS_ONLY or to is _DISABLED:
+            self._window.reset()
+            self._consecutive = 0
+            self._rate_above = set()
+            if to is not _METRICS_ONLY:
+                self._openings = 0
+        events.append(
+            StateChanged(
+                name=self.name, time=now, from_state=from_state, to_state=to, reason=reason
+            )
+        )
+
+    def _publish(self, events: list[Event]) -> None:
+        if events and self.events.active:
+            for event in events:
+                self.events.publish(event)
+
+    def _force(self, to: State) -> None:
+        now = self.clock.monotonic()
+        events: list[Event] = []
+        with self._lock:
+            if self._mode[0] is not to:
+                self._transition(to, now, "manual", events)
+            self._openings = 0 if to is _CLOSED else self._openings
+            if to is _CLOSED:
+                self._window.reset()
+                self._consecutive = 0
+                self._rate_above = set()
+        self._publish(events)
+
+    # -- manual control --------------------------------------------------------
+
+    def force_open(self) -> None:
+        """Reject every call until `reset()` (FORCED_OPEN)."""
+        self._force(_FORCED_OPEN)
+
+    def reset(self) -> None:
+        """Close the breaker with a fresh window and no memory of past openings."""
+        self._force(_CLOSED)
+
+    force_closed = reset
+
+    def disable(self) -> None:
+        """Admit every call and record nothing (DISABLED), until `reset()`."""
+        self._force(_DISABLED)
+
+    def metrics_only(self) -> None:
+        """Admit every call and record outcomes, but never open (METRICS_ONLY)."""
+        self._force(_METRICS_ONLY)
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current state, with a due OPEN -> HALF_OPEN transition applied."""
+        state = self._mode[0]
+        if state is _OPEN or state is _HALF_OPEN:
+            now = self.clock.monotonic()
+            events: list[Event] = []
+            with self._lock:
+                self._advance(now, events)
+                state = self._mode[0]
+            self._publish(events)
+        return state
+
+    @property
+    def epoch(self) -> int:
+        """Bumped on every state change."""
+        return self._mode[1]
+
+    @property
+    def failure_rate(self) -> float:
+        """Failures / calls in the current window; NaN below `minimum_calls`."""
+        return self.metrics().failure_rate
+
+    def retry_after(self) -> float | None:
+        """Seconds until an open breaker admits a probe; 0.0 if it admits calls now."""
+        state = self.state
+        if state is _OPEN:
+            return max(self._open_until - self.clock.monotonic(), 0.0)
+        if state is _FORCED_OPEN:
+            return None
+        return 0.0
+
+    def metrics(self) -> BreakerMetrics:
+        """A consistent snapshot of the counters (cheap; no per-call cost)."""
+        now = self.clock.monotonic()
+        with self._lock:
+            window = self._window
+            window.advance(now)
+            calls = window.calls
+            enough = calls >= self.minimum_calls
+            return BreakerMetrics(
+                name=self.name,
+                state=self._mode[0],
+                calls=dict(self._counts),
+                slow_calls=self._slow_calls,
+                transitions=dict(self._transitions),
+                failure_rate=window.failures / calls if enough else math.nan,
+                slow_call_rate=window.slow / calls if enough else math.nan,
+                window_calls=calls,
+                window_failures=window.failures,
+                window_slow=window.slow,
+                consecutive_failures=self._consecutive,
+                openings=self._openings,
+            )
+
+    # -- Guard hooks -----------------------------------------------------------
+
+    def _enter(self) -> Permit:
+        return self.acquire()
+
+    def _on_error(self, token: Permit, exc: BaseException) -> None:
+        try:
+            outcome = self._classifier.classify_exception(exc)
+        except BaseException:
+            self._settle(token, _IGNORED)  # a predicate bug must not leak the permit
+            raise
+        self._settle(token, outcome)
+
+    def _on_return(self, token: Permit, result: object) -> None:
+        if self._classifier.failure_if is None:
+            self._settle(token, _SUCCESS)
+            return
+        try:
+            outcome = self._classifier.classify_result(result)
+        except BaseException:
+            self._settle(token, _IGNORED)
+            raise
+        self._settle(token, outcome)
+
+    def _on_exit(self, token: Permit) -> None:
+        if not token.settled:  # `with breaker as permit:` may have settled it by hand
+            self._settle(token, _SUCCESS)
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} state={self._mode[0]}>"
+
+
+def _check_ratio(value: object, param: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{param}= must be a ratio in (0, 1], got {value!r}")
+    if not 0 < value <= 1:
+        raise ValueError(f"{param}= must be a ratio in (0, 1] (0.5 means 50%), got {value!r}")
+    return float(value)
+
+
+def _check_open_duration(value: object) -> Callable[[int], float]:
+    if callable(value):
+        for openings in (1, 2, 3):
+            check_seconds(value(openings), f"open_duration({openings})", allow_zero=True)
+        return value
+    seconds = check_seconds(value, "open_duration")
+    return lambda openings: seconds
