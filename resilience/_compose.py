@@ -73,7 +73,7 @@ class Policy(abc.ABC):
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Return a sync wrapper that runs `fn` through `call`."""
-        _refuse_generators(fn, self)
+        refuse_generators(fn, self)
         call = self.call
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -106,7 +106,7 @@ def is_async_callable(fn: object) -> bool:
     return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
 
 
-def _refuse_generators(fn: object, policy: Policy) -> None:
+def refuse_generators(fn: object, policy: Policy) -> None:
     import inspect
 
     target = fn.func if isinstance(fn, functools.partial) else fn
@@ -190,7 +190,7 @@ class Guard(Policy, Generic[Token]):
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         # The body of `call`, inlined: one Python frame less per decorated call.
-        _refuse_generators(fn, self)
+        refuse_generators(fn, self)
         enter, on_error, on_return = self._enter, self._on_error, self._on_return
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

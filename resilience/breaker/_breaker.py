@@ -17,13 +17,14 @@ takes no lock at all (it reads one tuple); settling takes one short lock.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .._clock import Clock, resolve_clock
-from .._compose import Guard
+from .._compose import Guard, refuse_generators
 from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
 from .._state import State
 from .._validate import check_int, check_seconds, check_string
@@ -39,6 +40,8 @@ from ..events import (
 from ._window import CountWindow, TimeWindow
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine
+
     from ._window import WindowState
 
 __all__ = ["BreakerMetrics", "CircuitBreaker", "Permit", "exponential_open_duration"]
@@ -52,6 +55,9 @@ _METRICS_ONLY = State.METRICS_ONLY
 _SUCCESS = Outcome.SUCCESS
 _FAILURE = Outcome.FAILURE
 _IGNORED = Outcome.IGNORED
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 OpenDuration = float | Callable[[int], float]
 
@@ -206,20 +212,26 @@ class CircuitBreaker(Guard[Permit]):
     __slots__ = (
         "_classifier",
         "_consecutive",
-        "_counts",
+        "_failures",
         "_half_open_since",
+        "_last_failure",
+        "_lockfree",
         "_lock",
         "_mode",
         "_needs_time",
         "_open_duration",
         "_open_until",
         "_openings",
+        "_outcomes",
         "_probe_calls",
         "_probe_failures",
         "_probe_slow",
         "_probes_in_flight",
         "_rate_above",
+        "_ignored",
+        "_rejected",
         "_slow_calls",
+        "_successes",
         "_transitions",
         "_window",
         "clock",
@@ -311,7 +323,19 @@ class CircuitBreaker(Guard[Permit]):
         self._needs_time = self.slow_call_duration is not None or isinstance(window, TimeWindow)
         self._lock = threading.Lock()
         self._window: WindowState = window._create()
-        self._mode: tuple[State, int] = (_CLOSED, 0)
+        # A success in a closed count-window breaker only takes the next outcome
+        # number from an itertools.count (atomic in CPython): no lock.
+        self._lockfree = isinstance(window, CountWindow)
+        self._outcomes: itertools.count[int] = itertools.count()
+        self._last_failure = -2
+        # (state, epoch, admits without asking, outcome counter for lock-free
+        # successes or None): replaced whole, so a lock-free read is never torn.
+        self._mode: tuple[State, int, bool, itertools.count[int] | None] = (
+            _CLOSED,
+            0,
+            True,
+            self._outcomes if self._lockfree else None,
+        )
         self._open_until = 0.0
         self._openings = 0
         self._consecutive = 0
@@ -319,7 +343,8 @@ class CircuitBreaker(Guard[Permit]):
         self._probes_in_flight = 0
         self._probe_calls = self._probe_failures = self._probe_slow = 0
         self._rate_above: set[str] = set()
-        self._counts = {"success": 0, "failure": 0, "ignored": 0, "rejected": 0}
+        self._successes: itertools.count[int] = itertools.count()  # lock-free, like _outcomes
+        self._failures = self._ignored = self._rejected = 0
         self._slow_calls = 0
         self._transitions: dict[tuple[State, State], int] = {}
 
@@ -327,10 +352,9 @@ class CircuitBreaker(Guard[Permit]):
 
     def acquire(self) -> Permit:
         """Admit one call and return its permit, or raise `CircuitOpenError`."""
-        state, epoch = self._mode
-        if state is _CLOSED or state is _METRICS_ONLY or state is _DISABLED:
-            start = self.clock.monotonic() if self._needs_time else 0.0
-            return Permit(self, epoch, start, False)
+        _, epoch, admits, _ = self._mode
+        if admits:
+            return Permit(self, epoch, self.clock.monotonic() if self._needs_time else 0.0, False)
         return self._acquire_slow()
 
     def _acquire_slow(self) -> Permit:
@@ -338,14 +362,14 @@ class CircuitBreaker(Guard[Permit]):
         events: list[Event] = []
         with self._lock:
             self._advance(now, events)
-            state, epoch = self._mode
+            state, epoch, admits, _ = self._mode
             if state is _HALF_OPEN and (
                 self._probes_in_flight + self._probe_calls < self.half_open_max_calls
             ):
                 self._probes_in_flight += 1
                 permit = Permit(self, epoch, now, True)
-            elif state is _OPEN or state is _HALF_OPEN or state is _FORCED_OPEN:
-                self._counts["rejected"] += 1
+            elif not admits:
+                self._rejected += 1
                 permit = None
                 retry_after = max(self._open_until - now, 0.0) if state is _OPEN else None
             else:  # the state changed under us to an admitting one
@@ -365,24 +389,37 @@ class CircuitBreaker(Guard[Permit]):
         if permit.settled:
             raise RuntimeError(f"{permit!r} was already settled; settle a permit exactly once")
         permit.settled = True
-        now = self.clock.monotonic() if self._needs_time or permit.probe else 0.0
+        self._record(permit.epoch, permit.start, permit.probe, outcome)
+
+    def _record(self, epoch: int, start: float, probe: bool, outcome: Outcome) -> None:
+        """Count one outcome; let it move the state if its epoch is current."""
+        now = self.clock.monotonic() if self._needs_time or probe else 0.0
         threshold = self.slow_call_duration
-        slow = threshold is not None and now - permit.start > threshold
+        slow = threshold is not None and now - start > threshold
+        failed = outcome is _FAILURE
         events: list[Event] | None = None
-        with self._lock:
-            self._counts[outcome.value] += 1
+        # acquire/release rather than `with`: half the cost, and this runs per call.
+        self._lock.acquire()
+        try:
+            if outcome is _SUCCESS:
+                next(self._successes)
+            elif failed:
+                self._failures += 1
+            else:
+                self._ignored += 1
             if slow:
                 self._slow_calls += 1
-            state, epoch = self._mode
-            if permit.epoch != epoch or (outcome is _IGNORED and not permit.probe):
+            state, current, _, _ = self._mode
+            if epoch != current or (outcome is _IGNORED and not probe):
                 return  # stale, or nothing to learn: counted, never moves the state
             if state is _CLOSED or state is _METRICS_ONLY:
-                failed = outcome is _FAILURE
-                self._window.record(failed, slow, now)
+                number = next(self._outcomes)
+                self._window.record(number, failed, slow, now)
                 if failed:
-                    self._consecutive += 1
-                elif self._consecutive:
-                    self._consecutive = 0
+                    # A success in between took a number: the streak restarts.
+                    consecutive = self._consecutive if number == self._last_failure + 1 else 0
+                    self._consecutive = consecutive + 1
+                    self._last_failure = number
                 if failed or slow or self._rate_above or self._needs_time:
                     if not self._needs_time:
                         now = self.clock.monotonic()  # only to stamp events and the open period
@@ -392,11 +429,13 @@ class CircuitBreaker(Guard[Permit]):
                 self._probes_in_flight -= 1
                 if outcome is not _IGNORED:
                     self._probe_calls += 1
-                    self._probe_failures += outcome is _FAILURE
+                    self._probe_failures += failed
                     self._probe_slow += slow
                     if self._probe_calls >= self.half_open_max_calls:
                         events = []
                         self._decide_half_open(now, events)
+        finally:
+            self._lock.release()
         if events:
             self._publish(events)
 
@@ -404,8 +443,9 @@ class CircuitBreaker(Guard[Permit]):
         """Trip (CLOSED) or report crossings (METRICS_ONLY) after a recorded outcome."""
         window = self._window
         crossed: list[tuple[str, float, float]] = []
-        if self.consecutive_failures is not None and self._consecutive >= self.consecutive_failures:
-            crossed.append(("consecutive_failures", self._consecutive, self.consecutive_failures))
+        streak = self._streak()
+        if self.consecutive_failures is not None and streak >= self.consecutive_failures:
+            crossed.append(("consecutive_failures", streak, self.consecutive_failures))
         if window.calls >= self.minimum_calls:
             if self.failure_rate_threshold is not None:
                 rate = window.failures / window.calls
@@ -430,6 +470,11 @@ class CircuitBreaker(Guard[Permit]):
         self._rate_above = above
         if crossed and self._mode[0] is _CLOSED:
             self._open(now, crossed[0][0], events)
+
+    def _streak(self) -> int:
+        """Failures in a row, up to the latest outcome (under the lock)."""
+        recorded = _peek(self._outcomes)
+        return self._consecutive if recorded == self._last_failure + 1 else 0
 
     def _decide_half_open(self, now: float, events: list[Event]) -> None:
         calls = self._probe_calls
@@ -469,25 +514,34 @@ class CircuitBreaker(Guard[Permit]):
         self._transition(_OPEN, now, reason, events)
 
     def _transition(self, to: State, now: float, reason: str, events: list[Event]) -> None:
-        from_state, epoch = self._mode
-        self._mode = (to, epoch + 1)
+        from_state = self._mode[0]
         key = (from_state, to)
         self._transitions[key] = self._transitions.get(key, 0) + 1
-        self._probes_in_flight = 0
-        self._probe_calls = self._probe_failures = self._probe_slow = 0
         if to is _HALF_OPEN:
             self._half_open_since = now
-        elif to is _CLOSED or to is _METRICS_ONLY or to is _DISABLED:
-            self._window.reset()
-            self._consecutive = 0
-            self._rate_above = set()
-            if to is not _METRICS_ONLY:
-                self._openings = 0
+        elif to is _CLOSED:
+            self._openings = 0
+        self._begin(to)
         events.append(
             StateChanged(
                 name=self.name, time=now, from_state=from_state, to_state=to, reason=reason
             )
         )
+
+    def _begin(self, state: State) -> None:
+        """Enter `state` with a new epoch; a recording state starts a fresh window."""
+        self._probes_in_flight = 0
+        self._probe_calls = self._probe_failures = self._probe_slow = 0
+        recording = state is _CLOSED or state is _METRICS_ONLY
+        if recording:
+            self._window.reset()
+            self._outcomes = itertools.count()
+            self._consecutive = 0
+            self._last_failure = -2
+            self._rate_above = set()
+        lockfree = self._outcomes if recording and self._lockfree else None
+        admits = recording or state is _DISABLED
+        self._mode = (state, self._mode[1] + 1, admits, lockfree)
 
     def _publish(self, events: list[Event]) -> None:
         if events and self.events.active:
@@ -500,11 +554,10 @@ class CircuitBreaker(Guard[Permit]):
         with self._lock:
             if self._mode[0] is not to:
                 self._transition(to, now, "manual", events)
-            self._openings = 0 if to is _CLOSED else self._openings
+            elif to is _CLOSED:
+                self._begin(_CLOSED)  # reset() of a closed breaker: a fresh window
             if to is _CLOSED:
-                self._window.reset()
-                self._consecutive = 0
-                self._rate_above = set()
+                self._openings = 0
         self._publish(events)
 
     # -- manual control --------------------------------------------------------
@@ -566,13 +619,18 @@ class CircuitBreaker(Guard[Permit]):
         now = self.clock.monotonic()
         with self._lock:
             window = self._window
-            window.advance(now)
+            window.refresh(_peek(self._outcomes), now)
             calls = window.calls
             enough = calls >= self.minimum_calls
             return BreakerMetrics(
                 name=self.name,
                 state=self._mode[0],
-                calls=dict(self._counts),
+                calls={
+                    "success": _peek(self._successes),
+                    "failure": self._failures,
+                    "ignored": self._ignored,
+                    "rejected": self._rejected,
+                },
                 slow_calls=self._slow_calls,
                 transitions=dict(self._transitions),
                 failure_rate=window.failures / calls if enough else math.nan,
@@ -580,7 +638,7 @@ class CircuitBreaker(Guard[Permit]):
                 window_calls=calls,
                 window_failures=window.failures,
                 window_slow=window.slow,
-                consecutive_failures=self._consecutive,
+                consecutive_failures=self._streak(),
                 openings=self._openings,
             )
 
@@ -612,6 +670,83 @@ class CircuitBreaker(Guard[Permit]):
         if not token.settled:  # `with breaker as permit:` may have settled it by hand
             self._settle(token, _SUCCESS)
 
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        # acquire() and the permit, inlined for the decorator: no Permit object
+        # on the closed-state path, one lock section per call (in _record).
+        refuse_generators(fn, self)
+        breaker, clock, record = self, self.clock, self._record
+        acquire_slow, on_error = self._acquire_slow, self._on_error
+        failure_if = self._classifier.failure_if
+        timed = self._needs_time
+        slow_after = self.slow_call_duration
+        successes = self._successes
+
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            _, epoch, admits, lockfree = breaker._mode
+            if admits:
+                start = clock.monotonic() if timed else 0.0
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    on_error(Permit(breaker, epoch, start, False), exc)
+                    raise
+                if (
+                    failure_if is None
+                    and lockfree is not None
+                    and (slow_after is None or clock.monotonic() - start <= slow_after)
+                ):
+                    next(lockfree)  # a fast success: counted in the window, no lock
+                    next(successes)
+                elif failure_if is None:
+                    record(epoch, start, False, _SUCCESS)
+                else:
+                    breaker._on_return(Permit(breaker, epoch, start, False), result)
+                return result
+            permit = acquire_slow()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                on_error(permit, exc)
+                raise
+            breaker._on_return(permit, result)
+            return result
+
+        return wrapper
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        breaker, clock, record = self, self.clock, self._record
+        acquire_slow, on_error = self._acquire_slow, self._on_error
+        failure_if = self._classifier.failure_if
+        timed = self._needs_time
+        slow_after = self.slow_call_duration
+        successes = self._successes
+
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            _, epoch, admits, lockfree = breaker._mode
+            if admits:
+                permit = None
+                start = clock.monotonic() if timed else 0.0
+            else:
+                permit = acquire_slow()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                on_error(permit or Permit(breaker, epoch, start, False), exc)
+                raise
+            if permit is None and failure_if is None:
+                if lockfree is not None and (
+                    slow_after is None or clock.monotonic() - start <= slow_after
+                ):
+                    next(lockfree)
+                    next(successes)
+                else:
+                    record(epoch, start, False, _SUCCESS)
+            else:
+                breaker._on_return(permit or Permit(breaker, epoch, start, False), result)
+            return result
+
+        return wrapper
+
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} state={self._mode[0]}>"
 
@@ -631,3 +766,8 @@ def _check_open_duration(value: object) -> Callable[[int], float]:
         return value
     seconds = check_seconds(value, "open_duration")
     return lambda openings: seconds
+
+
+def _peek(counter: itertools.count[int]) -> int:
+    """The next number an itertools.count would give, without taking it."""
+    return int(repr(counter)[6:-1])

@@ -1,15 +1,18 @@
 """Sliding windows of call outcomes: the last N calls, or the last N seconds.
 
-Both are rings of aggregated slots with running totals: recording evicts the
-oldest slot by subtracting it from the totals ("subtract on evict", as in
-resilience4j's FixedSizeSlidingWindowMetrics and SlidingTimeWindowMetrics).
-Record and read are O(1); memory depends on the window's size, never on the
-call rate.
+The time window is a ring of per-bucket aggregates with running totals:
+advancing evicts the oldest buckets by subtracting them from the totals
+("subtract on evict", as in resilience4j's SlidingTimeWindowMetrics). The
+count window keeps the positions of its failures and slow calls, so that a
+success costs nothing but a lock-free counter increment in the breaker.
+Record and read are O(1) amortized; memory depends on the window's size,
+never on the call rate.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from .._validate import check_int, check_seconds
 
@@ -17,7 +20,12 @@ __all__ = ["CountWindow", "TimeWindow", "WindowState"]
 
 
 class WindowState:
-    """The running state of one breaker's window (created by a window spec)."""
+    """The running state of one breaker's window (created by a window spec).
+
+    `calls`, `failures` and `slow` are current after `record()` or
+    `refresh()`. The breaker numbers outcomes (0, 1, 2... per closed period)
+    and passes the number along; a count window uses it as the position.
+    """
 
     __slots__ = ("calls", "failures", "slow")
 
@@ -26,12 +34,13 @@ class WindowState:
         self.failures = 0
         self.slow = 0
 
-    def record(self, failed: bool, slow: bool, now: float) -> None:
-        """Add one outcome seen at `now`."""
+    def record(self, number: int, failed: bool, slow: bool, now: float) -> None:
+        """Add outcome number `number`, seen at `now`."""
         raise NotImplementedError
 
-    def advance(self, now: float) -> None:
-        """Drop what has aged out by `now` (time windows); a no-op for counts."""
+    def refresh(self, recorded: int, now: float) -> None:
+        """Bring the totals up to date: `recorded` outcomes so far, time `now`."""
+        raise NotImplementedError
 
     def reset(self) -> None:
         """Forget every outcome."""
@@ -50,8 +59,8 @@ class CountWindow:
     def __init__(self, size: int) -> None:
         self.size = check_int(size, "size")
 
-    def _create(self) -> _CountRing:
-        return _CountRing(self.size)
+    def _create(self) -> _CountLog:
+        return _CountLog(self.size)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CountWindow) and other.size == self.size
@@ -100,34 +109,44 @@ class TimeWindow:
         return f"TimeWindow(seconds={self.seconds!r}, buckets={self.buckets})"
 
 
-class _CountRing(WindowState):
-    """One slot per outcome: bit 0 = failed, bit 1 = slow, -1 = empty."""
+class _CountLog(WindowState):
+    """The last `size` outcomes, kept as the numbers of the failures and slow calls.
 
-    __slots__ = ("_next", "_slots")
+    Outcome number n is in the window while n >= recorded - size. A success
+    changes nothing here but the count of recorded outcomes, which the breaker
+    keeps in a lock-free counter: that is what lets a closed breaker settle a
+    fast success without taking its lock. Memory: at most `size` numbers each.
+    """
+
+    __slots__ = ("_failed", "_size", "_slowed")
 
     def __init__(self, size: int) -> None:
         super().__init__()
-        self._slots = [-1] * size
-        self._next = 0
+        self._size = size
+        self._failed: deque[int] = deque()
+        self._slowed: deque[int] = deque()
 
-    def record(self, failed: bool, slow: bool, now: float) -> None:
-        slots = self._slots
-        index = self._next
-        old = slots[index]
-        if old >= 0:
-            self.calls -= 1
-            self.failures -= old & 1
-            self.slow -= old >> 1
-        slots[index] = failed | (slow << 1)
-        self.calls += 1
-        self.failures += failed
-        self.slow += slow
-        index += 1
-        self._next = 0 if index == len(slots) else index
+    def record(self, number: int, failed: bool, slow: bool, now: float) -> None:
+        if failed:
+            self._failed.append(number)
+        if slow:
+            self._slowed.append(number)
+        self.refresh(number + 1, now)
+
+    def refresh(self, recorded: int, now: float) -> None:
+        oldest = recorded - self._size
+        failed, slowed = self._failed, self._slowed
+        while failed and failed[0] < oldest:
+            failed.popleft()
+        while slowed and slowed[0] < oldest:
+            slowed.popleft()
+        self.calls = min(recorded, self._size)
+        self.failures = len(failed)
+        self.slow = len(slowed)
 
     def reset(self) -> None:
-        self._slots = [-1] * len(self._slots)
-        self._next = 0
+        self._failed.clear()
+        self._slowed.clear()
         self.calls = self.failures = self.slow = 0
 
 
@@ -144,7 +163,7 @@ class _TimeRing(WindowState):
         self._bucket_slow = [0] * buckets
         self._head: int | None = None
 
-    def advance(self, now: float) -> None:
+    def refresh(self, recorded: int, now: float) -> None:
         index = int(now // self._width)
         head = self._head
         if head is None:
@@ -161,8 +180,8 @@ class _TimeRing(WindowState):
             self._bucket_calls[slot] = self._bucket_failures[slot] = self._bucket_slow[slot] = 0
         self._head = index
 
-    def record(self, failed: bool, slow: bool, now: float) -> None:
-        self.advance(now)
+    def record(self, number: int, failed: bool, slow: bool, now: float) -> None:
+        self.refresh(number + 1, now)
         # An outcome stamped before the head (a clock that went back) joins the head.
         slot = self._head % len(self._bucket_calls)  # type: ignore[operator]
         self._bucket_calls[slot] += 1
