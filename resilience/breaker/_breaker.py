@@ -214,9 +214,10 @@ class CircuitBreaker(Guard[Permit]):
         "_consecutive",
         "_failures",
         "_half_open_since",
+        "_ignored",
         "_last_failure",
-        "_lockfree",
         "_lock",
+        "_lockfree",
         "_mode",
         "_needs_time",
         "_open_duration",
@@ -228,7 +229,6 @@ class CircuitBreaker(Guard[Permit]):
         "_probe_slow",
         "_probes_in_flight",
         "_rate_above",
-        "_ignored",
         "_rejected",
         "_slow_calls",
         "_successes",
@@ -420,7 +420,13 @@ class CircuitBreaker(Guard[Permit]):
                     consecutive = self._consecutive if number == self._last_failure + 1 else 0
                     self._consecutive = consecutive + 1
                     self._last_failure = number
-                if failed or slow or self._rate_above or self._needs_time:
+                if (
+                    failed
+                    or slow
+                    or self._rate_above
+                    or self._needs_time
+                    or number < self.minimum_calls
+                ):
                     if not self._needs_time:
                         now = self.clock.monotonic()  # only to stamp events and the open period
                     events = []
@@ -470,6 +476,16 @@ class CircuitBreaker(Guard[Permit]):
         self._rate_above = above
         if crossed and self._mode[0] is _CLOSED:
             self._open(now, crossed[0][0], events)
+
+    def _check_warmup(self, epoch: int) -> None:
+        """After a lock-free success among the first minimum_calls: the rate may now trip."""
+        now = self.clock.monotonic()
+        events: list[Event] = []
+        with self._lock:
+            if self._mode[1] == epoch:
+                self._window.refresh(_peek(self._outcomes), now)
+                self._check_thresholds(now, events)
+        self._publish(events)
 
     def _streak(self) -> int:
         """Failures in a row, up to the latest outcome (under the lock)."""
@@ -680,6 +696,7 @@ class CircuitBreaker(Guard[Permit]):
         timed = self._needs_time
         slow_after = self.slow_call_duration
         successes = self._successes
+        warmup = self.minimum_calls
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             _, epoch, admits, lockfree = breaker._mode
@@ -695,8 +712,11 @@ class CircuitBreaker(Guard[Permit]):
                     and lockfree is not None
                     and (slow_after is None or clock.monotonic() - start <= slow_after)
                 ):
-                    next(lockfree)  # a fast success: counted in the window, no lock
                     next(successes)
+                    # A fast success: counted in the window without a lock. It can
+                    # only trip the breaker by bringing the window to minimum_calls.
+                    if next(lockfree) < warmup:
+                        breaker._check_warmup(epoch)
                 elif failure_if is None:
                     record(epoch, start, False, _SUCCESS)
                 else:
@@ -720,6 +740,7 @@ class CircuitBreaker(Guard[Permit]):
         timed = self._needs_time
         slow_after = self.slow_call_duration
         successes = self._successes
+        warmup = self.minimum_calls
 
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             _, epoch, admits, lockfree = breaker._mode
@@ -737,8 +758,9 @@ class CircuitBreaker(Guard[Permit]):
                 if lockfree is not None and (
                     slow_after is None or clock.monotonic() - start <= slow_after
                 ):
-                    next(lockfree)
                     next(successes)
+                    if next(lockfree) < warmup:
+                        breaker._check_warmup(epoch)
                 else:
                     record(epoch, start, False, _SUCCESS)
             else:
