@@ -20,37 +20,42 @@ def half_open_breaker(clock: FakeClock) -> CircuitBreaker:
     return breaker
 
 
+def race_32_threads_at_a_half_open_breaker() -> tuple[int, int, CircuitBreaker]:
+    """Release 32 threads at once at a half-open breaker; return (ran, rejected, breaker)."""
+    clock = FakeClock()
+    breaker = half_open_breaker(clock)
+    barrier = threading.Barrier(32, timeout=30)
+    release_probe = threading.Event()
+    ran: list[int] = []
+    rejected: list[int] = []
+
+    @breaker
+    def protected(index: int) -> None:
+        ran.append(index)
+        release_probe.wait(timeout=30)  # hold the slot until everyone has tried
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        try:
+            protected(index)
+        except CircuitOpenError:
+            rejected.append(index)
+            if len(rejected) == 31:
+                release_probe.set()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return len(ran), len(rejected), breaker
+
+
 def test_half_open_admits_exactly_one_of_32_threads() -> None:
     """32 threads released together at a half-open breaker: one probe runs, 31 rejected."""
     for _ in range(30):
-        clock = FakeClock()
-        breaker = half_open_breaker(clock)
-        barrier = threading.Barrier(32, timeout=30)
-        release_probe = threading.Event()
-        ran: list[int] = []
-        rejected: list[int] = []
-
-        @breaker
-        def protected(index: int) -> None:
-            ran.append(index)
-            release_probe.wait(timeout=30)  # hold the slot until everyone has tried
-
-        def worker(index: int) -> None:
-            barrier.wait()
-            try:
-                protected(index)
-            except CircuitOpenError:
-                rejected.append(index)
-                if len(rejected) == 31:
-                    release_probe.set()
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert len(ran) == 1
-        assert len(rejected) == 31
+        ran, rejected, breaker = race_32_threads_at_a_half_open_breaker()
+        assert (ran, rejected) == (1, 31)
         assert breaker.state is State.CLOSED
         assert breaker.metrics().calls["rejected"] == 31
 
