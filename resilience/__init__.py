@@ -15,6 +15,7 @@ from ._outcome import Outcome
 from ._state import State
 from .breaker import (
     BreakerMetrics,
+    BreakerRegistry,
     CircuitBreaker,
     CountWindow,
     Permit,
@@ -31,6 +32,7 @@ from .errors import (
 
 __all__ = [
     "BreakerMetrics",
+    "BreakerRegistry",
     "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",

@@ -11,6 +11,7 @@ import resilience
 
 PUBLIC_API = {
     "BreakerMetrics",
+    "BreakerRegistry",
     "BulkheadFullError",
     "CircuitBreaker",
     "CountWindow",

@@ -137,8 +137,9 @@ class BreakerMachine(RuleBasedStateMachine):
         try:
             permit = self.breaker.acquire()
         except CircuitOpenError as error:
+            rejected_in = error.state
             assert expected is None
-            assert error.state is self.model.state
+            assert rejected_in is self.model.state
         else:
             assert expected is not None
             assert permit.probe == expected.probe
