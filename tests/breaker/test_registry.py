@@ -39,7 +39,7 @@ def test_least_recently_used_closed_breaker_is_evicted_with_an_event() -> None:
     registry = BreakerRegistry(max_size=3, consecutive_failures=1, clock=FakeClock())
     events: list[Event] = []
     registry.events.subscribe(events.append)
-    a, b, c = (registry.get(name) for name in "abc")
+    a, _, _ = (registry.get(name) for name in "abc")
     a.acquire().record_failure()  # a is open
     registry.get("b")  # b is now more recently used than c
     registry.get("d")
