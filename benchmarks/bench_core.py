@@ -11,15 +11,12 @@ nanoseconds per call and as ratios to the minimal decorator.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
-import json
 import platform
-import sys
-import time
-import timeit
 from collections.abc import Callable
 from typing import Any
+
+from _harness import measure, measure_async, print_table, write_json
 
 from resilience import compose
 from resilience._compose import Guard
@@ -59,24 +56,6 @@ async def anoop(x: int) -> int:
     return x
 
 
-def measure(stmt: Callable[[], object], *, number: int, repeat: int) -> float:
-    """Return the best time per call in nanoseconds (min over repeats)."""
-    return min(timeit.repeat(stmt, number=number, repeat=repeat)) / number * 1e9
-
-
-def measure_async(fn: Callable[[int], Any], *, number: int, repeat: int) -> float:
-    """Time `number` awaits of fn inside one coroutine, best of `repeat`."""
-
-    async def loop() -> float:
-        start = time.perf_counter()
-        for i in range(number):
-            await fn(i)
-        return time.perf_counter() - start
-
-    best = min(asyncio.run(loop()) for _ in range(repeat))
-    return best / number * 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write results to this file")
@@ -88,6 +67,7 @@ def main() -> None:
     guarded = guard(noop)
     minimal = minimal_decorator(noop)
     three = compose(NoopGuard(), NoopGuard(), NoopGuard())(noop)
+    aguarded = guard(anoop)
 
     def with_block() -> None:
         with guard:
@@ -104,33 +84,26 @@ def main() -> None:
         "resilience compose(3 guards)": measure(lambda: three(1), number=number, repeat=repeat),
     }
     async_rows = {
-        "bare await": measure_async(anoop, number=number, repeat=repeat),
+        "bare await": measure_async(lambda: anoop(1), number=number, repeat=repeat),
         "resilience Guard decorator (async)": measure_async(
-            guard(anoop), number=number, repeat=repeat
+            lambda: aguarded(1), number=number, repeat=repeat
         ),
     }
-    baseline = sync_rows["minimal try/except decorator"]
     print(f"Python {platform.python_version()} on {platform.machine()}, {number} calls x {repeat}")
-    print(f"{'case':<38} {'ns/call':>9} {'x minimal':>10}")
-    for name, ns in {**sync_rows, **async_rows}.items():
-        print(f"{name:<38} {ns:>9.0f} {ns / baseline:>10.2f}")
+    rows = {**sync_rows, **async_rows}
+    print_table("decorator machinery", rows, baseline="minimal try/except decorator")
     if args.json:
-        result = {
-            "benchmark": "core",
-            "date": time.strftime("%Y-%m-%d"),
-            "python": sys.version.split()[0],
-            "machine": platform.machine(),
-            "number": number,
-            "repeat": repeat,
-            "ns_per_call": {**sync_rows, **async_rows},
-            "ratio_to_minimal_decorator": {
-                name: ns / baseline for name, ns in {**sync_rows, **async_rows}.items()
+        baseline = rows["minimal try/except decorator"]
+        write_json(
+            args.json,
+            "core",
+            {
+                "ns_per_call": rows,
+                "ratio_to_minimal_decorator": {name: ns / baseline for name, ns in rows.items()},
             },
-        }
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(result, file, indent=2)
-            file.write("\n")
-        print(f"wrote {args.json}")
+            number=number,
+            repeat=repeat,
+        )
 
 
 if __name__ == "__main__":

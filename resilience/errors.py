@@ -10,8 +10,8 @@ Exception
 ```
 
 Errors raised by a policy are created fresh for each rejection, so their
-tracebacks never grow. Every error pickles with its attributes (each one is
-also in `args`), so it survives a process pool or a task queue.
+tracebacks never grow. Every error keeps its attributes in `args`, so it
+pickles whole and survives a process pool or a task queue.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class ResilienceError(Exception):
 class CircuitOpenError(ResilienceError):
     """A circuit breaker rejected the call without running it.
 
+    `CircuitOpenError(name, state, retry_after)`; the attributes are read from
+    `args`, so that raising one (the rejection path) runs no Python `__init__`.
+
     Attributes:
         name: The breaker's name.
         state: The state that rejected the call (`OPEN`, `HALF_OPEN` with
@@ -46,11 +49,21 @@ class CircuitOpenError(ResilienceError):
             every probe slot taken.
     """
 
-    def __init__(self, name: str, state: State, retry_after: float | None) -> None:
-        super().__init__(name, state, retry_after)
-        self.name = name
-        self.state = state
-        self.retry_after = retry_after
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str, state: State, retry_after: float | None) -> None: ...
+
+    @property
+    def name(self) -> str:
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @property
+    def state(self) -> State:
+        return self.args[1]  # type: ignore[no-any-return]
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.args[2]  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
         if self.retry_after is None:
@@ -66,17 +79,29 @@ class CircuitOpenError(ResilienceError):
 class BulkheadFullError(ResilienceError):
     """A bulkhead had no free slot, or none freed up within `max_wait`.
 
+    `BulkheadFullError(name, max_concurrent, waited=0.0)`.
+
     Attributes:
         name: The bulkhead's name.
         max_concurrent: The bulkhead's concurrency limit.
         waited: Seconds the call waited for a slot before it was rejected.
     """
 
-    def __init__(self, name: str, max_concurrent: int, waited: float = 0.0) -> None:
-        super().__init__(name, max_concurrent, waited)
-        self.name = name
-        self.max_concurrent = max_concurrent
-        self.waited = waited
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str, max_concurrent: int, waited: float = 0.0) -> None: ...
+
+    @property
+    def name(self) -> str:
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @property
+    def max_concurrent(self) -> int:
+        return self.args[1]  # type: ignore[no-any-return]
+
+    @property
+    def waited(self) -> float:
+        return self.args[2] if len(self.args) > 2 else 0.0
 
     def __str__(self) -> str:
         return (
@@ -88,16 +113,21 @@ class BulkheadFullError(ResilienceError):
 class RetryBudgetExhaustedError(ResilienceError):
     """The retry budget shared by the callers of a downstream is spent.
 
-    Retry policies raise the call's own last error with a note instead; this
-    error is for code that asks the budget directly and has no error of its own.
+    `RetryBudgetExhaustedError(name)`. Retry policies raise the call's own last
+    error with a note instead; this error is for code that asks the budget
+    directly and has no error of its own.
 
     Attributes:
         name: The budget's name.
     """
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str) -> None: ...
+
+    @property
+    def name(self) -> str:
+        return self.args[0]  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
         return f"retry budget {self.name!r} is exhausted"

@@ -268,14 +268,15 @@ class ObserverHub:
     publishing are thread-safe; publishing takes no lock.
     """
 
-    __slots__ = ("_lock", "_observers", "errors", "parent")
+    __slots__ = ("_observers", "errors", "parent")
+    # Subscriptions are rare: one lock for every hub keeps each policy's hub small.
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, parent: ObserverHub | None = None) -> None:
         if parent is not None and not isinstance(parent, ObserverHub):
             raise TypeError(f"parent= must be an ObserverHub or None, got {parent!r}")
         self.parent = parent
         self._observers: tuple[Observer, ...] = ()
-        self._lock = threading.Lock()
         #: How many times an observer of this hub raised.
         self.errors = 0
 
@@ -302,12 +303,7 @@ class ObserverHub:
     @property
     def active(self) -> bool:
         """Whether anyone listens here or upstream (lets a policy skip building events)."""
-        hub: ObserverHub | None = self
-        while hub is not None:
-            if hub._observers:
-                return True
-            hub = hub.parent
-        return False
+        return bool(self._observers) or (self.parent is not None and self.parent.active)
 
     def publish(self, event: Event) -> None:
         """Hand `event` to every observer here, then to the parent hub's."""

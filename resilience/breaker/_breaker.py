@@ -219,6 +219,7 @@ class CircuitBreaker(Guard[Permit]):
         "_lock",
         "_lockfree",
         "_mode",
+        "_monotonic",
         "_needs_time",
         "_open_duration",
         "_open_until",
@@ -229,7 +230,7 @@ class CircuitBreaker(Guard[Permit]):
         "_probe_slow",
         "_probes_in_flight",
         "_rate_above",
-        "_rejected",
+        "_rejections",
         "_slow_calls",
         "_successes",
         "_transitions",
@@ -316,6 +317,7 @@ class CircuitBreaker(Guard[Permit]):
         )
         self._classifier = Classifier(record=record, ignore=ignore, failure_if=failure_if)
         self.clock = resolve_clock(clock)
+        self._monotonic = self.clock.monotonic
         #: This breaker's observers; forwards to `resilience.events.global_hub`.
         self.events = ObserverHub(parent=global_hub)
 
@@ -342,9 +344,10 @@ class CircuitBreaker(Guard[Permit]):
         self._half_open_since = 0.0
         self._probes_in_flight = 0
         self._probe_calls = self._probe_failures = self._probe_slow = 0
-        self._rate_above: set[str] = set()
+        self._rate_above: frozenset[str] = frozenset()
         self._successes: itertools.count[int] = itertools.count()  # lock-free, like _outcomes
-        self._failures = self._ignored = self._rejected = 0
+        self._rejections: itertools.count[int] = itertools.count()  # lock-free too
+        self._failures = self._ignored = 0
         self._slow_calls = 0
         self._transitions: dict[tuple[State, State], int] = {}
 
@@ -358,7 +361,12 @@ class CircuitBreaker(Guard[Permit]):
         return self._acquire_slow()
 
     def _acquire_slow(self) -> Permit:
-        now = self.clock.monotonic()
+        now = self._monotonic()
+        state = self._mode[0]
+        # Rejections that need no transition take no lock (_open_until is
+        # written before _mode, under the lock): an open breaker sheds load cheaply.
+        if state is _FORCED_OPEN or (state is _OPEN and now < self._open_until):
+            raise self._rejection(state, now)
         events: list[Event] = []
         with self._lock:
             self._advance(now, events)
@@ -369,7 +377,7 @@ class CircuitBreaker(Guard[Permit]):
                 self._probes_in_flight += 1
                 permit = Permit(self, epoch, now, True)
             elif not admits:
-                self._rejected += 1
+                next(self._rejections)
                 permit = None
                 retry_after = max(self._open_until - now, 0.0) if state is _OPEN else None
             else:  # the state changed under us to an admitting one
@@ -378,10 +386,21 @@ class CircuitBreaker(Guard[Permit]):
         if permit is not None:
             return permit
         if self.events.active:
-            self.events.publish(
-                CallRejected(name=self.name, time=now, state=state, retry_after=retry_after)
-            )
+            self._publish_rejection(now, state, retry_after)
         raise CircuitOpenError(self.name, state, retry_after)
+
+    def _publish_rejection(self, now: float, state: State, retry_after: float | None) -> None:
+        self.events.publish(
+            CallRejected(name=self.name, time=now, state=state, retry_after=retry_after)
+        )
+
+    def _rejection(self, state: State, now: float) -> CircuitOpenError:
+        """Count a rejection that needs no transition (no lock) and build its error."""
+        next(self._rejections)
+        retry_after = self._open_until - now if state is _OPEN else None
+        if self.events.active:
+            self._publish_rejection(now, state, retry_after)
+        return CircuitOpenError(self.name, state, retry_after)
 
     # -- settling -------------------------------------------------------------
 
@@ -461,7 +480,7 @@ class CircuitBreaker(Guard[Permit]):
                 rate = window.slow / window.calls
                 if rate >= self.slow_call_rate_threshold:
                     crossed.append(("slow_call_rate", rate, self.slow_call_rate_threshold))
-        above = {metric for metric, _, _ in crossed}
+        above = frozenset(metric for metric, _, _ in crossed)
         for metric, value, threshold in crossed:
             if metric not in self._rate_above:
                 events.append(
@@ -554,7 +573,7 @@ class CircuitBreaker(Guard[Permit]):
             self._outcomes = itertools.count()
             self._consecutive = 0
             self._last_failure = -2
-            self._rate_above = set()
+            self._rate_above = frozenset()
         lockfree = self._outcomes if recording and self._lockfree else None
         admits = recording or state is _DISABLED
         self._mode = (state, self._mode[1] + 1, admits, lockfree)
@@ -645,7 +664,7 @@ class CircuitBreaker(Guard[Permit]):
                     "success": _peek(self._successes),
                     "failure": self._failures,
                     "ignored": self._ignored,
-                    "rejected": self._rejected,
+                    "rejected": _peek(self._rejections),
                 },
                 slow_calls=self._slow_calls,
                 transitions=dict(self._transitions),
@@ -692,6 +711,7 @@ class CircuitBreaker(Guard[Permit]):
         refuse_generators(fn, self)
         breaker, clock, record = self, self.clock, self._record
         acquire_slow, on_error = self._acquire_slow, self._on_error
+        monotonic = self._monotonic
         failure_if = self._classifier.failure_if
         timed = self._needs_time
         slow_after = self.slow_call_duration
@@ -699,7 +719,7 @@ class CircuitBreaker(Guard[Permit]):
         warmup = self.minimum_calls
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            _, epoch, admits, lockfree = breaker._mode
+            state, epoch, admits, lockfree = breaker._mode
             if admits:
                 start = clock.monotonic() if timed else 0.0
                 try:
@@ -722,6 +742,8 @@ class CircuitBreaker(Guard[Permit]):
                 else:
                     breaker._on_return(Permit(breaker, epoch, start, False), result)
                 return result
+            if state is _OPEN and (now := monotonic()) < breaker._open_until:
+                raise breaker._rejection(state, now)  # raised here: one frame less to unwind
             permit = acquire_slow()
             try:
                 result = fn(*args, **kwargs)
@@ -736,6 +758,7 @@ class CircuitBreaker(Guard[Permit]):
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         breaker, clock, record = self, self.clock, self._record
         acquire_slow, on_error = self._acquire_slow, self._on_error
+        monotonic = self._monotonic
         failure_if = self._classifier.failure_if
         timed = self._needs_time
         slow_after = self.slow_call_duration
@@ -743,10 +766,12 @@ class CircuitBreaker(Guard[Permit]):
         warmup = self.minimum_calls
 
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            _, epoch, admits, lockfree = breaker._mode
+            state, epoch, admits, lockfree = breaker._mode
             if admits:
                 permit = None
                 start = clock.monotonic() if timed else 0.0
+            elif state is _OPEN and (now := monotonic()) < breaker._open_until:
+                raise breaker._rejection(state, now)
             else:
                 permit = acquire_slow()
             try:

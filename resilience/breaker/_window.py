@@ -124,12 +124,14 @@ class _CountLog(WindowState):
         super().__init__()
         self._size = size
         self._failed: deque[int] = deque()
-        self._slowed: deque[int] = deque()
+        self._slowed: deque[int] = _NO_SLOW_CALLS  # replaced on the first slow call
 
     def record(self, number: int, failed: bool, slow: bool, now: float) -> None:
         if failed:
             self._failed.append(number)
         if slow:
+            if self._slowed is _NO_SLOW_CALLS:
+                self._slowed = deque()
             self._slowed.append(number)
         self.refresh(number + 1, now)
 
@@ -146,8 +148,11 @@ class _CountLog(WindowState):
 
     def reset(self) -> None:
         self._failed.clear()
-        self._slowed.clear()
+        self._slowed = _NO_SLOW_CALLS
         self.calls = self.failures = self.slow = 0
+
+
+_NO_SLOW_CALLS: deque[int] = deque(maxlen=0)  # shared, always empty: most breakers never see one
 
 
 class _TimeRing(WindowState):
