@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-dev
 
 help:
 	@echo "make test    lint, type-check, run the whole test suite and build the docs"
-	@echo "make bench   per-call overhead next to a bare call and a minimal decorator"
+	@echo "make bench   per-call overhead next to a bare call, a minimal decorator and the peers"
 	@echo "make clean   remove the virtualenv and build output"
 
 $(STAMP): pyproject.toml
@@ -40,6 +40,7 @@ test: lint typecheck pytest docs-check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py --json benchmarks/results/core.json
+	$(BIN)/python benchmarks/bench_breaker.py --json benchmarks/results/breaker.json
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis

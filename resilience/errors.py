@@ -55,14 +55,17 @@ class CircuitOpenError(ResilienceError):
 
     @property
     def name(self) -> str:
+        """The breaker's name."""
         return self.args[0]  # type: ignore[no-any-return]
 
     @property
     def state(self) -> State:
+        """The state that rejected the call."""
         return self.args[1]  # type: ignore[no-any-return]
 
     @property
     def retry_after(self) -> float | None:
+        """Seconds until a probe is allowed, or None if unknown."""
         return self.args[2]  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
@@ -93,14 +96,17 @@ class BulkheadFullError(ResilienceError):
 
     @property
     def name(self) -> str:
+        """The bulkhead's name."""
         return self.args[0]  # type: ignore[no-any-return]
 
     @property
     def max_concurrent(self) -> int:
+        """The bulkhead's concurrency limit."""
         return self.args[1]  # type: ignore[no-any-return]
 
     @property
     def waited(self) -> float:
+        """Seconds waited for a slot before the rejection."""
         return self.args[2] if len(self.args) > 2 else 0.0
 
     def __str__(self) -> str:
@@ -127,6 +133,7 @@ class RetryBudgetExhaustedError(ResilienceError):
 
     @property
     def name(self) -> str:
+        """The budget's name."""
         return self.args[0]  # type: ignore[no-any-return]
 
     def __str__(self) -> str:

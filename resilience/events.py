@@ -271,6 +271,8 @@ class ObserverHub:
     __slots__ = ("_observers", "errors", "parent")
     # Subscriptions are rare: one lock for every hub keeps each policy's hub small.
     _lock: ClassVar[threading.Lock] = threading.Lock()
+    #: Observers subscribed on any hub; zero lets a hot path skip `active`.
+    observed: ClassVar[int] = 0
 
     def __init__(self, parent: ObserverHub | None = None) -> None:
         if parent is not None and not isinstance(parent, ObserverHub):
@@ -286,6 +288,7 @@ class ObserverHub:
             raise TypeError(f"observer must be callable(event), got {observer!r}")
         with self._lock:
             self._observers = (*self._observers, observer)
+            ObserverHub.observed += 1
 
         def unsubscribe() -> None:
             self.unsubscribe(observer)
@@ -299,6 +302,7 @@ class ObserverHub:
             if observer in observers:
                 observers.remove(observer)
                 self._observers = tuple(observers)
+                ObserverHub.observed -= 1
 
     @property
     def active(self) -> bool:

@@ -90,10 +90,13 @@ def test_unsubscribe_is_idempotent() -> None:
     """The function returned by subscribe removes the observer, once."""
     hub = ObserverHub()
     seen: list[Event] = []
+    observed = ObserverHub.observed
     unsubscribe = hub.subscribe(seen.append)
     assert hub.active
+    assert ObserverHub.observed == observed + 1
     unsubscribe()
     unsubscribe()
+    assert ObserverHub.observed == observed
     hub.unsubscribe(print)
     hub.publish(SAMPLES[0])
     assert seen == []

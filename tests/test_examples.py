@@ -11,6 +11,25 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # What each example must print, so that an example that silently stops
 # demonstrating its point fails here.
 EXPECTED = {
+    "breaker.py": [
+        "failed: payments is down",
+        "failed: payments is down",
+        "  event: breaker.threshold_crossed",
+        "  event: breaker.state_changed consecutive_failures",
+        "failed: payments is down",
+        "  event: call.rejected",
+        "rejected at once: circuit breaker 'payments' is open; next probe allowed in 10.000s",
+        "  event: breaker.state_changed open_duration_elapsed",
+        "after 10 s the breaker is half_open",
+        "  event: breaker.state_changed probes_failed",
+        "failed: payments is down",
+        "retry after 20.0 s",
+        "  event: breaker.state_changed open_duration_elapsed",
+        "  event: breaker.state_changed probes_succeeded",
+        "charged o-5",
+        "refunded o-5",
+        "state=closed calls={'success': 2, 'failure': 4, 'ignored': 0, 'rejected': 1}",
+    ],
     "custom_policy.py": [
         "ORDERS",
         "stnemyap",

@@ -398,7 +398,7 @@ class CircuitBreaker(Guard[Permit]):
         """Count a rejection that needs no transition (no lock) and build its error."""
         next(self._rejections)
         retry_after = self._open_until - now if state is _OPEN else None
-        if self.events.active:
+        if ObserverHub.observed and self.events.active:
             self._publish_rejection(now, state, retry_after)
         return CircuitOpenError(self.name, state, retry_after)
 

@@ -123,14 +123,18 @@ class _CountLog(WindowState):
     def __init__(self, size: int) -> None:
         super().__init__()
         self._size = size
-        self._failed: deque[int] = deque()
-        self._slowed: deque[int] = _NO_SLOW_CALLS  # replaced on the first slow call
+        # Shared empty deques until the first failure / slow call: most breakers
+        # in a large registry never see one, and an empty deque costs ~600 bytes.
+        self._failed: deque[int] = _NONE_YET
+        self._slowed: deque[int] = _NONE_YET
 
     def record(self, number: int, failed: bool, slow: bool, now: float) -> None:
         if failed:
+            if self._failed is _NONE_YET:
+                self._failed = deque()
             self._failed.append(number)
         if slow:
-            if self._slowed is _NO_SLOW_CALLS:
+            if self._slowed is _NONE_YET:
                 self._slowed = deque()
             self._slowed.append(number)
         self.refresh(number + 1, now)
@@ -147,12 +151,11 @@ class _CountLog(WindowState):
         self.slow = len(slowed)
 
     def reset(self) -> None:
-        self._failed.clear()
-        self._slowed = _NO_SLOW_CALLS
+        self._failed = self._slowed = _NONE_YET
         self.calls = self.failures = self.slow = 0
 
 
-_NO_SLOW_CALLS: deque[int] = deque(maxlen=0)  # shared, always empty: most breakers never see one
+_NONE_YET: deque[int] = deque(maxlen=0)  # shared and always empty (appending is a no-op)
 
 
 class _TimeRing(WindowState):
