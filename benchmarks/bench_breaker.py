@@ -2,7 +2,7 @@
 
 Cases (DESIGN section 13, issue "Circuit breaker"):
 - a closed-breaker call of a no-op function, sync and async;
-- a rejected call of an open breaker (raise and catch), sync;
+- a rejected call of an open breaker (raise and catch), sync and async;
 - bytes per breaker, for 10,000 breakers.
 Each next to a bare call and a minimal hand-written decorator. A peer that is
 not installed, or does not support a case, is reported as n/a.
@@ -67,6 +67,14 @@ def minimal_open(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        raise Rejected
+
+    return wrapper
+
+
+def minimal_open_async(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
         raise Rejected
 
     return wrapper
@@ -174,6 +182,18 @@ PEERS_OPEN = {
 }
 
 
+def rejected_await(fn: Callable[[int], Any]) -> Callable[[], Any]:
+    async def run() -> None:
+        try:
+            await fn(1)
+        except Exception:
+            pass
+        else:
+            raise AssertionError("the open breaker admitted the call")
+
+    return run
+
+
 def rejected_call(fn: Callable[[int], Any]) -> Callable[[], None]:
     def run() -> None:
         try:
@@ -252,8 +272,14 @@ def main() -> None:
         "minimal decorator": async_timer(minimal_async(anoop)),
     }
     closed_async |= run_peers(PEERS_ASYNC, anoop, async_timer)  # type: ignore[arg-type]
+
+    def rejected_async_timer(fn: Callable[..., Any]) -> float:
+        return measure_async(rejected_await(fn), number=number, repeat=repeat)
+
     rejected = {"minimal raise-and-catch": rejected_timer(minimal_open(noop))}
     rejected |= run_peers(PEERS_OPEN, noop, rejected_timer)  # type: ignore[arg-type]
+    rejected_async = {"minimal raise-and-catch": rejected_async_timer(minimal_open_async(anoop))}
+    rejected_async |= run_peers(PEERS_OPEN, anoop, rejected_async_timer)  # type: ignore[arg-type]
     memory = memory_rows()
 
     print(f"Python {platform.python_version()} on {platform.machine()}, {number} calls x {repeat}")
@@ -261,6 +287,7 @@ def main() -> None:
         ("closed breaker, sync no-op call", closed, "minimal decorator"),
         ("closed breaker, async no-op call", closed_async, "minimal decorator"),
         ("open breaker, rejected sync call", rejected, "minimal raise-and-catch"),
+        ("open breaker, rejected async call", rejected_async, "minimal raise-and-catch"),
     ):
         available = {name: ns for name, ns in rows.items() if ns is not None}
         print_table(title, available, baseline)
@@ -278,6 +305,7 @@ def main() -> None:
                 "closed_sync_ns": closed,
                 "closed_async_ns": closed_async,
                 "rejected_sync_ns": rejected,
+                "rejected_async_ns": rejected_async,
                 "bytes_per_breaker": memory,
             },
             number=number,

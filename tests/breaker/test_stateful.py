@@ -112,6 +112,10 @@ class Model:
             self.enter(state, now)
 
 
+def _interrupt() -> None:
+    raise KeyboardInterrupt
+
+
 class BreakerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -130,6 +134,7 @@ class BreakerMachine(RuleBasedStateMachine):
         self.model = Model()
         self.permits: list[tuple[Permit, ModelPermit]] = []
         self.guarded_ok = self.breaker(lambda: "ok")
+        self.guarded_interrupt = self.breaker(_interrupt)
 
     @rule()
     def acquire(self) -> None:
@@ -166,6 +171,20 @@ class BreakerMachine(RuleBasedStateMachine):
         else:
             assert expected is not None
             self.model.settle(expected, "success", now)
+
+    @rule()
+    def interrupted_call(self) -> None:
+        """A decorated call cancelled by a BaseException: admitted, then IGNORED."""
+        expected = self.model.acquire(self.clock.monotonic())
+        try:
+            self.guarded_interrupt()
+        except CircuitOpenError:
+            assert expected is None
+        except KeyboardInterrupt:
+            assert expected is not None
+            self.model.settle(expected, "ignored", self.clock.monotonic())
+        else:
+            raise AssertionError("the guarded call returned")
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 5.0, 10.0, 30.0]))
     def advance(self, seconds: float) -> None:

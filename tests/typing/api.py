@@ -80,6 +80,37 @@ async def use_acall() -> None:
     await policy.acall(fetch, 1)  # type: ignore[arg-type]
 
 
+breaker = resilience.CircuitBreaker("payments", clock=FakeClock())
+
+
+@breaker
+def pay(order_id: str, amount: int) -> bool:
+    return True
+
+
+@breaker
+async def apay(order_id: str) -> bool:
+    return True
+
+
+assert_type(pay("o", 3), bool)
+pay("o", "3")  # type: ignore[arg-type]
+assert_type(breaker.call(pay, "o", 3), bool)
+assert_type(breaker.state, State)
+permit = breaker.acquire()
+assert_type(permit, resilience.Permit)
+permit.record(Outcome.SUCCESS)
+
+
+async def use_breaker() -> None:
+    assert_type(await apay("o"), bool)
+    assert_type(await breaker.acall(apay, "o"), bool)
+    async with breaker as token:
+        assert_type(token, resilience.Permit)
+
+
+registry = resilience.BreakerRegistry(max_size=10)
+assert_type(registry.get("x"), resilience.CircuitBreaker)
 clock: resilience.Clock = FakeClock()
 assert_type(clock.monotonic(), float)
 assert_type(Outcome("success"), Outcome)
