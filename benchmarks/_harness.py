@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import platform
 import sys
@@ -10,6 +11,29 @@ import time
 import timeit
 from collections.abc import Callable
 from typing import Any
+
+
+def noop(x: int) -> int:
+    """The protected function of every case: does nothing."""
+    return x
+
+
+async def anoop(x: int) -> int:
+    """The async protected function: does nothing."""
+    return x
+
+
+def minimal_decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The least a decorator that watches outcomes does: try/except around the call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            raise
+
+    return wrapper
 
 
 def measure(stmt: Callable[[], object], *, number: int, repeat: int) -> float:

@@ -21,34 +21,21 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from _harness import measure, measure_async, print_table, write_json
+from _harness import (
+    anoop,
+    measure,
+    measure_async,
+    minimal_decorator,
+    noop,
+    print_table,
+    write_json,
+)
 
 import resilience
 
 
 class Rejected(Exception):
     """What the minimal decorator raises when 'open'."""
-
-
-def noop(x: int) -> int:
-    return x
-
-
-async def anoop(x: int) -> int:
-    return x
-
-
-def minimal(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The least a decorator watching outcomes does: try/except around the call."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception:
-            raise
-
-    return wrapper
 
 
 def minimal_async(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -265,7 +252,10 @@ def main() -> None:
     def rejected_timer(fn: Callable[..., Any]) -> float:
         return measure(rejected_call(fn), number=number, repeat=repeat)
 
-    closed = {"bare call": sync_timer(noop), "minimal decorator": sync_timer(minimal(noop))}
+    closed = {
+        "bare call": sync_timer(noop),
+        "minimal decorator": sync_timer(minimal_decorator(noop)),
+    }
     closed |= run_peers(PEERS_CLOSED, noop, sync_timer)  # type: ignore[arg-type]
     closed_async = {
         "bare await": async_timer(anoop),

@@ -11,12 +11,17 @@ nanoseconds per call and as ratios to the minimal decorator.
 from __future__ import annotations
 
 import argparse
-import functools
 import platform
-from collections.abc import Callable
-from typing import Any
 
-from _harness import measure, measure_async, print_table, write_json
+from _harness import (
+    anoop,
+    measure,
+    measure_async,
+    minimal_decorator,
+    noop,
+    print_table,
+    write_json,
+)
 
 from resilience import compose
 from resilience._compose import Guard
@@ -33,27 +38,6 @@ class NoopGuard(Guard[None]):
 
     def _on_exit(self, token: None) -> None:
         pass
-
-
-def minimal_decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The least a decorator that watches outcomes can do."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception:
-            raise
-
-    return wrapper
-
-
-def noop(x: int) -> int:
-    return x
-
-
-async def anoop(x: int) -> int:
-    return x
 
 
 def main() -> None:

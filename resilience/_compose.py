@@ -239,11 +239,7 @@ class Guard(Policy, Generic[Token]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        token = self._pop_token(sys._getframe(1))
-        if exc is None:
-            self._on_exit(token)
-        else:
-            self._on_error(token, exc)
+        self._exit_block(sys._getframe(1), exc)
 
     async def __aexit__(
         self,
@@ -251,7 +247,10 @@ class Guard(Policy, Generic[Token]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        token = self._pop_token(sys._getframe(1))
+        self._exit_block(sys._getframe(1), exc)
+
+    def _exit_block(self, caller: FrameType, exc: BaseException | None) -> None:
+        token = self._pop_token(caller)
         if exc is None:
             self._on_exit(token)
         else:

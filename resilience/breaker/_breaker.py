@@ -705,18 +705,44 @@ class CircuitBreaker(Guard[Permit]):
         if not token.settled:  # `with breaker as permit:` may have settled it by hand
             self._settle(token, _SUCCESS)
 
+    def _settle_result(self, epoch: int, start: float, result: object) -> None:
+        """Settle a decorated call that returned, when the lock-free path does not apply."""
+        if self._classifier.failure_if is None:
+            self._record(epoch, start, False, _SUCCESS)
+        else:
+            self._on_return(Permit(self, epoch, start, False), result)
+
+    def _wrapper_locals(self) -> tuple[Any, ...]:
+        """What the decorator wrappers read per call, bound once at decoration."""
+        return (
+            self,
+            self.clock,
+            self._acquire_slow,
+            self._on_error,
+            self._monotonic,
+            self._classifier.failure_if,
+            self._needs_time,
+            self.slow_call_duration,
+            self._successes,
+            self.minimum_calls,
+        )
+
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         # acquire() and the permit, inlined for the decorator: no Permit object
-        # on the closed-state path, one lock section per call (in _record).
+        # on the closed-state path, and a success takes no lock (see _CountLog).
         refuse_generators(fn, self)
-        breaker, clock, record = self, self.clock, self._record
-        acquire_slow, on_error = self._acquire_slow, self._on_error
-        monotonic = self._monotonic
-        failure_if = self._classifier.failure_if
-        timed = self._needs_time
-        slow_after = self.slow_call_duration
-        successes = self._successes
-        warmup = self.minimum_calls
+        (
+            breaker,
+            clock,
+            acquire_slow,
+            on_error,
+            monotonic,
+            failure_if,
+            timed,
+            slow_after,
+            successes,
+            warmup,
+        ) = self._wrapper_locals()
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             state, epoch, admits, lockfree = breaker._mode
@@ -737,10 +763,8 @@ class CircuitBreaker(Guard[Permit]):
                     # only trip the breaker by bringing the window to minimum_calls.
                     if next(lockfree) < warmup:
                         breaker._check_warmup(epoch)
-                elif failure_if is None:
-                    record(epoch, start, False, _SUCCESS)
                 else:
-                    breaker._on_return(Permit(breaker, epoch, start, False), result)
+                    breaker._settle_result(epoch, start, result)
                 return result
             if state is _OPEN and (now := monotonic()) < breaker._open_until:
                 raise breaker._rejection(state, now)  # raised here: one frame less to unwind
@@ -756,14 +780,18 @@ class CircuitBreaker(Guard[Permit]):
         return wrapper
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        breaker, clock, record = self, self.clock, self._record
-        acquire_slow, on_error = self._acquire_slow, self._on_error
-        monotonic = self._monotonic
-        failure_if = self._classifier.failure_if
-        timed = self._needs_time
-        slow_after = self.slow_call_duration
-        successes = self._successes
-        warmup = self.minimum_calls
+        (
+            breaker,
+            clock,
+            acquire_slow,
+            on_error,
+            monotonic,
+            failure_if,
+            timed,
+            slow_after,
+            successes,
+            warmup,
+        ) = self._wrapper_locals()
 
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             state, epoch, admits, lockfree = breaker._mode
@@ -779,17 +807,18 @@ class CircuitBreaker(Guard[Permit]):
             except BaseException as exc:
                 on_error(permit or Permit(breaker, epoch, start, False), exc)
                 raise
-            if permit is None and failure_if is None:
-                if lockfree is not None and (
-                    slow_after is None or clock.monotonic() - start <= slow_after
-                ):
-                    next(successes)
-                    if next(lockfree) < warmup:
-                        breaker._check_warmup(epoch)
-                else:
-                    record(epoch, start, False, _SUCCESS)
+            if permit is not None:
+                breaker._on_return(permit, result)
+            elif (
+                failure_if is None
+                and lockfree is not None
+                and (slow_after is None or clock.monotonic() - start <= slow_after)
+            ):
+                next(successes)
+                if next(lockfree) < warmup:
+                    breaker._check_warmup(epoch)
             else:
-                breaker._on_return(permit or Permit(breaker, epoch, start, False), result)
+                breaker._settle_result(epoch, start, result)
             return result
 
         return wrapper
