@@ -201,17 +201,20 @@ def test_failure_if_counts_results() -> None:
 
 def test_a_failing_failure_if_predicate_still_settles() -> None:
     """A bug in failure_if propagates, and the permit is released, not leaked."""
-    breaker = make(half_open_max_calls=1, consecutive_failures=1, open_duration=1)
-    breaker.force_open()
-    breaker.reset()
 
     def bad_predicate(result: object) -> bool:
         raise RuntimeError("predicate bug")
 
-    buggy = make(failure_if=bad_predicate)
+    clock = FakeClock()
+    buggy = make(clock, failure_if=bad_predicate, consecutive_failures=1, open_duration=1)
     with pytest.raises(RuntimeError, match="predicate bug"):
         buggy.call(ok)
     assert buggy.metrics().calls["ignored"] == 1
+    buggy.acquire().record_failure()
+    clock.advance(1)
+    with pytest.raises(RuntimeError, match="predicate bug"):
+        buggy(ok)()  # the half-open probe's slot comes back...
+    assert buggy.acquire().probe  # ...so the next caller can probe
 
 
 # -- open, half-open, close ------------------------------------------------------
