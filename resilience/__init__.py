@@ -9,9 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import events
+from ._backoff import Backoff, parse_retry_after
+from ._budget import RetryBudget
 from ._clock import Clock, SystemClock
 from ._compose import Pipeline, Policy, compose
+from ._deadline import Deadline, current_deadline, deadline, remaining
 from ._outcome import Outcome
+from ._retry import Retry, RetryExhaustedError
 from ._state import State
 from .breaker import (
     BreakerMetrics,
@@ -31,6 +35,7 @@ from .errors import (
 )
 
 __all__ = [
+    "Backoff",
     "BreakerMetrics",
     "BreakerRegistry",
     "BulkheadFullError",
@@ -38,20 +43,28 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "CountWindow",
+    "Deadline",
     "DeadlineExceededError",
     "Outcome",
     "Permit",
     "Pipeline",
     "Policy",
     "ResilienceError",
+    "Retry",
+    "RetryBudget",
     "RetryBudgetExhaustedError",
+    "RetryExhaustedError",
     "State",
     "SystemClock",
     "TimeWindow",
     "__version__",
     "compose",
+    "current_deadline",
+    "deadline",
     "events",
     "exponential_open_duration",
+    "parse_retry_after",
+    "remaining",
 ]
 
 

@@ -10,6 +10,15 @@ import pytest
 import resilience
 
 PUBLIC_API = {
+    "Backoff",
+    "Deadline",
+    "Retry",
+    "RetryBudget",
+    "RetryExhaustedError",
+    "current_deadline",
+    "deadline",
+    "parse_retry_after",
+    "remaining",
     "BreakerMetrics",
     "BreakerRegistry",
     "BulkheadFullError",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .._clock import Clock, resolve_clock
 from .._compose import Guard, refuse_generators
+from .._counter import peek
 from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
 from .._state import State
 from .._validate import check_int, check_seconds, check_string
@@ -502,13 +503,13 @@ class CircuitBreaker(Guard[Permit]):
         events: list[Event] = []
         with self._lock:
             if self._mode[1] == epoch:
-                self._window.refresh(_peek(self._outcomes), now)
+                self._window.refresh(peek(self._outcomes), now)
                 self._check_thresholds(now, events)
         self._publish(events)
 
     def _streak(self) -> int:
         """Failures in a row, up to the latest outcome (under the lock)."""
-        recorded = _peek(self._outcomes)
+        recorded = peek(self._outcomes)
         return self._consecutive if recorded == self._last_failure + 1 else 0
 
     def _decide_half_open(self, now: float, events: list[Event]) -> None:
@@ -654,17 +655,17 @@ class CircuitBreaker(Guard[Permit]):
         now = self.clock.monotonic()
         with self._lock:
             window = self._window
-            window.refresh(_peek(self._outcomes), now)
+            window.refresh(peek(self._outcomes), now)
             calls = window.calls
             enough = calls >= self.minimum_calls
             return BreakerMetrics(
                 name=self.name,
                 state=self._mode[0],
                 calls={
-                    "success": _peek(self._successes),
+                    "success": peek(self._successes),
                     "failure": self._failures,
                     "ignored": self._ignored,
-                    "rejected": _peek(self._rejections),
+                    "rejected": peek(self._rejections),
                 },
                 slow_calls=self._slow_calls,
                 transitions=dict(self._transitions),
@@ -842,8 +843,3 @@ def _check_open_duration(value: object) -> Callable[[int], float]:
         return value
     seconds = check_seconds(value, "open_duration")
     return lambda openings: seconds
-
-
-def _peek(counter: itertools.count[int]) -> int:
-    """The next number an itertools.count would give, without taking it."""
-    return int(repr(counter)[6:-1])

@@ -1,0 +1,124 @@
+"""Deadlines: an absolute instant that bounds all the work done for one request.
+
+A deadline lives in a context variable, so it follows the call through
+threads' and tasks' own contexts without being passed around: the retry
+policy caps its sleeps by it, the httpx transport clamps its timeouts to it
+and sends it downstream. Deadlines nest as a minimum: an inner `deadline(5)`
+inside an outer one with 1 s left still ends in 1 s (gRPC and Finagle do the
+same).
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING
+
+from ._clock import Clock, resolve_clock
+from ._validate import check_seconds
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Deadline", "current_deadline", "deadline", "remaining"]
+
+
+class Deadline:
+    """An instant on a monotonic clock, with the budget it was created from."""
+
+    __slots__ = ("budget", "clock", "expires_at")
+
+    def __init__(self, expires_at: float, budget: float, clock: Clock) -> None:
+        #: When the deadline passes, on `clock`.
+        self.expires_at = expires_at
+        #: The seconds this deadline allowed when it was set (after nesting).
+        self.budget = budget
+        self.clock = clock
+
+    def remaining(self) -> float:
+        """Seconds left; 0.0 once the deadline has passed."""
+        return max(self.expires_at - self.clock.monotonic(), 0.0)
+
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.clock.monotonic() >= self.expires_at
+
+    def __repr__(self) -> str:
+        return f"<Deadline remaining={self.remaining():.3f}s budget={self.budget:.3f}s>"
+
+
+_current: ContextVar[Deadline | None] = ContextVar("resilience_deadline", default=None)
+
+
+def current_deadline() -> Deadline | None:
+    """The deadline in force here, or None."""
+    return _current.get()
+
+
+def remaining() -> float | None:
+    """Seconds left before the current deadline (0.0 if passed), or None without one."""
+    current = _current.get()
+    return None if current is None else current.remaining()
+
+
+class deadline:
+    """Bound everything inside the block to `seconds` from now (or less, if nested).
+
+    ```python
+    with resilience.deadline(2.0):
+        reply = client.get(url)          # the transport honours the deadline
+        resilience.remaining()           # seconds left
+    async with resilience.deadline(2.0) as d:
+        ...                              # d.remaining(), d.expired
+    ```
+
+    Entering gives the `Deadline` in force (the nested minimum). The block is
+    not interrupted when time runs out: deadline-aware code (retries, the
+    transport, `resilience.Timeout` on async code) stops at it. One
+    `deadline` object is entered once at a time; make a new one per block.
+
+    Args:
+        seconds: The budget, >= 0 (0 means "already expired").
+        clock: The clock to measure it on (a FakeClock in tests).
+    """
+
+    __slots__ = ("_clock", "_seconds", "_token")
+
+    def __init__(self, seconds: float, *, clock: Clock | None = None) -> None:
+        self._seconds = check_seconds(seconds, "seconds", allow_zero=True)
+        self._clock = resolve_clock(clock)
+        self._token: Token[Deadline | None] | None = None
+
+    def __enter__(self) -> Deadline:
+        if self._token is not None:
+            raise RuntimeError("this deadline is already entered; create one per block")
+        outer = _current.get()
+        budget = self._seconds if outer is None else min(self._seconds, outer.remaining())
+        entered = Deadline(self._clock.monotonic() + budget, budget, self._clock)
+        self._token = _current.set(entered)
+        return entered
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        token, self._token = self._token, None
+        if token is None:
+            raise RuntimeError("deadline.__exit__ without __enter__")
+        _current.reset(token)
+
+    async def __aenter__(self) -> Deadline:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)
+
+    def __repr__(self) -> str:
+        return f"deadline({self._seconds!r})"
