@@ -11,12 +11,15 @@ from typing import Any
 from . import events
 from ._backoff import Backoff, parse_retry_after
 from ._budget import RetryBudget
+from ._bulkhead import Bulkhead
 from ._clock import Clock, SystemClock
 from ._compose import Pipeline, Policy, compose
 from ._deadline import Deadline, current_deadline, deadline, remaining
+from ._fallback import Fallback
 from ._outcome import Outcome
 from ._retry import Retry, RetryExhaustedError
 from ._state import State
+from ._timeout import Timeout
 from .breaker import (
     BreakerMetrics,
     BreakerRegistry,
@@ -38,6 +41,7 @@ __all__ = [
     "Backoff",
     "BreakerMetrics",
     "BreakerRegistry",
+    "Bulkhead",
     "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -45,6 +49,7 @@ __all__ = [
     "CountWindow",
     "Deadline",
     "DeadlineExceededError",
+    "Fallback",
     "Outcome",
     "Permit",
     "Pipeline",
@@ -57,6 +62,7 @@ __all__ = [
     "State",
     "SystemClock",
     "TimeWindow",
+    "Timeout",
     "__version__",
     "compose",
     "current_deadline",

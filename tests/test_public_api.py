@@ -10,6 +10,9 @@ import pytest
 import resilience
 
 PUBLIC_API = {
+    "Bulkhead",
+    "Fallback",
+    "Timeout",
     "Backoff",
     "Deadline",
     "Retry",

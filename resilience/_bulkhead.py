@@ -1,0 +1,250 @@
+"""Bulkhead: cap how much of this process one dependency can tie up."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ._compose import Guard
+from ._counter import peek
+from ._validate import check_int, check_seconds, check_string
+from .errors import BulkheadFullError
+from .events import BulkheadRejected, ObserverHub, global_hub
+
+__all__ = ["Bulkhead"]
+
+
+class _Waiter:
+    """A caller queued for a slot; `grant()` hands it one (thread-safe)."""
+
+    __slots__ = ("granted", "wake")
+
+    def __init__(self, wake: Any) -> None:
+        self.granted = False
+        self.wake = wake
+
+
+class Bulkhead(Guard[None]):
+    """At most `max_concurrent` calls at once; others wait up to `max_wait`, then fail.
+
+    ```python
+    bulkhead = resilience.Bulkhead(max_concurrent=10, max_wait=0.5)
+
+    @bulkhead
+    async def query(sql: str) -> Rows: ...
+    ```
+
+    A call that finds every slot taken waits in a FIFO queue for at most
+    `max_wait` seconds (default 0: it is rejected at once) and then raises
+    `BulkheadFullError`. A released slot goes straight to the longest waiter,
+    so waiters are never overtaken by newcomers. One bulkhead can be shared
+    by threads and by asyncio or trio tasks at the same time; waiting never
+    blocks an event loop. Waits are measured in real time.
+
+    Args:
+        max_concurrent: Calls allowed at once (>= 1).
+        max_wait: Seconds a call may wait for a slot (>= 0).
+        max_queue: Callers allowed to wait at once; more are rejected at
+            once (default: no limit beyond `max_wait`).
+        name: Names the bulkhead in errors, events and metrics.
+    """
+
+    __slots__ = (
+        "_in_flight",
+        "_lock",
+        "_rejected",
+        "_waiters",
+        "events",
+        "max_concurrent",
+        "max_queue",
+        "max_wait",
+        "name",
+    )
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        *,
+        max_wait: float = 0.0,
+        max_queue: int | None = None,
+        name: str = "bulkhead",
+    ) -> None:
+        self.max_concurrent = check_int(max_concurrent, "max_concurrent")
+        self.max_wait = check_seconds(max_wait, "max_wait", allow_zero=True)
+        self.max_queue = None if max_queue is None else check_int(max_queue, "max_queue")
+        self.name = check_string(name, "name")
+        #: This policy's observers; forwards to `resilience.events.global_hub`.
+        self.events = ObserverHub(parent=global_hub)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._rejected: itertools.count[int] = itertools.count()
+
+    # -- admission ----------------------------------------------------------------
+
+    def _try_take(self) -> bool:
+        """Take a free slot if there is one and nobody is queued for it (under the lock)."""
+        if self._in_flight < self.max_concurrent and not self._waiters:
+            self._in_flight += 1
+            return True
+        return False
+
+    def _queue_full(self) -> bool:
+        return self.max_queue is not None and len(self._waiters) >= self.max_queue
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._try_take():
+                return
+            if self.max_wait == 0 or self._queue_full():
+                raise self._reject(0.0)
+            event = threading.Event()
+            waiter = _Waiter(event.set)
+            self._waiters.append(waiter)
+        start = time.monotonic()
+        event.wait(self.max_wait)
+        self._settle_wait(waiter, time.monotonic() - start)
+
+    async def _aenter(self) -> None:
+        with self._lock:
+            if self._try_take():
+                return
+            if self.max_wait == 0 or self._queue_full():
+                raise self._reject(0.0)
+        start = time.monotonic()
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None and _asyncio_loop(asyncio) is not None:
+            await self._wait_asyncio(asyncio, start)
+        else:
+            await self._wait_trio(start)
+
+    async def _wait_asyncio(self, asyncio: Any, start: float) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+
+        waiter = self._enqueue(wake)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.max_wait)
+        except TimeoutError:
+            pass
+        except BaseException:
+            self._abandon(waiter)  # cancelled while queued: give back a granted slot
+            raise
+        self._settle_wait(waiter, time.monotonic() - start)
+
+    async def _wait_trio(self, start: float) -> None:
+        import trio
+
+        event = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        waiter = self._enqueue(lambda: token.run_sync_soon(event.set))
+        try:
+            with trio.move_on_after(self.max_wait):
+                await event.wait()
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        self._settle_wait(waiter, time.monotonic() - start)
+
+    def _enqueue(self, wake: Any) -> _Waiter:
+        with self._lock:
+            if self._try_take():  # a slot freed up since the first look
+                waiter = _Waiter(wake)
+                waiter.granted = True
+                return waiter
+            if self._queue_full():
+                raise self._reject(0.0)
+            waiter = _Waiter(wake)
+            self._waiters.append(waiter)
+            return waiter
+
+    def _settle_wait(self, waiter: _Waiter, waited: float) -> None:
+        """After a wait: keep a granted slot, or leave the queue and reject."""
+        with self._lock:
+            if waiter.granted:
+                return
+            self._waiters.remove(waiter)
+            error = self._reject(waited)
+        raise error
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        with self._lock:
+            if not waiter.granted:
+                self._waiters.remove(waiter)
+                return
+        self._release()
+
+    def _reject(self, waited: float) -> BulkheadFullError:
+        next(self._rejected)
+        if self.events.active:
+            self.events.publish(
+                BulkheadRejected(
+                    name=self.name,
+                    time=time.monotonic(),
+                    max_concurrent=self.max_concurrent,
+                    waited=waited,
+                )
+            )
+        return BulkheadFullError(self.name, self.max_concurrent, waited)
+
+    # -- release ------------------------------------------------------------------
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.granted = True  # the slot passes straight on: in_flight unchanged
+            else:
+                self._in_flight -= 1
+                return
+        try:
+            waiter.wake()
+        except Exception:  # noqa: BLE001  (its event loop is gone; the waiter gives the slot back)
+            return
+
+    def _on_error(self, token: None, exc: BaseException) -> None:
+        self._release()
+
+    def _on_exit(self, token: None) -> None:
+        self._release()
+
+    # -- reading ------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a slot now."""
+        return len(self._waiters)
+
+    def metrics(self) -> dict[str, int]:
+        """In-flight calls, queued callers and rejections so far."""
+        with self._lock:
+            return {
+                "in_flight": self._in_flight,
+                "waiting": len(self._waiters),
+                "rejected": peek(self._rejected),
+            }
+
+    def __repr__(self) -> str:
+        return (
+            f"<Bulkhead {self.name!r} {self._in_flight}/{self.max_concurrent} in flight, "
+            f"{len(self._waiters)} waiting>"
+        )
+
+
+def _asyncio_loop(asyncio: Any) -> Any:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
