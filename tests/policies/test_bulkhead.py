@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import anyio
+import pytest
+
+from resilience import Bulkhead, BulkheadFullError
+from resilience.events import BulkheadRejected, Event
+
+
+class Gauge:
+    """Counts calls inside a section and remembers the peak (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def exit(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+def test_rejects_at_once_when_full_without_max_wait() -> None:
+    """max_wait=0: the call over the limit fails immediately."""
+    bulkhead = Bulkhead(2, name="db")
+    events: list[Event] = []
+    bulkhead.events.subscribe(events.append)
+    with bulkhead, bulkhead:
+        assert bulkhead.in_flight == 2
+        start = time.monotonic()
+        with pytest.raises(BulkheadFullError) as caught:
+            bulkhead.call(lambda: None)
+        assert time.monotonic() - start < 0.5
+    assert (caught.value.name, caught.value.max_concurrent, caught.value.waited) == ("db", 2, 0.0)
+    assert bulkhead.in_flight == 0
+    assert [type(e) for e in events] == [BulkheadRejected]
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 1}
+
+
+def test_threads_never_exceed_the_limit_and_counts_stay_exact() -> None:
+    """16 threads x 100 calls through max_concurrent=4: peak 4, none lost."""
+    bulkhead = Bulkhead(4, max_wait=30)
+    gauge = Gauge()
+    done: list[int] = []
+
+    @bulkhead
+    def work(i: int) -> int:
+        gauge.enter()
+        time.sleep(0.0005)
+        gauge.exit()
+        return i
+
+    def worker() -> None:
+        for i in range(100):
+            done.append(work(i))
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(done) == 1600
+    assert gauge.peak == 4
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+
+
+@pytest.mark.anyio
+async def test_tasks_never_exceed_the_limit() -> None:
+    """300 tasks through max_concurrent=5 with waiting: peak 5, all complete."""
+    bulkhead = Bulkhead(5, max_wait=30)
+    gauge = Gauge()
+    finished = 0
+
+    @bulkhead
+    async def work() -> None:
+        nonlocal finished
+        gauge.enter()
+        await anyio.sleep(0.001)
+        gauge.exit()
+        finished += 1
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            for _ in range(300):
+                group.start_soon(work)
+    assert finished == 300
+    assert gauge.peak == 5
+    assert bulkhead.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_waiting_times_out() -> None:
+    """A task waits max_wait for a slot, then gets BulkheadFullError (real time)."""
+    bulkhead = Bulkhead(1, max_wait=0.05)
+    async with bulkhead:
+        start = time.monotonic()
+        with pytest.raises(BulkheadFullError) as caught:
+            async with bulkhead:
+                pass
+        waited = time.monotonic() - start
+    assert 0.04 <= waited < 2
+    assert caught.value.waited >= 0.04
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 1}
+
+
+def test_thread_waiting_times_out() -> None:
+    """A thread waits max_wait, then is rejected; the queue is left clean."""
+    bulkhead = Bulkhead(1, max_wait=0.05)
+    with bulkhead, pytest.raises(BulkheadFullError):
+        bulkhead.call(lambda: None)
+    assert bulkhead.waiting == 0
+    assert bulkhead.in_flight == 0
+
+
+def test_released_slot_goes_to_the_longest_waiter() -> None:
+    """FIFO: a waiter is served before a newcomer that arrives after the release."""
+    bulkhead = Bulkhead(1, max_wait=10)
+    order: list[str] = []
+
+    def waiter() -> None:
+        with bulkhead:
+            order.append("waiter")
+
+    with bulkhead:
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        while bulkhead.waiting == 0:
+            time.sleep(0.001)
+    # The slot was handed over: a newcomer cannot jump in before the waiter ran.
+    thread.join(timeout=10)
+    with bulkhead:
+        order.append("newcomer")
+    assert order == ["waiter", "newcomer"]
+
+
+def test_cancelled_waiter_leaves_the_queue() -> None:
+    """A task cancelled while queued takes no slot and leaves no ghost in the queue."""
+    bulkhead = Bulkhead(1, max_wait=30)
+
+    async def main() -> None:
+        async with bulkhead:
+            task = asyncio.create_task(bulkhead.acall(asyncio.sleep, 0))
+            while bulkhead.waiting == 0:
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert bulkhead.waiting == 0
+        assert bulkhead.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_threads_and_tasks_share_one_bulkhead() -> None:
+    """Threads and an asyncio loop wait on the same bulkhead; peak stays at the limit."""
+    bulkhead = Bulkhead(3, max_wait=30)
+    gauge = Gauge()
+
+    def sync_work() -> None:
+        with bulkhead:
+            gauge.enter()
+            time.sleep(0.001)
+            gauge.exit()
+
+    async def async_work() -> None:
+        async with bulkhead:
+            gauge.enter()
+            await asyncio.sleep(0.001)
+            gauge.exit()
+
+    async def tasks() -> None:
+        await asyncio.gather(*(async_work() for _ in range(100)))
+
+    threads = [threading.Thread(target=lambda: [sync_work() for _ in range(50)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    asyncio.run(tasks())
+    for thread in threads:
+        thread.join(timeout=60)
+    assert gauge.peak <= 3
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+
+
+def test_max_queue_rejects_extra_waiters_at_once() -> None:
+    """Beyond max_queue waiters, callers are rejected without waiting."""
+    bulkhead = Bulkhead(1, max_wait=10, max_queue=1)
+    release = threading.Event()
+
+    def holder() -> None:
+        with bulkhead:
+            release.wait(10)
+
+    def queued() -> None:
+        bulkhead.call(lambda: None)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    while bulkhead.in_flight == 0:
+        time.sleep(0.001)
+    second = threading.Thread(target=queued)
+    second.start()
+    while bulkhead.waiting == 0:
+        time.sleep(0.001)
+    start = time.monotonic()
+    with pytest.raises(BulkheadFullError):
+        bulkhead.call(lambda: None)
+    assert time.monotonic() - start < 1
+    release.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert bulkhead.metrics()["in_flight"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((0,), {}, ValueError, "max_concurrent="),
+        (("4",), {}, TypeError, "max_concurrent="),
+        ((4,), {"max_wait": -1}, ValueError, "max_wait="),
+        ((4,), {"max_queue": 0}, ValueError, "max_queue="),
+        ((4,), {"name": ""}, ValueError, "name="),
+    ],
+)
+def test_bad_bulkheads(args, kwargs, error, match) -> None:
+    """Every argument is validated at construction."""
+    with pytest.raises(error, match=match):
+        Bulkhead(*args, **kwargs)
