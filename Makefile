@@ -41,6 +41,7 @@ test: lint typecheck pytest docs-check
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py --json benchmarks/results/core.json
 	$(BIN)/python benchmarks/bench_breaker.py --json benchmarks/results/breaker.json
+	$(BIN)/python benchmarks/bench_retry.py --json benchmarks/results/retry.json
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis
