@@ -55,6 +55,23 @@ class RetryExhaustedError(ResilienceError):
         return f"retry {self.name!r}: all {self.attempts} attempts returned a failing result"
 
 
+class _Attempts:
+    """One call's retry state: kept per call, so one policy serves every thread and task."""
+
+    __slots__ = ("longest", "number", "started")
+
+    def __init__(self, started: float, first_ended: float) -> None:
+        #: When the first attempt started.
+        self.started = started
+        #: The number of the attempt that just failed (1 is the first call).
+        self.number = 1
+        #: The longest attempt so far: the estimate of the next one.
+        self.longest = first_ended - started
+
+    def ended(self, begun: float, now: float) -> None:
+        self.longest = max(self.longest, now - begun)
+
+
 class Retry(Policy):
     """Call again after a transient failure: bounded, jittered, deadline- and budget-aware.
 
@@ -78,8 +95,8 @@ class Retry(Policy):
       (attempts, time, reason); a failing result is returned, or raised as
       `RetryExhaustedError` with `raise_on_result=True`.
 
-    A successful first attempt costs no clock read beyond the budget's and
-    builds no tenacity state. One policy is shared safely by threads and
+    A successful first attempt costs one clock read (for the total time in
+    a give-up note) and builds no tenacity state. One policy is shared safely by threads and
     tasks: each call keeps its own state.
 
     Args:
@@ -127,6 +144,7 @@ class Retry(Policy):
         self.raise_on_result = _check_bool(raise_on_result, "raise_on_result")
         self.retry_circuit_open = _check_bool(retry_circuit_open, "retry_circuit_open")
         self.clock = resolve_clock(clock)
+        self._monotonic = self.clock.monotonic
         #: This policy's observers; forwards to `resilience.events.global_hub`.
         self.events = ObserverHub(parent=global_hub)
         self._success_first_try: itertools.count[int] = itertools.count()
@@ -143,6 +161,7 @@ class Retry(Policy):
         if self.budget is not None:
             self.budget.deposit()
         failure: Exception | None = None
+        started = self._monotonic()
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
@@ -155,7 +174,7 @@ class Retry(Policy):
                 next(self._success_first_try)
                 return result
         # Outside the except block, so a later attempt's error is not chained to this one.
-        return self._retry_sync(fn, args, kwargs, failure, None if failure else result)
+        return self._retry_sync(fn, args, kwargs, failure, None if failure else result, started)
 
     def _retry_sync(
         self,
@@ -164,25 +183,27 @@ class Retry(Policy):
         kwargs: dict[str, Any],
         exc: Exception | None,
         result: Any,
+        started: float,
     ) -> R:
-        # Time is read only now: a first-try success never needs it.
-        started = self.clock.monotonic()
-        attempt = 1
+        attempts = _Attempts(started, self._monotonic())
         while True:
-            delay = self._plan(attempt, exc, result, started, fn, args, kwargs)
+            delay = self._plan(attempts, exc, result, fn, args, kwargs)
             if isinstance(delay, str):
-                return cast(R, self._give_up(delay, attempt, started, exc, result))
+                return cast(R, self._give_up(delay, attempts, exc, result))
             if delay > 0:  # a zero wait makes no sleep call at all
                 self.clock.sleep(delay)
-            attempt += 1
+            attempts.number += 1
+            begun = self._monotonic()
             try:
                 result = fn(*args, **kwargs)
             except Exception as error:
+                attempts.ended(begun, self._monotonic())
                 exc, result = error, None
                 if not self._retryable(error):
                     next(self._failed_after_retry)
                     raise
                 continue
+            attempts.ended(begun, self._monotonic())
             exc = None
             if self.retry_if_result is None or not self.retry_if_result(result):
                 next(self._success_after_retry)
@@ -193,6 +214,7 @@ class Retry(Policy):
         if self.budget is not None:
             self.budget.deposit()
         failure: Exception | None = None
+        started = self._monotonic()
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
@@ -204,7 +226,9 @@ class Retry(Policy):
             if self.retry_if_result is None or not self.retry_if_result(result):
                 next(self._success_first_try)
                 return result
-        return await self._retry_async(fn, args, kwargs, failure, None if failure else result)
+        return await self._retry_async(
+            fn, args, kwargs, failure, None if failure else result, started
+        )
 
     async def _retry_async(
         self,
@@ -213,24 +237,27 @@ class Retry(Policy):
         kwargs: dict[str, Any],
         exc: Exception | None,
         result: Any,
+        started: float,
     ) -> R:
-        started = self.clock.monotonic()
-        attempt = 1
+        attempts = _Attempts(started, self._monotonic())
         while True:
-            delay = self._plan(attempt, exc, result, started, fn, args, kwargs)
+            delay = self._plan(attempts, exc, result, fn, args, kwargs)
             if isinstance(delay, str):
-                return cast(R, self._give_up(delay, attempt, started, exc, result))
+                return cast(R, self._give_up(delay, attempts, exc, result))
             if delay > 0:
                 await self.clock.asleep(delay)
-            attempt += 1
+            attempts.number += 1
+            begun = self._monotonic()
             try:
                 result = await fn(*args, **kwargs)
             except Exception as error:
+                attempts.ended(begun, self._monotonic())
                 exc, result = error, None
                 if not self._retryable(error):
                     next(self._failed_after_retry)
                     raise
                 continue
+            attempts.ended(begun, self._monotonic())
             exc = None
             if self.retry_if_result is None or not self.retry_if_result(result):
                 next(self._success_after_retry)
@@ -245,30 +272,30 @@ class Retry(Policy):
 
     def _plan(
         self,
-        attempt: int,
+        attempts: _Attempts,
         exc: Exception | None,
         result: Any,
-        started: float,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> float | str:
         """The wait before the next attempt, or why not to make one."""
+        attempt = attempts.number
         if attempt >= self.attempts:
             return "attempts"
         outcome = exc if exc is not None else result
         server_wait = retry_after_of(outcome)
         if server_wait is not None and server_wait > self.max_retry_after:
             return f"retry_after {server_wait:.3f}s > max_retry_after"
-        delay = self._compute_wait(attempt, exc, result, started, fn, args, kwargs)
+        delay = self._compute_wait(attempt, exc, result, attempts.started, fn, args, kwargs)
         delay = max(delay, server_wait or 0.0)
         now = self.clock.monotonic()
         deadline = current_deadline()
         if deadline is not None:
             left = deadline.remaining()
-            # The last attempt's duration estimates the next one; a retry that
-            # cannot finish in time is not started.
-            if delay + (now - started) / attempt >= left:
+            # The longest attempt so far estimates the next one: a retry that
+            # cannot finish before the deadline is not started.
+            if delay + attempts.longest >= left:
                 return "deadline"
         if self.budget is not None and not self.budget.try_withdraw():
             next(self._budget_exhausted)
@@ -312,10 +339,9 @@ class Retry(Policy):
         seconds = self._wait(state)
         return check_seconds(seconds, "wait() result", allow_zero=True)
 
-    def _give_up(
-        self, reason: str, attempt: int, started: float, exc: Exception | None, result: Any
-    ) -> Any:
-        elapsed = self.clock.monotonic() - started
+    def _give_up(self, reason: str, attempts: _Attempts, exc: Exception | None, result: Any) -> Any:
+        attempt, started = attempts.number, attempts.started
+        elapsed = self._monotonic() - started
         next(self._failed_after_retry)
         if self.events.active:
             self.events.publish(

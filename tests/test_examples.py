@@ -11,6 +11,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # What each example must print, so that an example that silently stops
 # demonstrating its point fails here.
 EXPECTED = {
+    "retry_deadline.py": [
+        "stock: 7 after waits [0.128, 0.01]",
+        "  retry.gave_up: deadline",
+        "stock or unknown: -1",
+        "gave up within the deadline: True",
+        "retry metrics: {'success_first_try': 0, 'success_after_retry': 1, 'failed_after_retry': 1, 'failed_not_retryable': 0, 'retries': 3, 'budget_exhausted': 0}",
+    ],
     "breaker.py": [
         "failed: payments is down",
         "failed: payments is down",
