@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import math
 import random
 import time
@@ -104,6 +103,8 @@ def parse_retry_after(value: object, *, now: float | None = None) -> float | Non
     text = value.strip()
     if text.isdigit():
         return float(text)
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -111,6 +111,41 @@ async def use_breaker() -> None:
 
 registry = resilience.BreakerRegistry(max_size=10)
 assert_type(registry.get("x"), resilience.CircuitBreaker)
+retry = resilience.Retry(on=(ConnectionError,), attempts=3, budget=resilience.RetryBudget())
+
+
+@retry
+def lookup(key: str) -> int:
+    return 1
+
+
+@resilience.Timeout(0.5)
+async def slow(key: str) -> int:
+    return 1
+
+
+@resilience.Fallback(0, on=ConnectionError)
+@resilience.Bulkhead(4)
+def guarded_lookup(key: str) -> int:
+    return 1
+
+
+assert_type(lookup("k"), int)
+lookup(1)  # type: ignore[arg-type]
+assert_type(guarded_lookup("k"), int)
+
+
+async def use_policies() -> None:
+    assert_type(await slow("k"), int)
+    async with resilience.deadline(1.0) as current:
+        assert_type(current, resilience.Deadline)
+        assert_type(resilience.remaining(), float | None)
+    async with resilience.Bulkhead(2):
+        pass
+
+
+assert_type(resilience.parse_retry_after("120"), float | None)
+assert_type(resilience.Backoff()(1), float)
 clock: resilience.Clock = FakeClock()
 assert_type(clock.monotonic(), float)
 assert_type(Outcome("success"), Outcome)
