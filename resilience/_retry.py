@@ -112,6 +112,9 @@ class Retry(Policy):
             last failing result.
         retry_circuit_open: Retry `CircuitOpenError` from an inner breaker
             (waiting for its `retry_after`).
+        discard_result: Called with a failing result that is about to be
+            retried (e.g. to close an HTTP response so its connection goes
+            back to the pool); awaited if it returns an awaitable in async code.
         name: Names the policy in notes, events and metrics.
         clock: A `resilience.Clock`; a FakeClock makes waits instant in tests.
     """
@@ -127,6 +130,7 @@ class Retry(Policy):
         max_retry_after: float = 60.0,
         raise_on_result: bool = False,
         retry_circuit_open: bool = False,
+        discard_result: Callable[[Any], object] | None = None,
         name: str = "retry",
         clock: Clock | None = None,
     ) -> None:
@@ -143,6 +147,9 @@ class Retry(Policy):
         self.max_retry_after = check_seconds(max_retry_after, "max_retry_after", allow_zero=True)
         self.raise_on_result = _check_bool(raise_on_result, "raise_on_result")
         self.retry_circuit_open = _check_bool(retry_circuit_open, "retry_circuit_open")
+        if discard_result is not None and not callable(discard_result):
+            raise TypeError(f"discard_result= must be callable(result), got {discard_result!r}")
+        self.discard_result = discard_result
         self.clock = resolve_clock(clock)
         self._monotonic = self.clock.monotonic
         #: This policy's observers; forwards to `resilience.events.global_hub`.
@@ -190,6 +197,8 @@ class Retry(Policy):
             delay = self._plan(attempts, exc, result, fn, args, kwargs)
             if isinstance(delay, str):
                 return cast(R, self._give_up(delay, attempts, exc, result))
+            if exc is None and self.discard_result is not None:
+                self.discard_result(result)
             if delay > 0:  # a zero wait makes no sleep call at all
                 self.clock.sleep(delay)
             attempts.number += 1
@@ -244,6 +253,10 @@ class Retry(Policy):
             delay = self._plan(attempts, exc, result, fn, args, kwargs)
             if isinstance(delay, str):
                 return cast(R, self._give_up(delay, attempts, exc, result))
+            if exc is None and self.discard_result is not None:
+                discarded = self.discard_result(result)
+                if hasattr(discarded, "__await__"):
+                    await discarded
             if delay > 0:
                 await self.clock.asleep(delay)
             attempts.number += 1

@@ -401,3 +401,35 @@ def test_repr() -> None:
         repr(make(attempts=4)) == "Retry(name='retry', on=ExceptionFilter(Transient), attempts=4)"
     )
     assert resilience.RetryExhaustedError.__mro__[1] is resilience.ResilienceError
+
+
+def test_discard_result_is_called_for_each_retried_result_only() -> None:
+    """A failing result that will be retried is discarded; the returned one is not."""
+    discarded: list[int] = []
+    results = iter([503, 502, 503])
+    retry = make(
+        wait=0, attempts=3, retry_if_result=lambda s: s >= 500, discard_result=discarded.append
+    )
+    assert retry.call(lambda: next(results)) == 503
+    assert discarded == [503, 502]
+
+
+@pytest.mark.anyio
+async def test_async_discard_result_is_awaited() -> None:
+    """An async discard (closing an async response) is awaited before the retry."""
+    discarded: list[int] = []
+
+    async def discard(status: int) -> None:
+        await anyio.lowlevel.checkpoint()
+        discarded.append(status)
+
+    statuses = iter([503, 200])
+
+    async def call() -> int:
+        return next(statuses)
+
+    retry = make(wait=0, retry_if_result=lambda s: s >= 500, discard_result=discard)
+    assert await retry.acall(call) == 200
+    assert discarded == [503]
+    with pytest.raises(TypeError, match="discard_result="):
+        make(discard_result=3)
