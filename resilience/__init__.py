@@ -6,7 +6,7 @@ decorators for sync and async functions and as an httpx transport.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import events
 from ._backoff import Backoff, parse_retry_after
@@ -14,7 +14,7 @@ from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._clock import Clock, SystemClock
 from ._compose import Pipeline, Policy, compose
-from ._deadline import Deadline, current_deadline, deadline, remaining
+from ._deadline import DEADLINE_HEADER, Deadline, current_deadline, deadline, remaining
 from ._fallback import Fallback
 from ._outcome import Outcome
 from ._retry import Retry, RetryExhaustedError
@@ -37,7 +37,17 @@ from .errors import (
     RetryBudgetExhaustedError,
 )
 
+if TYPE_CHECKING:
+    from .transport import (
+        AsyncResilientTransport,
+        HTTPCircuitOpenError,
+        HTTPDeadlineExceededError,
+        ResilientTransport,
+    )
+
 __all__ = [
+    "DEADLINE_HEADER",
+    "AsyncResilientTransport",
     "Backoff",
     "BreakerMetrics",
     "BreakerRegistry",
@@ -50,11 +60,14 @@ __all__ = [
     "Deadline",
     "DeadlineExceededError",
     "Fallback",
+    "HTTPCircuitOpenError",
+    "HTTPDeadlineExceededError",
     "Outcome",
     "Permit",
     "Pipeline",
     "Policy",
     "ResilienceError",
+    "ResilientTransport",
     "Retry",
     "RetryBudget",
     "RetryBudgetExhaustedError",
@@ -74,8 +87,21 @@ __all__ = [
 ]
 
 
+# Names that need httpx (~70 ms to import), loaded on first use.
+_LAZY = {
+    "AsyncResilientTransport": "transport",
+    "HTTPCircuitOpenError": "transport",
+    "HTTPDeadlineExceededError": "transport",
+    "ResilientTransport": "transport",
+}
+
+
 def __getattr__(name: str) -> Any:
     # PEP 562: computed on first use, so `import resilience` stays cheap.
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     if name == "__version__":
         from importlib.metadata import version
 

@@ -19,7 +19,11 @@ from ._validate import check_seconds
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["Deadline", "current_deadline", "deadline", "remaining"]
+__all__ = ["DEADLINE_HEADER", "Deadline", "current_deadline", "deadline", "remaining"]
+
+#: The header that carries a deadline between services: the milliseconds left,
+#: as an integer. Sent by the httpx transport, read by the server middleware.
+DEADLINE_HEADER = "x-resilience-deadline-ms"
 
 
 class Deadline:
