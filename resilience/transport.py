@@ -444,6 +444,8 @@ class ResilientTransport(httpx.BaseTransport):
         if permit is not None:
             if self._pipeline.failure_status(response.status_code):
                 permit.record_failure()
+            elif response.is_closed:  # the body is already in memory: nothing left to fail
+                permit.record_success()
             else:
                 response.stream = _SettlingStream(response.stream, permit)  # type: ignore[arg-type]
         return response
@@ -553,6 +555,8 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         if permit is not None:
             if self._pipeline.failure_status(response.status_code):
                 permit.record_failure()
+            elif response.is_closed:  # the body is already in memory: nothing left to fail
+                permit.record_success()
             else:
                 response.stream = _AsyncSettlingStream(response.stream, permit)  # type: ignore[arg-type]
         return response
