@@ -90,7 +90,10 @@ class LiveServer:
 def server() -> Iterator[LiveServer]:
     """Uvicorn in a thread on a free loopback port, for the whole test session."""
     recorder = Recorder()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only
+    # when the listening socket says so; without it every response on a reused
+    # connection stalls ~40 ms on Nagle + delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
