@@ -45,7 +45,7 @@ def client(**options) -> httpx.Client:
     return httpx.Client(transport=ResilientTransport(**options))
 
 
-# -- retries -----------------------------------------------------------------------------
+# -- retries ---------------------------------------------------------------------------------------
 
 
 def test_get_is_retried_until_it_succeeds(server: LiveServer) -> None:
@@ -124,7 +124,7 @@ def test_a_retry_after_beyond_the_maximum_is_not_waited_for(server: LiveServer) 
     assert clock.sleeps == []
 
 
-# -- bodies ------------------------------------------------------------------------------------
+# -- bodies ----------------------------------------------------------------------------------------
 
 
 def test_generator_body_is_never_retried(server: LiveServer) -> None:
@@ -166,7 +166,7 @@ def test_not_retried_errors_say_why() -> None:
     assert "one-shot stream" in caught.value.__notes__[0]
 
 
-# -- the connection pool --------------------------------------------------------------------------
+# -- the connection pool ---------------------------------------------------------------------------
 
 
 def test_a_pool_of_one_connection_survives_100_retried_requests(server: LiveServer) -> None:
@@ -187,7 +187,7 @@ def test_large_failed_bodies_are_closed_not_drained(server: LiveServer) -> None:
     assert response.status_code == 200
 
 
-# -- the breaker ------------------------------------------------------------------------------------
+# -- the breaker -----------------------------------------------------------------------------------
 
 
 def test_breaker_counts_5xx_and_429_but_not_other_4xx() -> None:
@@ -259,13 +259,10 @@ def test_body_phase_error_settles_the_permit_as_a_failure(server: LiveServer) ->
     """A ReadTimeout while the caller streams the body counts against the breaker, once."""
     breaker = CircuitBreaker("stall", consecutive_failures=100)
     with client(breaker=breaker, retry=False) as http:
-        with (
-            pytest.raises(httpx.ReadTimeout),
-            http.stream("GET", f"{server.url}/stall?seconds=2", timeout=0.2) as response,
-        ):
+        with http.stream("GET", f"{server.url}/stall?seconds=2", timeout=0.2) as response:
             assert response.status_code == 200
-            for _ in response.iter_bytes():
-                pass
+            with pytest.raises(httpx.ReadTimeout):
+                response.read()
         http.get(f"{server.url}/flaky/{key()}?fails=0")
     calls = breaker.metrics().calls
     assert (calls["failure"], calls["success"]) == (1, 1)
@@ -281,7 +278,7 @@ def test_a_streamed_body_read_to_the_end_is_a_success(server: LiveServer) -> Non
         assert breaker.metrics().calls["success"] == 1
 
 
-# -- deadlines and timeouts --------------------------------------------------------------------------
+# -- deadlines and timeouts ------------------------------------------------------------------------
 
 
 def test_deadline_clamps_timeouts_and_travels_downstream(server: LiveServer) -> None:
@@ -330,7 +327,7 @@ def test_an_expired_deadline_sends_nothing() -> None:
     assert isinstance(caught.value, resilience.DeadlineExceededError)
 
 
-# -- per-request overrides, configuration, lifecycle ------------------------------------------------------
+# -- per-request overrides, configuration, lifecycle -----------------------------------------------
 
 
 def test_per_request_overrides() -> None:
