@@ -444,7 +444,7 @@ class CircuitBreaker(Guard[Permit]):
                     failed
                     or slow
                     or self._rate_above
-                    or self._needs_time
+                    or self._window.evicted
                     or number < self.minimum_calls
                 ):
                     if not self._needs_time:
@@ -469,9 +469,10 @@ class CircuitBreaker(Guard[Permit]):
         """Trip (CLOSED) or report crossings (METRICS_ONLY) after a recorded outcome."""
         window = self._window
         crossed: list[tuple[str, float, float]] = []
-        streak = self._streak()
-        if self.consecutive_failures is not None and streak >= self.consecutive_failures:
-            crossed.append(("consecutive_failures", streak, self.consecutive_failures))
+        if self.consecutive_failures is not None:
+            streak = self._streak()
+            if streak >= self.consecutive_failures:
+                crossed.append(("consecutive_failures", streak, self.consecutive_failures))
         if window.calls >= self.minimum_calls:
             if self.failure_rate_threshold is not None:
                 rate = window.failures / window.calls

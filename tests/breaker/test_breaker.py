@@ -666,3 +666,21 @@ def test_repr_and_metrics_repr() -> None:
     assert repr(breaker) == "<CircuitBreaker 'payments' state=closed>"
     assert "name='payments'" in repr(breaker.metrics())
     assert "probe=False" in repr(breaker.acquire())
+
+
+def test_time_window_success_after_an_eviction_can_trip() -> None:
+    """When old successes age out, the failures left may reach the rate: a success trips."""
+    clock = FakeClock()
+    breaker = make(
+        clock,
+        failure_rate_threshold=0.5,
+        minimum_calls=4,
+        window=TimeWindow(seconds=10, buckets=10),
+    )
+    succeed(breaker, 6)
+    clock.advance(5)
+    fail(breaker, 3)
+    assert breaker.state is State.CLOSED  # 3/9
+    clock.advance(5.5)
+    succeed(breaker)  # the six successes are gone: 3 failures of 4 calls
+    assert breaker.state is State.OPEN
