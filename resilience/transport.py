@@ -341,6 +341,15 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill in defaults; a default attempt timeout never exceeds a given total timeout."""
+    merged = {**_DEFAULTS, **config}
+    total = merged["total_timeout"]
+    if "attempt_timeout" not in config and isinstance(total, (int, float)) and total > 0:
+        merged["attempt_timeout"] = min(_DEFAULTS["attempt_timeout"], total)
+    return merged
+
+
 class ResilientTransport(httpx.BaseTransport):
     """An httpx transport that adds deadlines, budgeted retries and per-origin breakers.
 
@@ -356,7 +365,8 @@ class ResilientTransport(httpx.BaseTransport):
     Args:
         transport: The inner transport; default `httpx.HTTPTransport(**kwargs)`.
         total_timeout: Seconds for the whole request, retries included (30).
-        attempt_timeout: Seconds per attempt, <= total_timeout (10).
+        attempt_timeout: Seconds per attempt, <= total_timeout (10, or the
+            total timeout if that is shorter and this is not given).
         retry: A `resilience.Retry`, True for the default, False for none.
         breaker: A `CircuitBreaker` for every origin, a `BreakerRegistry`
             (one breaker per scheme://host:port), True for the default
@@ -386,7 +396,7 @@ class ResilientTransport(httpx.BaseTransport):
         if transport is not None and not isinstance(transport, httpx.BaseTransport):
             raise TypeError(f"transport= must be an httpx.BaseTransport, got {transport!r}")
         self._inner = transport if transport is not None else httpx.HTTPTransport(**options)
-        self._pipeline = _Pipeline(**{**_DEFAULTS, **config})
+        self._pipeline = _Pipeline(**_with_defaults(config))
 
     @property
     def breakers(self) -> CircuitBreaker | BreakerRegistry | None:
@@ -495,7 +505,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
             raise TypeError(f"transport= must be an httpx.AsyncBaseTransport, got {transport!r}")
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport(**options)
-        self._pipeline = _Pipeline(**{**_DEFAULTS, **config})
+        self._pipeline = _Pipeline(**_with_defaults(config))
 
     @property
     def breakers(self) -> CircuitBreaker | BreakerRegistry | None:

@@ -11,6 +11,11 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # What each example must print, so that an example that silently stops
 # demonstrating its point fails here.
 EXPECTED = {
+    "transport.py": [
+        "sync: 200 {'order': 'a-1', 'deadline_ok': True} after 2 attempts",
+        "POST is not retried: 503",
+        "async: 200 {'order': 'b-2', 'deadline_ok': True} after 2 attempts",
+    ],
     "retry_deadline.py": [
         "stock: 7 after waits [0.128, 0.01]",
         "  retry.gave_up: deadline",

@@ -377,6 +377,19 @@ def test_inner_transport_options_and_close_are_forwarded() -> None:
     built.close()
 
 
+def test_default_attempt_timeout_follows_a_shorter_total() -> None:
+    """total_timeout=5 alone gives 5 s attempts, not an error about the 10 s default."""
+    seen: list[dict[str, float]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200)
+
+    transport = ResilientTransport(httpx.MockTransport(record), total_timeout=5)
+    transport.handle_request(httpx.Request("GET", "http://api.test/"))
+    assert max(seen[0].values()) <= 5
+
+
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
