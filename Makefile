@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py --json benchmarks/results/core.json
 	$(BIN)/python benchmarks/bench_breaker.py --json benchmarks/results/breaker.json
 	$(BIN)/python benchmarks/bench_retry.py --json benchmarks/results/retry.json
+	$(BIN)/python benchmarks/bench_transport.py --json benchmarks/results/transport.json
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis

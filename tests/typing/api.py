@@ -146,6 +146,18 @@ async def use_policies() -> None:
 
 assert_type(resilience.parse_retry_after("120"), float | None)
 assert_type(resilience.Backoff()(1), float)
+
+
+def make_clients() -> None:
+    import httpx
+
+    sync_client = httpx.Client(transport=resilience.ResilientTransport(total_timeout=5.0))
+    async_client = httpx.AsyncClient(transport=resilience.AsyncResilientTransport(http2=False))
+    assert_type(resilience.ResilientTransport().retry, resilience.Retry | None)
+    sync_client.close()
+    del async_client
+
+
 clock: resilience.Clock = FakeClock()
 assert_type(clock.monotonic(), float)
 assert_type(Outcome("success"), Outcome)
