@@ -350,7 +350,38 @@ def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-class ResilientTransport(httpx.BaseTransport):
+def _configure(
+    transport: Any, options: dict[str, Any], base: type, default: Callable[..., Any]
+) -> tuple[Any, _Pipeline]:
+    """Split options into pipeline settings and inner-transport arguments; build both."""
+    config = {key: options.pop(key) for key in list(options) if key in _DEFAULTS}
+    if transport is not None and options:
+        raise TypeError(
+            f"pass either transport= or {default.__name__} arguments, not both: {sorted(options)}"
+        )
+    if transport is not None and not isinstance(transport, base):
+        raise TypeError(f"transport= must be an httpx.{base.__name__}, got {transport!r}")
+    inner = transport if transport is not None else default(**options)
+    return inner, _Pipeline(**_with_defaults(config))
+
+
+class _Configured:
+    """What both transports expose of their configuration."""
+
+    _pipeline: _Pipeline
+
+    @property
+    def breakers(self) -> CircuitBreaker | BreakerRegistry | None:
+        """The breaker or registry in use (for metrics and manual control)."""
+        return self._pipeline.breakers
+
+    @property
+    def retry(self) -> Retry | None:
+        """The retry policy in use."""
+        return self._pipeline.retry
+
+
+class ResilientTransport(_Configured, httpx.BaseTransport):
     """An httpx transport that adds deadlines, budgeted retries and per-origin breakers.
 
     ```python
@@ -387,26 +418,10 @@ class ResilientTransport(httpx.BaseTransport):
     """
 
     def __init__(self, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
-        config = {key: options.pop(key) for key in list(options) if key in _DEFAULTS}
-        if transport is not None and options:
-            raise TypeError(
-                f"pass either transport= or httpx.HTTPTransport arguments, not both: "
-                f"{sorted(options)}"
-            )
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise TypeError(f"transport= must be an httpx.BaseTransport, got {transport!r}")
-        self._inner = transport if transport is not None else httpx.HTTPTransport(**options)
-        self._pipeline = _Pipeline(**_with_defaults(config))
-
-    @property
-    def breakers(self) -> CircuitBreaker | BreakerRegistry | None:
-        """The breaker or registry in use (for metrics and manual control)."""
-        return self._pipeline.breakers
-
-    @property
-    def retry(self) -> Retry | None:
-        """The retry policy in use."""
-        return self._pipeline.retry
+        self._inner: httpx.BaseTransport
+        self._inner, self._pipeline = _configure(
+            transport, options, httpx.BaseTransport, httpx.HTTPTransport
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` through deadline, retry, breaker and attempt timeout."""
@@ -488,7 +503,7 @@ class ResilientTransport(httpx.BaseTransport):
         self._inner.__exit__(exc_type, exc, traceback)
 
 
-class AsyncResilientTransport(httpx.AsyncBaseTransport):
+class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
     """The async twin of `ResilientTransport`, for `httpx.AsyncClient`.
 
     Same arguments; `**kwargs` build an `httpx.AsyncHTTPTransport`. Works on
@@ -496,26 +511,10 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
-        config = {key: options.pop(key) for key in list(options) if key in _DEFAULTS}
-        if transport is not None and options:
-            raise TypeError(
-                f"pass either transport= or httpx.AsyncHTTPTransport arguments, not both: "
-                f"{sorted(options)}"
-            )
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError(f"transport= must be an httpx.AsyncBaseTransport, got {transport!r}")
-        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport(**options)
-        self._pipeline = _Pipeline(**_with_defaults(config))
-
-    @property
-    def breakers(self) -> CircuitBreaker | BreakerRegistry | None:
-        """The breaker or registry in use (for metrics and manual control)."""
-        return self._pipeline.breakers
-
-    @property
-    def retry(self) -> Retry | None:
-        """The retry policy in use."""
-        return self._pipeline.retry
+        self._inner: httpx.AsyncBaseTransport
+        self._inner, self._pipeline = _configure(
+            transport, options, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` through deadline, retry, breaker and attempt timeout."""
