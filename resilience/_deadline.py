@@ -19,7 +19,15 @@ from ._validate import check_seconds
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["DEADLINE_HEADER", "Deadline", "current_deadline", "deadline", "remaining"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "Deadline",
+    "current_deadline",
+    "deadline",
+    "enter_deadline",
+    "leave_deadline",
+    "remaining",
+]
 
 #: The header that carries a deadline between services: the milliseconds left,
 #: as an integer. Sent by the httpx transport, read by the server middleware.
@@ -65,6 +73,22 @@ def remaining() -> float | None:
     return None if current is None else current.remaining()
 
 
+def enter_deadline(seconds: float, clock: Clock) -> Token[Deadline | None]:
+    """Set a deadline `seconds` from now (or the outer one, if sooner); leave with the token.
+
+    The unchecked core of `deadline`, for callers that validated `seconds` once
+    at construction (the httpx transport, per request).
+    """
+    outer = _current.get()
+    budget = seconds if outer is None else min(seconds, outer.remaining())
+    return _current.set(Deadline(clock.monotonic() + budget, budget, clock))
+
+
+def leave_deadline(token: Token[Deadline | None]) -> None:
+    """Undo `enter_deadline`."""
+    _current.reset(token)
+
+
 class deadline:
     """Bound everything inside the block to `seconds` from now (or less, if nested).
 
@@ -96,10 +120,9 @@ class deadline:
     def __enter__(self) -> Deadline:
         if self._token is not None:
             raise RuntimeError("this deadline is already entered; create one per block")
-        outer = _current.get()
-        budget = self._seconds if outer is None else min(self._seconds, outer.remaining())
-        entered = Deadline(self._clock.monotonic() + budget, budget, self._clock)
-        self._token = _current.set(entered)
+        self._token = enter_deadline(self._seconds, self._clock)
+        entered = _current.get()
+        assert entered is not None
         return entered
 
     def __exit__(
@@ -111,7 +134,7 @@ class deadline:
         token, self._token = self._token, None
         if token is None:
             raise RuntimeError("deadline.__exit__ without __enter__")
-        _current.reset(token)
+        leave_deadline(token)
 
     async def __aenter__(self) -> Deadline:
         return self.__enter__()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Self
 
 import httpx
@@ -18,7 +17,7 @@ import httpx
 from ._backoff import Backoff
 from ._budget import RetryBudget
 from ._clock import SYSTEM_CLOCK, Clock
-from ._deadline import DEADLINE_HEADER, deadline, remaining
+from ._deadline import DEADLINE_HEADER, enter_deadline, leave_deadline, remaining
 from ._retry import Retry
 from ._validate import check_int, check_seconds
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
@@ -42,6 +41,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 #: Statuses retried by default (transient: Polly's standard handler and Envoy's 5xx + 429).
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _OVERRIDES = frozenset({"retry", "breaker", "total_timeout", "attempt_timeout"})
+_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 
 
 class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
@@ -124,6 +124,7 @@ class _Pipeline:
         self.send_deadline_header = _flag(send_deadline_header, "send_deadline_header")
         self.retry = self._resolve_retry(retry)
         self.breakers = self._resolve_breaker(breaker)
+        self._origin_names: dict[tuple[str, str, int | None], str] = {}
 
     def _resolve_retry(self, retry: Retry | bool | None) -> Retry | None:
         if retry is None or retry is True:
@@ -188,8 +189,14 @@ class _Pipeline:
         if isinstance(self.breakers, CircuitBreaker):
             return self.breakers
         url = request.url
-        port = url.port or (443 if url.scheme == "https" else 80)
-        return self.breakers.get(f"{url.scheme}://{url.host}:{port}")
+        origin = (url.scheme, url.host, url.port)
+        name = self._origin_names.get(origin)
+        if name is None:
+            if len(self._origin_names) > 4096:  # bounded, like the registry
+                self._origin_names.clear()
+            port = url.port or (443 if url.scheme == "https" else 80)
+            name = self._origin_names[origin] = f"{url.scheme}://{url.host}:{port}"
+        return self.breakers.get(name)
 
     def retry_for(
         self, request: httpx.Request, options: dict[str, Any]
@@ -225,10 +232,11 @@ class _Pipeline:
             limit = left if limit is None else min(limit, left)
         if limit is not None:
             # A new dict: the caller's timeout dict may be shared with other requests.
-            timeouts = dict(request.extensions.get("timeout") or {})
-            for key in ("connect", "read", "write", "pool"):
-                current = timeouts.get(key)
-                timeouts[key] = limit if current is None else min(current, limit)
+            given = request.extensions.get("timeout") or {}
+            timeouts = {
+                key: limit if (value := given.get(key)) is None else min(value, limit)
+                for key in _TIMEOUT_KEYS
+            }
             request.extensions = {**request.extensions, "timeout": timeouts}
         if self.send_deadline_header and left is not None:
             request.headers[DEADLINE_HEADER] = str(max(math.floor(left * 1000), 0))
@@ -444,13 +452,16 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         clock = _clock_of(breaker)
         started = clock.monotonic()
         total = pipeline.total(options)
-        with deadline(total) if total is not None else nullcontext():
-            try:
-                response = retry.call(attempt) if retry is not None else attempt()
-            except Exception as exc:
-                if not_retried and pipeline.retry is not None:
-                    exc.add_note(f"resilience: not retried: {not_retried}")
-                raise
+        token = None if total is None else enter_deadline(total, clock)
+        try:
+            response = retry.call(attempt) if retry is not None else attempt()
+        except Exception as exc:
+            if not_retried and pipeline.retry is not None:
+                exc.add_note(f"resilience: not retried: {not_retried}")
+            raise
+        finally:
+            if token is not None:
+                leave_deadline(token)
         pipeline.report(response, len(attempts), breaker, clock.monotonic() - started)
         return response
 
@@ -537,13 +548,16 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         clock = _clock_of(breaker)
         started = clock.monotonic()
         total = pipeline.total(options)
-        with deadline(total) if total is not None else nullcontext():
-            try:
-                response = await (retry.acall(attempt) if retry is not None else attempt())
-            except Exception as exc:
-                if not_retried and pipeline.retry is not None:
-                    exc.add_note(f"resilience: not retried: {not_retried}")
-                raise
+        token = None if total is None else enter_deadline(total, clock)
+        try:
+            response = await (retry.acall(attempt) if retry is not None else attempt())
+        except Exception as exc:
+            if not_retried and pipeline.retry is not None:
+                exc.add_note(f"resilience: not retried: {not_retried}")
+            raise
+        finally:
+            if token is not None:
+                leave_deadline(token)
         pipeline.report(response, len(attempts), breaker, clock.monotonic() - started)
         return response
 
