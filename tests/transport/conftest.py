@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.servers import serve_in_thread
 
 
 class Recorder:
@@ -88,27 +88,7 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[LiveServer]:
-    """Uvicorn in a thread on a free loopback port, for the whole test session."""
+    """The test app on a real uvicorn server, for the whole test session."""
     recorder = Recorder()
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only
-    # when the listening socket says so; without it every response on a reused
-    # connection stalls ~40 ms on Nagle + delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        make_app(recorder), log_level="warning", lifespan="off", timeout_keep_alive=30
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    yield LiveServer(f"http://127.0.0.1:{port}", recorder)
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serve_in_thread(make_app(recorder)) as url:
+        yield LiveServer(url, recorder)
