@@ -11,6 +11,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # What each example must print, so that an example that silently stops
 # demonstrating its point fails here.
 EXPECTED = {
+    "deadline_chain.py": [
+        "fast: 200 paid; answered within the deadline: True; budgets shrink: True",
+        "slow: 504 payments too slow for our budget; answered within the deadline: True; budgets shrink: True",
+    ],
     "transport.py": [
         "sync: 200 {'order': 'a-1', 'deadline_ok': True} after 2 attempts",
         "POST is not retried: 503",
