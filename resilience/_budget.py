@@ -17,6 +17,7 @@ from collections import deque
 
 from ._clock import Clock, resolve_clock
 from ._counter import peek
+from ._tracking import track
 from ._validate import check_int, check_seconds, check_string
 
 __all__ = ["RetryBudget"]
@@ -42,6 +43,7 @@ class RetryBudget:
     """
 
     __slots__ = (
+        "__weakref__",
         "_bucket_width",
         "_lock",
         "_monotonic",
@@ -91,6 +93,7 @@ class RetryBudget:
         self._next_roll = -math.inf
         #: Retries refused because the budget was spent.
         self.exhausted = 0
+        track("budget", self)
 
     def deposit(self) -> None:
         """Count one request (a first attempt)."""

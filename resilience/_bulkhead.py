@@ -11,6 +11,7 @@ from typing import Any
 
 from ._compose import Guard
 from ._counter import peek
+from ._tracking import track
 from ._validate import check_int, check_seconds, check_string
 from .errors import BulkheadFullError
 from .events import BulkheadRejected, ObserverHub, global_hub
@@ -54,6 +55,7 @@ class Bulkhead(Guard[None]):
     """
 
     __slots__ = (
+        "__weakref__",
         "_in_flight",
         "_lock",
         "_rejected",
@@ -83,6 +85,7 @@ class Bulkhead(Guard[None]):
         self._in_flight = 0
         self._waiters: deque[_Waiter] = deque()
         self._rejected: itertools.count[int] = itertools.count()
+        track("bulkhead", self)
 
     # -- admission ----------------------------------------------------------------
 

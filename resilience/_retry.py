@@ -13,6 +13,7 @@ from ._compose import Policy
 from ._counter import peek
 from ._deadline import current_deadline
 from ._outcome import ExceptionFilter, ExceptionSpec
+from ._tracking import track
 from ._validate import check_int, check_seconds, check_string
 from .errors import CircuitOpenError, ResilienceError
 from .events import ObserverHub, RetryBudgetExhausted, RetryGaveUp, RetryScheduled, global_hub
@@ -160,6 +161,7 @@ class Retry(Policy):
         self._failed_not_retryable: itertools.count[int] = itertools.count()
         self._retries: itertools.count[int] = itertools.count()
         self._budget_exhausted: itertools.count[int] = itertools.count()
+        track("retry", self)
 
     # -- the loop ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from ._clock import Clock, resolve_clock
 from ._compose import Policy
 from ._counter import peek
 from ._deadline import deadline, remaining
+from ._tracking import track
 from ._validate import check_seconds, check_string
 from .errors import DeadlineExceededError
 from .events import DeadlineExceeded, ObserverHub, global_hub
@@ -52,6 +53,7 @@ class Timeout(Policy):
         #: This policy's observers; forwards to `resilience.events.global_hub`.
         self.events = ObserverHub(parent=global_hub)
         self._exceeded: itertools.count[int] = itertools.count()
+        track("timeout", self)
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run `fn` inside a deadline of `seconds` (not pre-empted)."""

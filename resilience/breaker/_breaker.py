@@ -28,6 +28,7 @@ from .._compose import Guard, refuse_generators
 from .._counter import peek
 from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
 from .._state import State
+from .._tracking import track
 from .._validate import check_int, check_seconds, check_string
 from ..errors import CircuitOpenError
 from ..events import (
@@ -211,6 +212,7 @@ class CircuitBreaker(Guard[Permit]):
     """
 
     __slots__ = (
+        "__weakref__",
         "_classifier",
         "_consecutive",
         "_failures",
@@ -351,6 +353,7 @@ class CircuitBreaker(Guard[Permit]):
         self._failures = self._ignored = 0
         self._slow_calls = 0
         self._transitions: dict[tuple[State, State], int] = {}
+        track("breaker", self)
 
     # -- admission ------------------------------------------------------------
 

@@ -1,0 +1,247 @@
+"""Prometheus metrics for every policy, read at scrape time (DESIGN section 11).
+
+```python
+import resilience.prometheus
+
+resilience.prometheus.register()  # into prometheus_client's default registry
+```
+
+A custom collector reads the counters the policies keep anyway: nothing calls
+prometheus_client per request, and enabling metrics costs the calls nothing.
+Policies created after `register()` are included at the next scrape; labels
+are policy names only (never URLs or attempt numbers).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+
+from ._state import State
+from ._tracking import live
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "ResilienceCollector",
+    "make_asgi_app",
+    "make_wsgi_app",
+    "register",
+    "start_http_server",
+]
+
+_STATES = tuple(State)
+_OUTCOMES = ("success", "failure", "ignored", "rejected")
+_RETRY_OUTCOMES = (
+    "success_first_try",
+    "success_after_retry",
+    "failed_after_retry",
+    "failed_not_retryable",
+)
+
+
+class ResilienceCollector(Collector):
+    """Exports the state and counters of every live breaker, retry, budget, bulkhead, timeout.
+
+    Metric names and labels are those of DESIGN section 11; see the metrics
+    reference in the docs.
+    """
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric names (so a registry detects duplicates), without reading any policy."""
+        return list(self._families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        """Read every live policy now and yield the metric families."""
+        families = self._families()
+        self._breakers(families)
+        self._retries(families)
+        self._budgets(families)
+        self._bulkheads(families)
+        self._timeouts(families)
+        return families.values()
+
+    @staticmethod
+    def _families() -> dict[str, Any]:
+        return {
+            "state": GaugeMetricFamily(
+                "resilience_breaker_state",
+                "Circuit breaker state: 1 for the current state, 0 for the others.",
+                labels=["name", "state"],
+            ),
+            "calls": CounterMetricFamily(
+                "resilience_breaker_calls",
+                "Calls through a circuit breaker, by outcome.",
+                labels=["name", "outcome"],
+            ),
+            "slow": CounterMetricFamily(
+                "resilience_breaker_slow_calls",
+                "Calls slower than the breaker's slow_call_duration.",
+                labels=["name"],
+            ),
+            "transitions": CounterMetricFamily(
+                "resilience_breaker_transitions",
+                "Circuit breaker state transitions.",
+                labels=["name", "from_state", "to_state"],
+            ),
+            "failure_rate": GaugeMetricFamily(
+                "resilience_breaker_failure_rate",
+                "Failure rate over the breaker's window (NaN below minimum_calls).",
+                labels=["name"],
+            ),
+            "retry_calls": CounterMetricFamily(
+                "resilience_retry_calls",
+                "Calls through a retry policy, by outcome.",
+                labels=["name", "outcome"],
+            ),
+            "retry_attempts": CounterMetricFamily(
+                "resilience_retry_attempts",
+                "Retries made (first attempts not included).",
+                labels=["name"],
+            ),
+            "budget_exhausted": CounterMetricFamily(
+                "resilience_retry_budget_exhausted",
+                "Retries refused because the retry budget was spent.",
+                labels=["name"],
+            ),
+            "in_flight": GaugeMetricFamily(
+                "resilience_bulkhead_in_flight",
+                "Calls holding a bulkhead slot.",
+                labels=["name"],
+            ),
+            "bulkhead_rejected": CounterMetricFamily(
+                "resilience_bulkhead_rejected",
+                "Calls rejected by a full bulkhead.",
+                labels=["name"],
+            ),
+            "deadline_exceeded": CounterMetricFamily(
+                "resilience_deadline_exceeded",
+                "Calls cancelled by a timeout.",
+                labels=["name"],
+            ),
+        }
+
+    @staticmethod
+    def _breakers(families: dict[str, Any]) -> None:
+        # Several breakers may share a name (one per process is the norm); sum them.
+        for breaker in _by_name(live("breaker")):
+            snapshot = breaker.metrics()
+            name = snapshot.name
+            for state in _STATES:
+                families["state"].add_metric(
+                    [name, state.value], 1.0 if state is snapshot.state else 0.0
+                )
+            for outcome in _OUTCOMES:
+                families["calls"].add_metric([name, outcome], snapshot.calls[outcome])
+            families["slow"].add_metric([name], snapshot.slow_calls)
+            for (source, target), count in snapshot.transitions.items():
+                families["transitions"].add_metric([name, source.value, target.value], count)
+            rate = snapshot.failure_rate
+            families["failure_rate"].add_metric([name], math.nan if rate != rate else rate)
+
+    @staticmethod
+    def _retries(families: dict[str, Any]) -> None:
+        for name, counts in _summed((r.name, r.metrics()) for r in live("retry")):
+            for outcome in _RETRY_OUTCOMES:
+                families["retry_calls"].add_metric([name, outcome], counts[outcome])
+            families["retry_attempts"].add_metric([name], counts["retries"])
+
+    @staticmethod
+    def _budgets(families: dict[str, Any]) -> None:
+        for name, counts in _summed((b.name, b.metrics()) for b in live("budget")):
+            families["budget_exhausted"].add_metric([name], counts["exhausted"])
+
+    @staticmethod
+    def _bulkheads(families: dict[str, Any]) -> None:
+        for name, counts in _summed((b.name, b.metrics()) for b in live("bulkhead")):
+            families["in_flight"].add_metric([name], counts["in_flight"])
+            families["bulkhead_rejected"].add_metric([name], counts["rejected"])
+
+    @staticmethod
+    def _timeouts(families: dict[str, Any]) -> None:
+        for name, counts in _summed((t.name, t.metrics()) for t in live("timeout")):
+            families["deadline_exceeded"].add_metric([name], counts["deadline_exceeded"])
+
+
+def _by_name(breakers: list[Any]) -> Iterator[Any]:
+    """Breakers in name order; with duplicate names, the first one only (stable series)."""
+    seen: set[str] = set()
+    for breaker in sorted(breakers, key=lambda b: b.name):
+        if breaker.name not in seen:
+            seen.add(breaker.name)
+            yield breaker
+
+
+def _summed(items: Iterable[tuple[str, dict[str, int]]]) -> list[tuple[str, dict[str, int]]]:
+    """Add up the counters of policies that share a name (a metric per name, not per object)."""
+    totals: dict[str, dict[str, int]] = {}
+    for name, counts in items:
+        into = totals.setdefault(name, dict.fromkeys(counts, 0))
+        for key, value in counts.items():
+            into[key] = into.get(key, 0) + value
+    return sorted(totals.items())
+
+
+_registered: weakref.WeakKeyDictionary[CollectorRegistry, ResilienceCollector] = (
+    weakref.WeakKeyDictionary()
+)
+_register_lock = threading.Lock()
+
+
+def register(registry: CollectorRegistry | None = None) -> ResilienceCollector:
+    """Register the collector into `registry` (default: prometheus_client's global one).
+
+    Idempotent: registering twice into the same registry (a re-imported
+    module, a test that sets up twice) returns the collector already there
+    instead of raising `DuplicateTimeseries`.
+    """
+    target = REGISTRY if registry is None else registry
+    if not isinstance(target, CollectorRegistry):
+        raise TypeError(f"registry= must be a prometheus_client CollectorRegistry, got {target!r}")
+    with _register_lock:
+        collector = _registered.get(target)
+        if collector is None:
+            collector = ResilienceCollector()
+            target.register(collector)
+            _registered[target] = collector
+        return collector
+
+
+def make_asgi_app(registry: CollectorRegistry | None = None) -> Any:
+    """An ASGI app serving /metrics (mount it on your app), with the collector registered."""
+    import prometheus_client
+
+    target = REGISTRY if registry is None else registry
+    register(target)
+    return prometheus_client.make_asgi_app(registry=target)
+
+
+def make_wsgi_app(registry: CollectorRegistry | None = None) -> Any:
+    """A WSGI app serving /metrics, with the collector registered."""
+    import prometheus_client
+
+    target = REGISTRY if registry is None else registry
+    register(target)
+    return prometheus_client.make_wsgi_app(registry=target)
+
+
+def start_http_server(
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+) -> tuple[Any, threading.Thread]:
+    """Serve /metrics on `addr:port` from a daemon thread; return (server, thread).
+
+    Binds to loopback by default (prometheus_client's own default is every
+    interface); pass `addr="0.0.0.0"` to expose it on purpose.
+    """
+    import prometheus_client
+
+    target = REGISTRY if registry is None else registry
+    register(target)
+    server, thread = prometheus_client.start_http_server(port, addr=addr, registry=target)
+    return server, thread

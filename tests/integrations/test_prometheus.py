@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import gc
+import math
+import socket
+import urllib.request
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import resilience
+import resilience.prometheus as rp
+from resilience.testing import FakeClock
+
+
+def scrape(registry: CollectorRegistry) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Parse the exposition text as Prometheus would: sample name -> labels -> value."""
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: dict, metric: str, /, **labels: str) -> float:
+    return samples[metric][tuple(sorted(labels.items()))]
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    rp.register(registry)
+    return registry
+
+
+def test_breaker_state_has_one_series_per_state_from_creation(registry: CollectorRegistry) -> None:
+    """A new breaker shows closed=1 and every other state 0, before any call."""
+    breaker = resilience.CircuitBreaker("prom-new")
+    samples = scrape(registry)
+    states = {
+        dict(labels)["state"]: v
+        for labels, v in samples["resilience_breaker_state"].items()
+        if dict(labels)["name"] == "prom-new"
+    }
+    assert states == {
+        s.value: (1.0 if s is resilience.State.CLOSED else 0.0) for s in resilience.State
+    }
+    del breaker
+
+
+def test_breaker_counters_transitions_and_rate(registry: CollectorRegistry) -> None:
+    """Calls by outcome, transitions and the failure rate follow the breaker."""
+    clock = FakeClock()
+    breaker = resilience.CircuitBreaker(
+        "prom-trip",
+        failure_rate_threshold=None,
+        consecutive_failures=2,
+        minimum_calls=2,
+        window=resilience.CountWindow(4),
+        clock=clock,
+    )
+    assert math.isnan(value(scrape(registry), "resilience_breaker_failure_rate", name="prom-trip"))
+    breaker.acquire().record_success()
+    breaker.acquire().record_failure()
+    breaker.acquire().record_failure()
+    with pytest.raises(resilience.CircuitOpenError):
+        breaker.acquire()
+    samples = scrape(registry)
+    assert value(samples, "resilience_breaker_state", name="prom-trip", state="open") == 1.0
+    assert (
+        value(samples, "resilience_breaker_calls_total", name="prom-trip", outcome="failure") == 2
+    )
+    assert (
+        value(samples, "resilience_breaker_calls_total", name="prom-trip", outcome="rejected") == 1
+    )
+    assert (
+        value(
+            samples,
+            "resilience_breaker_transitions_total",
+            name="prom-trip",
+            from_state="closed",
+            to_state="open",
+        )
+        == 1
+    )
+    assert value(samples, "resilience_breaker_failure_rate", name="prom-trip") == pytest.approx(
+        2 / 3
+    )
+
+
+def test_retry_budget_bulkhead_and_timeout_series(registry: CollectorRegistry) -> None:
+    """The other policies' counters are exported under their own names."""
+    budget = resilience.RetryBudget("prom-budget", ratio=0, min_per_second=0.1, window=10)
+    retry = resilience.Retry(on=ValueError, attempts=3, wait=0, budget=budget, name="prom-retry")
+    calls = iter([ValueError(), "ok", ValueError(), ValueError()])
+
+    def flaky() -> str:
+        item = next(calls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    assert retry.call(flaky) == "ok"
+    with pytest.raises(ValueError):
+        retry.call(flaky)  # the budget's single retry is spent
+    bulkhead = resilience.Bulkhead(1, name="prom-bulkhead")
+    with bulkhead, pytest.raises(resilience.BulkheadFullError):
+        bulkhead.call(lambda: None)
+    timeout = resilience.Timeout(1, name="prom-timeout")
+    samples = scrape(registry)
+    assert (
+        value(
+            samples,
+            "resilience_retry_calls_total",
+            name="prom-retry",
+            outcome="success_after_retry",
+        )
+        == 1
+    )
+    assert (
+        value(
+            samples, "resilience_retry_calls_total", name="prom-retry", outcome="failed_after_retry"
+        )
+        == 1
+    )
+    assert value(samples, "resilience_retry_attempts_total", name="prom-retry") == 1
+    assert value(samples, "resilience_retry_budget_exhausted_total", name="prom-budget") == 1
+    assert value(samples, "resilience_bulkhead_in_flight", name="prom-bulkhead") == 0
+    assert value(samples, "resilience_bulkhead_rejected_total", name="prom-bulkhead") == 1
+    assert value(samples, "resilience_deadline_exceeded_total", name="prom-timeout") == 0
+    del timeout
+
+
+def test_registering_twice_is_harmless() -> None:
+    """register() is idempotent per registry: no DuplicateTimeseries."""
+    registry = CollectorRegistry()
+    assert rp.register(registry) is rp.register(registry)
+    with pytest.raises(TypeError, match="registry="):
+        rp.register("default")  # type: ignore[arg-type]
+
+
+def test_a_second_collector_is_a_duplicate() -> None:
+    """describe() names the metrics, so a registry refuses a second collector."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(rp.ResilienceCollector())
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        registry.register(rp.ResilienceCollector())
+
+
+def test_breakers_created_later_and_dropped_breakers(registry: CollectorRegistry) -> None:
+    """The collector follows live policies: new ones appear, collected ones go."""
+    breaker = resilience.CircuitBreaker("prom-later")
+    assert ("name", "prom-later") in {
+        label
+        for labels in scrape(registry)["resilience_breaker_slow_calls_total"]
+        for label in labels
+    }
+    del breaker
+    gc.collect()
+    assert all(
+        dict(labels)["name"] != "prom-later"
+        for labels in scrape(registry).get("resilience_breaker_slow_calls_total", {})
+    )
+
+
+def test_transport_labels_are_origins_not_urls(registry: CollectorRegistry) -> None:
+    """Per-origin breakers label by scheme://host:port; paths and queries never appear."""
+    transport = resilience.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200)), retry=False
+    )
+    with httpx.Client(transport=transport) as client:
+        for i in range(20):
+            client.get(f"http://api.test/users/{i}?token=secret{i}")
+    names = {
+        dict(labels)["name"] for labels in scrape(registry)["resilience_breaker_slow_calls_total"]
+    }
+    assert "http://api.test:80" in names
+    assert not any("users" in name or "secret" in name for name in names)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serving_helpers() -> None:
+    """The WSGI app, the ASGI app and the standalone server all serve the metrics."""
+    registry = CollectorRegistry()
+    breaker = resilience.CircuitBreaker("prom-served")
+    wsgi = httpx.Client(transport=httpx.WSGITransport(app=rp.make_wsgi_app(registry)))
+    assert 'name="prom-served"' in wsgi.get("http://metrics/").text
+    assert callable(rp.make_asgi_app(registry))
+    port = free_port()
+    server, thread = rp.start_http_server(port, registry=registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert b'resilience_breaker_state{name="prom-served"' in reply.read()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    del breaker
