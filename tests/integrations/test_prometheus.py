@@ -15,6 +15,10 @@ import resilience.prometheus as rp
 from resilience.testing import FakeClock
 
 
+class Transient(Exception):
+    pass
+
+
 def scrape(registry: CollectorRegistry) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Parse the exposition text as Prometheus would: sample name -> labels -> value."""
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -93,8 +97,8 @@ def test_breaker_counters_transitions_and_rate(registry: CollectorRegistry) -> N
 def test_retry_budget_bulkhead_and_timeout_series(registry: CollectorRegistry) -> None:
     """The other policies' counters are exported under their own names."""
     budget = resilience.RetryBudget("prom-budget", ratio=0, min_per_second=0.1, window=10)
-    retry = resilience.Retry(on=ValueError, attempts=3, wait=0, budget=budget, name="prom-retry")
-    calls = iter([ValueError(), "ok", ValueError(), ValueError()])
+    retry = resilience.Retry(on=Transient, attempts=3, wait=0, budget=budget, name="prom-retry")
+    calls = iter([Transient(), "ok", Transient(), Transient()])
 
     def flaky() -> str:
         item = next(calls)
@@ -103,7 +107,7 @@ def test_retry_budget_bulkhead_and_timeout_series(registry: CollectorRegistry) -
         return item
 
     assert retry.call(flaky) == "ok"
-    with pytest.raises(ValueError):
+    with pytest.raises(Transient):
         retry.call(flaky)  # the budget's single retry is spent
     bulkhead = resilience.Bulkhead(1, name="prom-bulkhead")
     with bulkhead, pytest.raises(resilience.BulkheadFullError):
