@@ -1,0 +1,176 @@
+"""structlog events for what the policies do (DESIGN section 11): opt-in.
+
+```python
+import resilience.logging
+
+resilience.logging.install()  # every policy's events, through structlog
+```
+
+Off by default: structlog without configuration prints to stdout, and a
+library must never make an application's output noisier, nor configure its
+logging. `install()` only subscribes an observer; where the lines go (JSON,
+console, stdlib logging) is the application's structlog configuration.
+
+Event names: `breaker.opened` (warning), `breaker.half_opened`,
+`breaker.closed`, `breaker.forced_open`, `breaker.disabled`,
+`breaker.metrics_only`, `breaker.threshold_crossed`, `call.rejected` (the
+first per open period; the count comes with the next transition),
+`retry.scheduled`, `retry.gave_up` (warning), `retry.budget_exhausted`,
+`bulkhead.rejected`, `deadline.exceeded` (these three at most once per
+`throttle` seconds per name, with a `suppressed` count), `registry.evicted`.
+Fields are names, states, numbers and exception type names: never call
+arguments, URLs or messages.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ._state import State
+from ._validate import check_seconds
+from .events import (
+    BreakerEvicted,
+    BulkheadRejected,
+    CallRejected,
+    DeadlineExceeded,
+    Event,
+    RetryBudgetExhausted,
+    RetryGaveUp,
+    RetryScheduled,
+    StateChanged,
+    ThresholdCrossed,
+    global_hub,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["StructlogObserver", "install"]
+
+_TRANSITION_EVENTS = {
+    State.OPEN: ("breaker.opened", "warning"),
+    State.HALF_OPEN: ("breaker.half_opened", "info"),
+    State.CLOSED: ("breaker.closed", "info"),
+    State.FORCED_OPEN: ("breaker.forced_open", "warning"),
+    State.DISABLED: ("breaker.disabled", "warning"),
+    State.METRICS_ONLY: ("breaker.metrics_only", "info"),
+}
+
+
+class StructlogObserver:
+    """An observer (subscribe it to a hub) that turns policy events into structlog events.
+
+    Args:
+        logger: A structlog logger; default `structlog.get_logger("resilience")`,
+            resolved on each event so that a later `structlog.configure()` applies.
+        throttle: Seconds between two lines for the same noisy event and name.
+    """
+
+    def __init__(self, logger: Any = None, *, throttle: float = 10.0) -> None:
+        self._logger = logger
+        self.throttle = check_seconds(throttle, "throttle", allow_zero=True)
+        self._lock = threading.Lock()
+        self._rejected: dict[str, int] = {}  # breaker name -> rejections this open period
+        self._last: dict[tuple[str, str], float] = {}  # (kind, name) -> last logged
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    @property
+    def logger(self) -> Any:
+        """The logger lines go to."""
+        return self._logger if self._logger is not None else structlog.get_logger("resilience")
+
+    def __call__(self, event: Event) -> None:
+        """Log `event` (or count it, for a suppressed repeat)."""
+        if isinstance(event, StateChanged):
+            self._transition(event)
+        elif isinstance(event, CallRejected):
+            self._rejection(event)
+        elif isinstance(event, ThresholdCrossed):
+            self.logger.info(
+                "breaker.threshold_crossed",
+                name=event.name,
+                metric=event.metric,
+                value=event.value,
+                threshold=event.threshold,
+            )
+        elif isinstance(event, RetryScheduled):
+            self.logger.info(
+                "retry.scheduled",
+                name=event.name,
+                attempt=event.attempt,
+                delay_seconds=round(event.delay, 6),
+                error_type=event.error_type,
+            )
+        elif isinstance(event, RetryGaveUp):
+            self.logger.warning(
+                "retry.gave_up",
+                name=event.name,
+                attempts=event.attempts,
+                elapsed_seconds=round(event.elapsed, 6),
+                reason=event.reason,
+                error_type=event.error_type,
+            )
+        elif isinstance(event, RetryBudgetExhausted):
+            self._throttled("retry.budget_exhausted", event.name, "warning")
+        elif isinstance(event, BulkheadRejected):
+            self._throttled(
+                "bulkhead.rejected",
+                event.name,
+                "warning",
+                max_concurrent=event.max_concurrent,
+                waited_seconds=round(event.waited, 6),
+            )
+        elif isinstance(event, DeadlineExceeded):
+            self._throttled("deadline.exceeded", event.name, "warning", budget_seconds=event.budget)
+        elif isinstance(event, BreakerEvicted):
+            level = "info" if event.state is State.CLOSED else "warning"
+            getattr(self.logger, level)(
+                "registry.evicted", name=event.name, state=event.state.value
+            )
+
+    def _transition(self, event: StateChanged) -> None:
+        name, level = _TRANSITION_EVENTS[event.to_state]
+        with self._lock:
+            rejected = self._rejected.pop(event.name, 0)
+        fields: dict[str, Any] = {
+            "name": event.name,
+            "state": event.to_state.value,
+            "from_state": event.from_state.value,
+            "reason": event.reason,
+        }
+        if rejected:
+            fields["rejected"] = rejected  # calls turned away while it was open
+        getattr(self.logger, level)(name, **fields)
+
+    def _rejection(self, event: CallRejected) -> None:
+        with self._lock:
+            count = self._rejected.get(event.name, 0) + 1
+            self._rejected[event.name] = count
+        if count == 1:
+            self.logger.info(
+                "call.rejected",
+                name=event.name,
+                state=event.state.value,
+                retry_after_seconds=event.retry_after,
+            )
+
+    def _throttled(self, kind: str, name: str, level: str, **fields: Any) -> None:
+        key = (kind, name)
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.throttle:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        getattr(self.logger, level)(kind, name=name, suppressed=suppressed, **fields)
+
+
+def install(logger: Any = None, *, throttle: float = 10.0) -> Callable[[], None]:
+    """Log every policy's events through structlog; return the function that stops it."""
+    return global_hub.subscribe(StructlogObserver(logger, throttle=throttle))

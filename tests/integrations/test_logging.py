@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from structlog.testing import capture_logs
+
+import resilience
+from resilience.events import BulkheadRejected, ObserverHub
+from resilience.logging import StructlogObserver, install
+from resilience.testing import FakeClock
+
+
+def test_breaker_lifecycle_is_logged_with_names_states_and_reasons() -> None:
+    """Open (warning), one call.rejected per open period, half-open and closed with the count."""
+    clock = FakeClock()
+    breaker = resilience.CircuitBreaker(
+        "log-payments",
+        consecutive_failures=1,
+        failure_rate_threshold=None,
+        open_duration=5,
+        clock=clock,
+    )
+    breaker.events.subscribe(StructlogObserver())
+    with capture_logs() as logs:
+        breaker.acquire().record_failure()
+        for _ in range(3):
+            with pytest.raises(resilience.CircuitOpenError):
+                breaker.acquire()
+        clock.advance(5)
+        breaker.acquire().record_success()
+    assert [(log["event"], log["log_level"]) for log in logs] == [
+        ("breaker.threshold_crossed", "info"),
+        ("breaker.opened", "warning"),
+        ("call.rejected", "info"),
+        ("breaker.half_opened", "info"),
+        ("breaker.closed", "info"),
+    ]
+    opened = logs[1]
+    assert opened["name"] == "log-payments"
+    assert opened["reason"] == "consecutive_failures"
+    assert logs[3]["rejected"] == 3  # the count of calls turned away while open
+
+
+def test_retries_are_logged_without_arguments() -> None:
+    """retry.scheduled and retry.gave_up carry numbers and type names, never arguments."""
+    retry = resilience.Retry(on=ValueError, attempts=2, wait=0, name="log-retry")
+    retry.events.subscribe(StructlogObserver())
+
+    def fail(secret: str) -> None:
+        raise ValueError(f"bad {secret}")
+
+    with capture_logs() as logs, pytest.raises(ValueError):
+        retry.call(fail, "password123")
+    assert [log["event"] for log in logs] == ["retry.scheduled", "retry.gave_up"]
+    assert logs[0]["attempt"] == 1
+    assert logs[0]["error_type"] == "ValueError"
+    assert logs[1]["reason"] == "attempts"
+    assert "password123" not in repr(logs)
+
+
+def test_noisy_events_are_throttled_with_a_suppressed_count() -> None:
+    """At most one line per throttle period per name; the next line says how many were dropped."""
+    observer = StructlogObserver(throttle=3600)
+    hub = ObserverHub()
+    hub.subscribe(observer)
+    event = BulkheadRejected(name="db", time=0.0, max_concurrent=4, waited=0.0)
+    with capture_logs() as logs:
+        for _ in range(50):
+            hub.publish(event)
+    assert len(logs) == 1
+    assert logs[0]["suppressed"] == 0
+    observer.throttle = 0.0
+    with capture_logs() as logs:
+        hub.publish(event)
+    assert logs[0]["suppressed"] == 49
+
+
+def test_install_observes_every_policy_and_can_be_undone() -> None:
+    """install() subscribes globally; the returned function unsubscribes."""
+    uninstall = install()
+    try:
+        with capture_logs() as logs:
+            resilience.CircuitBreaker("log-global").force_open()
+    finally:
+        uninstall()
+    assert [log["event"] for log in logs] == ["breaker.forced_open"]
+    with capture_logs() as logs:
+        resilience.CircuitBreaker("log-after").force_open()
+    assert logs == []
+
+
+def test_bad_throttle() -> None:
+    """throttle= is validated."""
+    with pytest.raises(ValueError, match="throttle="):
+        StructlogObserver(throttle=-1)
+
+
+def test_nothing_is_logged_unless_installed() -> None:
+    """Without install(), unconfigured structlog stays silent: nothing is printed."""
+    code = (
+        "import resilience\n"
+        "b = resilience.CircuitBreaker('quiet', consecutive_failures=1)\n"
+        "b.acquire().record_failure()\n"
+        "b.force_open()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == ""
+    assert result.stderr == ""
