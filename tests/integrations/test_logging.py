@@ -51,7 +51,7 @@ def test_retries_are_logged_without_arguments() -> None:
     def fail(secret: str) -> None:
         raise ValueError(f"bad {secret}")
 
-    with capture_logs() as logs, pytest.raises(ValueError):
+    with capture_logs() as logs, pytest.raises(ValueError, match="bad"):
         retry.call(fail, "password123")
     assert [log["event"] for log in logs] == ["retry.scheduled", "retry.gave_up"]
     assert logs[0]["attempt"] == 1
