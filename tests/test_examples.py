@@ -11,6 +11,20 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # What each example must print, so that an example that silently stops
 # demonstrating its point fails here.
 EXPECTED = {
+    "metrics_endpoint.py": [
+        'resilience_breaker_state{name="payments",state="closed"} 0.0',
+        'resilience_breaker_state{name="payments",state="open"} 1.0',
+        'resilience_breaker_state{name="payments",state="half_open"} 0.0',
+        'resilience_breaker_state{name="payments",state="forced_open"} 0.0',
+        'resilience_breaker_state{name="payments",state="disabled"} 0.0',
+        'resilience_breaker_state{name="payments",state="metrics_only"} 0.0',
+        'resilience_breaker_calls_total{name="payments",outcome="failure"} 2.0',
+    ],
+    "otel_observer.py": [
+        "stock: 7",
+        "resilience.retry.scheduled inventory 1",
+        "resilience.retry.scheduled inventory 2",
+    ],
     "deadline_chain.py": [
         "fast: 200 paid; answered within the deadline: True; budgets shrink: True",
         "slow: 504 payments too slow for our budget; answered within the deadline: True; budgets shrink: True",
