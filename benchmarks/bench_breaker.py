@@ -78,6 +78,16 @@ def resilience_closed(fn: Callable[..., Any]) -> Callable[..., Any]:
     return resilience.CircuitBreaker("bench")(fn)
 
 
+def resilience_closed_with_collector(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The same breaker, with the Prometheus collector registered (it reads at scrape time)."""
+    from prometheus_client import CollectorRegistry
+
+    import resilience.prometheus
+
+    resilience.prometheus.register(CollectorRegistry())
+    return resilience.CircuitBreaker("bench-collected")(fn)
+
+
 def resilience_open(fn: Callable[..., Any]) -> Callable[..., Any]:
     breaker = resilience.CircuitBreaker("bench", consecutive_failures=1, open_duration=3600)
     with contextlib.suppress(ValueError):
@@ -148,6 +158,7 @@ def pyresilience_closed(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 PEERS_CLOSED = {
     "resilience": resilience_closed,
+    "resilience, Prometheus collector registered": resilience_closed_with_collector,
     "pybreaker": pybreaker_closed,
     "circuitbreaker": circuitbreaker_closed,
     "aiobreaker": aiobreaker_closed,

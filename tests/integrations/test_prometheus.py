@@ -207,3 +207,20 @@ def test_serving_helpers() -> None:
         server.server_close()
         thread.join(timeout=10)
     del breaker
+
+
+def test_grafana_dashboard_uses_only_exported_metric_names() -> None:
+    """Every metric the dashboard queries is one the collector exports."""
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bresilience_[a-z_]+", expr)}
+    exported = {family.name for family in rp.ResilienceCollector().describe()}
+    counters = {f"{name}_total" for name in exported}
+    assert used
+    assert used <= exported | counters
