@@ -20,6 +20,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import Counter, Gauge
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from ._state import State
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 __all__ = [
+    "MultiprocessExporter",
     "ResilienceCollector",
     "make_asgi_app",
     "make_wsgi_app",
@@ -38,6 +40,20 @@ __all__ = [
 
 _STATES = tuple(State)
 _OUTCOMES = ("success", "failure", "ignored", "rejected")
+#: Every exported metric family (counters without `_total`) and its labels.
+_LABELS: dict[str, list[str]] = {
+    "resilience_breaker_state": ["name", "state"],
+    "resilience_breaker_calls": ["name", "outcome"],
+    "resilience_breaker_slow_calls": ["name"],
+    "resilience_breaker_transitions": ["name", "from_state", "to_state"],
+    "resilience_breaker_failure_rate": ["name"],
+    "resilience_retry_calls": ["name", "outcome"],
+    "resilience_retry_attempts": ["name"],
+    "resilience_retry_budget_exhausted": ["name"],
+    "resilience_bulkhead_in_flight": ["name"],
+    "resilience_bulkhead_rejected": ["name"],
+    "resilience_deadline_exceeded": ["name"],
+}
 _RETRY_OUTCOMES = (
     "success_first_try",
     "success_after_retry",
@@ -73,57 +89,57 @@ class ResilienceCollector(Collector):
             "state": GaugeMetricFamily(
                 "resilience_breaker_state",
                 "Circuit breaker state: 1 for the current state, 0 for the others.",
-                labels=["name", "state"],
+                labels=_LABELS["resilience_breaker_state"],
             ),
             "calls": CounterMetricFamily(
                 "resilience_breaker_calls",
                 "Calls through a circuit breaker, by outcome.",
-                labels=["name", "outcome"],
+                labels=_LABELS["resilience_breaker_calls"],
             ),
             "slow": CounterMetricFamily(
                 "resilience_breaker_slow_calls",
                 "Calls slower than the breaker's slow_call_duration.",
-                labels=["name"],
+                labels=_LABELS["resilience_breaker_slow_calls"],
             ),
             "transitions": CounterMetricFamily(
                 "resilience_breaker_transitions",
                 "Circuit breaker state transitions.",
-                labels=["name", "from_state", "to_state"],
+                labels=_LABELS["resilience_breaker_transitions"],
             ),
             "failure_rate": GaugeMetricFamily(
                 "resilience_breaker_failure_rate",
                 "Failure rate over the breaker's window (NaN below minimum_calls).",
-                labels=["name"],
+                labels=_LABELS["resilience_breaker_failure_rate"],
             ),
             "retry_calls": CounterMetricFamily(
                 "resilience_retry_calls",
                 "Calls through a retry policy, by outcome.",
-                labels=["name", "outcome"],
+                labels=_LABELS["resilience_retry_calls"],
             ),
             "retry_attempts": CounterMetricFamily(
                 "resilience_retry_attempts",
                 "Retries made (first attempts not included).",
-                labels=["name"],
+                labels=_LABELS["resilience_retry_attempts"],
             ),
             "budget_exhausted": CounterMetricFamily(
                 "resilience_retry_budget_exhausted",
                 "Retries refused because the retry budget was spent.",
-                labels=["name"],
+                labels=_LABELS["resilience_retry_budget_exhausted"],
             ),
             "in_flight": GaugeMetricFamily(
                 "resilience_bulkhead_in_flight",
                 "Calls holding a bulkhead slot.",
-                labels=["name"],
+                labels=_LABELS["resilience_bulkhead_in_flight"],
             ),
             "bulkhead_rejected": CounterMetricFamily(
                 "resilience_bulkhead_rejected",
                 "Calls rejected by a full bulkhead.",
-                labels=["name"],
+                labels=_LABELS["resilience_bulkhead_rejected"],
             ),
             "deadline_exceeded": CounterMetricFamily(
                 "resilience_deadline_exceeded",
                 "Calls cancelled by a timeout.",
-                labels=["name"],
+                labels=_LABELS["resilience_deadline_exceeded"],
             ),
         }
 
@@ -245,3 +261,105 @@ def start_http_server(
     register(target)
     server, thread = prometheus_client.start_http_server(port, addr=addr, registry=target)
     return server, thread
+
+
+#: How each gauge is aggregated across worker processes in multiprocess mode.
+_GAUGE_MODES = {
+    "resilience_breaker_state": "livemax",  # 1 if any live worker is in that state
+    "resilience_breaker_failure_rate": "livemax",
+    "resilience_bulkhead_in_flight": "livesum",
+}
+
+
+class MultiprocessExporter:
+    """Makes the policies visible under prometheus_client's multiprocess mode (gunicorn).
+
+    Multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`) ignores custom collectors:
+    the scraping process reads per-process value files instead. This exporter,
+    started in each worker, copies what `ResilienceCollector` would report into
+    ordinary prometheus_client metrics backed by those files: counters grow by
+    what changed since the last copy (so the scrape sums them across workers),
+    `resilience_breaker_state` and `resilience_breaker_failure_rate` are the
+    maximum over live workers, `resilience_bulkhead_in_flight` their sum.
+    It copies every `interval` seconds from a daemon thread, and at once on
+    every breaker state change.
+
+    ```python
+    # gunicorn.conf.py
+    def post_fork(server, worker):
+        resilience.prometheus.MultiprocessExporter().start()
+
+    def child_exit(server, worker):
+        prometheus_client.multiprocess.mark_process_dead(worker.pid)
+    ```
+    """
+
+    def __init__(self, *, interval: float = 1.0) -> None:
+        from ._validate import check_seconds
+
+        self.interval = check_seconds(interval, "interval")
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._metrics: dict[str, Counter | Gauge] = {}
+        for family in ResilienceCollector().describe():
+            labels = _LABELS[family.name]
+            if family.type == "counter":
+                self._metrics[family.name] = Counter(
+                    family.name, family.documentation, labels, registry=None
+                )
+            else:
+                self._metrics[family.name] = Gauge(
+                    family.name,
+                    family.documentation,
+                    labels,
+                    registry=None,
+                    multiprocess_mode=_GAUGE_MODES[family.name],  # type: ignore[arg-type]
+                )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Any = None
+
+    def sync(self) -> None:
+        """Copy the current values into the multiprocess metrics now."""
+        with self._lock:
+            for family in ResilienceCollector().collect():
+                metric = self._metrics[family.name]
+                for sample in family.samples:
+                    if sample.name.endswith("_created"):
+                        continue
+                    key = tuple(sample.labels[label] for label in _LABELS[family.name])
+                    if isinstance(metric, Counter):
+                        previous = self._last.get((family.name, key), 0.0)
+                        if sample.value > previous:
+                            metric.labels(*key).inc(sample.value - previous)
+                        self._last[(family.name, key)] = sample.value
+                    else:
+                        metric.labels(*key).set(sample.value)
+
+    def start(self) -> MultiprocessExporter:
+        """Copy now, then every `interval` seconds and on every state change."""
+        from .events import StateChanged, global_hub
+
+        self.sync()
+
+        def on_event(event: object) -> None:
+            if isinstance(event, StateChanged):
+                self.sync()
+
+        self._unsubscribe = global_hub.subscribe(on_event)
+        self._thread = threading.Thread(target=self._run, name="resilience-metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sync()
+
+    def stop(self) -> None:
+        """Stop copying (a final copy is made)."""
+        self._stop.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.sync()
