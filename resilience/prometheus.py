@@ -19,7 +19,12 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.metrics import Counter, Gauge
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
@@ -47,6 +52,7 @@ _LABELS: dict[str, list[str]] = {
     "resilience_breaker_slow_calls": ["name"],
     "resilience_breaker_transitions": ["name", "from_state", "to_state"],
     "resilience_breaker_failure_rate": ["name"],
+    "resilience_call_duration_seconds": ["name", "outcome"],
     "resilience_retry_calls": ["name", "outcome"],
     "resilience_retry_attempts": ["name"],
     "resilience_retry_budget_exhausted": ["name"],
@@ -111,6 +117,11 @@ class ResilienceCollector(Collector):
                 "Failure rate over the breaker's window (NaN below minimum_calls).",
                 labels=_LABELS["resilience_breaker_failure_rate"],
             ),
+            "durations": HistogramMetricFamily(
+                "resilience_call_duration_seconds",
+                "Duration of calls through a breaker that records durations, by outcome.",
+                labels=_LABELS["resilience_call_duration_seconds"],
+            ),
             "retry_calls": CounterMetricFamily(
                 "resilience_retry_calls",
                 "Calls through a retry policy, by outcome.",
@@ -158,6 +169,12 @@ class ResilienceCollector(Collector):
             families["slow"].add_metric([name], snapshot.slow_calls)
             for (source, target), count in snapshot.transitions.items():
                 families["transitions"].add_metric([name, source.value, target.value], count)
+            for outcome, (buckets, total) in sorted(snapshot.durations.items()):
+                families["durations"].add_metric(
+                    [name, outcome],
+                    buckets=[(_le(bound), count) for bound, count in buckets],
+                    sum_value=total,
+                )
             rate = snapshot.failure_rate
             families["failure_rate"].add_metric([name], math.nan if rate != rate else rate)
 
@@ -183,6 +200,10 @@ class ResilienceCollector(Collector):
     def _timeouts(families: dict[str, Any]) -> None:
         for name, counts in _summed((t.name, t.metrics()) for t in live("timeout")):
             families["deadline_exceeded"].add_metric([name], counts["deadline_exceeded"])
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(bound)
 
 
 def _by_name(breakers: list[Any]) -> Iterator[Any]:
@@ -303,6 +324,8 @@ class MultiprocessExporter:
         self._metrics: dict[str, Counter | Gauge] = {}
         for family in ResilienceCollector().describe():
             labels = _LABELS[family.name]
+            if family.type == "histogram":
+                continue  # bucket counts cannot be copied into a multiprocess histogram
             if family.type == "counter":
                 self._metrics[family.name] = Counter(
                     family.name, family.documentation, labels, registry=None
@@ -323,7 +346,9 @@ class MultiprocessExporter:
         """Copy the current values into the multiprocess metrics now."""
         with self._lock:
             for family in ResilienceCollector().collect():
-                metric = self._metrics[family.name]
+                metric = self._metrics.get(family.name)
+                if metric is None:
+                    continue
                 for sample in family.samples:
                     if sample.name.endswith("_created"):
                         continue

@@ -19,6 +19,8 @@ EXPECTED = {
         'resilience_breaker_state{name="payments",state="disabled"} 0.0',
         'resilience_breaker_state{name="payments",state="metrics_only"} 0.0',
         'resilience_breaker_calls_total{name="payments",outcome="failure"} 2.0',
+        'asgi: resilience_breaker_state{name="payments",state="open"} 1.0',
+        'wsgi: resilience_breaker_state{name="payments",state="open"} 1.0',
     ],
     "otel_observer.py": [
         "stock: 7",

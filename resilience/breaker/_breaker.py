@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from .._clock import Clock, resolve_clock
 from .._compose import Guard, refuse_generators
 from .._counter import peek
+from .._histogram import DurationHistogram
 from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
 from .._state import State
 from .._tracking import track
@@ -147,6 +148,7 @@ class BreakerMetrics:
     __slots__ = (
         "calls",
         "consecutive_failures",
+        "durations",
         "failure_rate",
         "name",
         "openings",
@@ -178,6 +180,9 @@ class BreakerMetrics:
     window_slow: int
     consecutive_failures: int
     openings: int
+    #: outcome -> (cumulative (le, count) buckets, sum of seconds); empty unless
+    #: the breaker records durations.
+    durations: dict[str, tuple[list[tuple[float, int]], float]]
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{field}={getattr(self, field)!r}" for field in self.__slots__)
@@ -208,6 +213,9 @@ class CircuitBreaker(Guard[Permit]):
         record: Exceptions that are failures (default: every `Exception`).
         ignore: Exceptions that count as nothing (wins over `record`).
         failure_if: Predicate on a returned value that makes it a failure.
+        record_durations: Keep a histogram of call durations by outcome
+            (`resilience_call_duration_seconds`). Off by default: it costs two
+            clock reads and a short lock on every call.
         clock: A `resilience.Clock`; `resilience.testing.FakeClock` in tests.
     """
 
@@ -215,6 +223,7 @@ class CircuitBreaker(Guard[Permit]):
         "__weakref__",
         "_classifier",
         "_consecutive",
+        "_durations",
         "_failures",
         "_half_open_since",
         "_ignored",
@@ -267,6 +276,7 @@ class CircuitBreaker(Guard[Permit]):
         record: ExceptionSpec = (Exception,),
         ignore: ExceptionSpec = (),
         failure_if: ResultPredicate | None = None,
+        record_durations: bool = False,
         clock: Clock | None = None,
     ) -> None:
         self.name = check_string(name, "name")
@@ -325,12 +335,20 @@ class CircuitBreaker(Guard[Permit]):
         self.events = ObserverHub(parent=global_hub)
 
         # Outcomes need a timestamp only for slow calls and time windows.
-        self._needs_time = self.slow_call_duration is not None or isinstance(window, TimeWindow)
+        if not isinstance(record_durations, bool):
+            raise TypeError(f"record_durations= must be True or False, got {record_durations!r}")
+        self._durations = DurationHistogram() if record_durations else None
+        self._needs_time = (
+            self.slow_call_duration is not None
+            or isinstance(window, TimeWindow)
+            or record_durations
+        )
         self._lock = threading.Lock()
         self._window: WindowState = window._create()
         # A success in a closed count-window breaker only takes the next outcome
         # number from an itertools.count (atomic in CPython): no lock.
-        self._lockfree = isinstance(window, CountWindow)
+        # Durations are recorded under the lock, so they turn the lock-free path off.
+        self._lockfree = isinstance(window, CountWindow) and not record_durations
         self._outcomes: itertools.count[int] = itertools.count()
         self._last_failure = -2
         # (state, epoch, admits without asking, outcome counter for lock-free
@@ -432,6 +450,8 @@ class CircuitBreaker(Guard[Permit]):
                 self._ignored += 1
             if slow:
                 self._slow_calls += 1
+            if self._durations is not None:
+                self._durations.observe(outcome.value, now - start)
             state, current, _, _ = self._mode
             if epoch != current or (outcome is _IGNORED and not probe):
                 return  # stale, or nothing to learn: counted, never moves the state
@@ -679,6 +699,7 @@ class CircuitBreaker(Guard[Permit]):
                 window_failures=window.failures,
                 window_slow=window.slow,
                 consecutive_failures=self._streak(),
+                durations={} if self._durations is None else self._durations.snapshot(),
                 openings=self._openings,
             )
 

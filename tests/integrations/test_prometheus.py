@@ -224,3 +224,42 @@ def test_grafana_dashboard_uses_only_exported_metric_names() -> None:
     counters = {f"{name}_total" for name in exported}
     assert used
     assert used <= exported | counters
+
+
+def test_duration_histogram_for_breakers_that_record_durations(registry: CollectorRegistry) -> None:
+    """record_durations=True exports resilience_call_duration_seconds by outcome."""
+    clock = FakeClock()
+    breaker = resilience.CircuitBreaker(
+        "prom-durations", record_durations=True, consecutive_failures=10, clock=clock
+    )
+
+    @breaker
+    def work(seconds: float, fail: bool = False) -> None:
+        clock.sleep(seconds)
+        if fail:
+            raise Transient
+
+    work(0.02)
+    work(0.3)
+    with pytest.raises(Transient):
+        work(3.0, fail=True)
+    samples = scrape(registry)
+    bucket = "resilience_call_duration_seconds_bucket"
+    assert value(samples, bucket, name="prom-durations", outcome="success", le="0.025") == 1
+    assert value(samples, bucket, name="prom-durations", outcome="success", le="0.5") == 2
+    assert value(samples, bucket, name="prom-durations", outcome="failure", le="2.5") == 0
+    assert value(samples, bucket, name="prom-durations", outcome="failure", le="+Inf") == 1
+    assert value(
+        samples, "resilience_call_duration_seconds_sum", name="prom-durations", outcome="success"
+    ) == pytest.approx(0.32)
+    assert (
+        value(
+            samples,
+            "resilience_call_duration_seconds_count",
+            name="prom-durations",
+            outcome="failure",
+        )
+        == 1
+    )
+    with pytest.raises(TypeError, match="record_durations="):
+        resilience.CircuitBreaker("x", record_durations="yes")  # type: ignore[arg-type]
