@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint typecheck pytest docs-check bench clean
+.PHONY: help venv demo test lint typecheck pytest docs-check bench clean
 
 help:
+	@echo "make demo    the cascading-failure lab: plain httpx vs resilience, measured here"
 	@echo "make test    lint, type-check, run the whole test suite and build the docs"
 	@echo "make bench   per-call overhead next to a bare call, a minimal decorator and the peers"
 	@echo "make clean   remove the virtualenv and build output"
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing resilience and its dev tools into $(VENV) (log: $(VENV)/install.log)"
 	@{ $(BIN)/python -m pip install --upgrade "pip>=25.1" \
-	  && $(BIN)/python -m pip install --editable . --group dev; } > $(VENV)/install.log 2>&1 \
+	  && $(BIN)/python -m pip install --editable ".[demo]" --group dev; } > $(VENV)/install.log 2>&1 \
 	  || { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
@@ -35,6 +36,9 @@ pytest: $(STAMP)
 
 docs-check: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+demo: $(STAMP)
+	$(BIN)/python -m resilience.demo --scenario all
 
 test: lint typecheck pytest docs-check
 

@@ -1,0 +1,1 @@
+"""The cascading-failure lab: `python -m resilience.demo` (needs the `demo` extra)."""
