@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = ["cascade", "retry-storm"] if args.scenario == "all" else [args.scenario]
     for scenario in scenarios:
         if scenario == "cascade":
-            duration = args.duration or (8.0 if quick else 30.0)
+            duration = args.duration or (10.0 if quick else 30.0)
             clients = args.clients or (20 if quick else 50)
             plan = _cascade.timeline(duration)
             console.rule(
