@@ -1,7 +1,7 @@
-"""One deadline across two services: a client -> orders -> payments, all on 127.0.0.1.
+"""One deadline across two FastAPI services: a client -> orders -> payments, on 127.0.0.1.
 
-Each service runs under ASGIDeadlineMiddleware and calls the next through
-AsyncResilientTransport. Payments is slow for one order: orders stops waiting
+Each service runs under ASGIDeadlineMiddleware (`app.add_middleware`) and
+calls the next through AsyncResilientTransport. Payments is slow for one order: orders stops waiting
 200 ms before the client's budget runs out and answers 504, instead of holding on.
 Run: python examples/deadline_chain.py
 """
@@ -18,10 +18,8 @@ from typing import Any
 
 import httpx
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 import resilience
 from resilience.middleware import ASGIDeadlineMiddleware
@@ -44,34 +42,42 @@ def serve(app: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-async def payments(request: Request) -> JSONResponse:
-    budget = resilience.remaining()
-    if request.path_params["order"] == "slow":
-        await asyncio.sleep(1.5)
-    return JSONResponse({"paid": True, "payments_budget_ms": round((budget or 0) * 1000)})
+def payments_app() -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(ASGIDeadlineMiddleware)
+
+    @app.get("/pay/{order}")
+    async def pay(order: str) -> dict[str, Any]:
+        budget = resilience.remaining()
+        if order == "slow":
+            await asyncio.sleep(1.5)
+        return {"paid": True, "payments_budget_ms": round((budget or 0) * 1000)}
+
+    return app
 
 
-def orders_app(payments_url: str) -> Any:
-    async def orders(request: Request) -> JSONResponse:
+def orders_app(payments_url: str) -> FastAPI:
+    app = FastAPI()
+    # The margin lets orders give up (and say so) 200 ms before its caller does.
+    app.add_middleware(ASGIDeadlineMiddleware, safety_margin=0.2)
+
+    @app.get("/orders/{order}")
+    async def orders(order: str) -> Any:
         budget = resilience.remaining() or 0
         transport = resilience.AsyncResilientTransport(retry=False)
         async with httpx.AsyncClient(transport=transport) as client:
             try:
-                reply = await client.get(f"{payments_url}/pay/{request.path_params['order']}")
+                reply = await client.get(f"{payments_url}/pay/{order}")
             except httpx.TimeoutException:
                 return JSONResponse({"error": "payments too slow for our budget"}, status_code=504)
-        return JSONResponse({**reply.json(), "orders_budget_ms": round(budget * 1000)})
+        return {**reply.json(), "orders_budget_ms": round(budget * 1000)}
 
-    # The margin lets orders give up (and say so) 200 ms before its caller does.
-    routes = [Route("/orders/{order}", orders)]
-    return ASGIDeadlineMiddleware(Starlette(routes=routes), safety_margin=0.2)
+    return app
 
 
 def main() -> None:
     with ExitStack() as stack:
-        payments_url = stack.enter_context(
-            serve(ASGIDeadlineMiddleware(Starlette(routes=[Route("/pay/{order}", payments)])))
-        )
+        payments_url = stack.enter_context(serve(payments_app()))
         orders_url = stack.enter_context(serve(orders_app(payments_url)))
         with httpx.Client(transport=resilience.ResilientTransport(retry=False)) as client:
             for order in ("fast", "slow"):

@@ -11,6 +11,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # What each example must print, so that an example that silently stops
 # demonstrating its point fails here.
 EXPECTED = {
+    "testing_with_fakeclock.py": [
+        "ok: test_retries_wait_without_sleeping",
+        "ok: test_the_breaker_opens_and_probes_after_its_open_period",
+    ],
+    "decorators.py": [
+        "stock: 7",
+        "price: 9.5",
+        "waits: [0.032, 0.015, 0.13]",
+        "breaker: closed, calls: {'success': 2, 'failure': 3, 'ignored': 0, 'rejected': 0}",
+        "retry: 2 calls succeeded after retrying",
+    ],
     "metrics_endpoint.py": [
         'resilience_breaker_state{name="payments",state="closed"} 0.0',
         'resilience_breaker_state{name="payments",state="open"} 1.0',
