@@ -36,6 +36,7 @@ pytest: $(STAMP)
 
 docs-check: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir $(VENV)/site
+	$(BIN)/python docs/check_links.py $(VENV)/site
 
 demo: $(STAMP)
 	$(BIN)/python -m resilience.demo --scenario all
