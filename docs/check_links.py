@@ -71,6 +71,7 @@ def check(site: Path) -> list[str]:
 
 
 def main() -> int:
+    """Check the site named on the command line; exit 1 if a link is broken."""
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
