@@ -45,6 +45,7 @@ from ._window import CountWindow, TimeWindow
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
 
+    from ._shared import SharedState
     from ._window import WindowState
 
 __all__ = ["BreakerMetrics", "CircuitBreaker", "Permit", "exponential_open_duration"]
@@ -243,6 +244,7 @@ class CircuitBreaker(Guard[Permit]):
         "_probes_in_flight",
         "_rate_above",
         "_rejections",
+        "_shared",
         "_slow_calls",
         "_successes",
         "_transitions",
@@ -371,6 +373,7 @@ class CircuitBreaker(Guard[Permit]):
         self._failures = self._ignored = 0
         self._slow_calls = 0
         self._transitions: dict[tuple[State, State], int] = {}
+        self._shared: SharedState | None = None
         track("breaker", self)
 
     # -- admission ------------------------------------------------------------
@@ -406,10 +409,23 @@ class CircuitBreaker(Guard[Permit]):
                 permit = Permit(self, epoch, now if self._needs_time else 0.0, False)
         self._publish(events)
         if permit is not None:
+            if permit.probe and self._shared is not None and not self._fleet_grants(permit):
+                raise self._rejection(_HALF_OPEN, now)
             return permit
         if self.events.active:
             self._publish_rejection(now, state, retry_after)
         raise CircuitOpenError(self.name, state, retry_after)
+
+    def _fleet_grants(self, permit: Permit) -> bool:
+        """Ask the shared state for a fleet-wide probe slot; hand ours back if refused."""
+        try:
+            granted = self._shared.grant_probe(self)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001  (a shared-state fault never fails the call)
+            granted = None
+        if granted is False:
+            self._settle(permit, _IGNORED)  # the local slot goes back; nothing counted
+            return False
+        return True
 
     def _publish_rejection(self, now: float, state: State, retry_after: float | None) -> None:
         self.events.publish(
@@ -619,6 +635,33 @@ class CircuitBreaker(Guard[Permit]):
             if to is _CLOSED:
                 self._openings = 0
         self._publish(events)
+
+    # -- shared state (resilience.redis) ---------------------------------------
+
+    def share(self, backend: SharedState | None) -> None:
+        """Attach a shared-state backend (or detach with None): it may refuse probes."""
+        self._shared = backend
+
+    def apply_remote(self, to: State, open_for: float | None = None) -> bool:
+        """Apply a transition decided elsewhere in the fleet; return whether it changed anything.
+
+        `OPEN` (for `open_for` seconds) is applied to a CLOSED or HALF_OPEN
+        breaker; `CLOSED` to an OPEN or HALF_OPEN one. Operator states are never overridden. The
+        transition is published with reason "fleet".
+        """
+        now = self._monotonic()
+        events: list[Event] = []
+        with self._lock:
+            state = self._mode[0]
+            if to is _OPEN and (state is _CLOSED or state is _HALF_OPEN):
+                self._openings += 1
+                duration = self._open_duration(self._openings) if open_for is None else open_for
+                self._open_until = now + max(duration, 0.0)
+                self._transition(_OPEN, now, "fleet", events)
+            elif to is _CLOSED and (state is _OPEN or state is _HALF_OPEN):
+                self._transition(_CLOSED, now, "fleet", events)
+        self._publish(events)
+        return bool(events)
 
     # -- manual control --------------------------------------------------------
 
