@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_breaker.py --json benchmarks/results/breaker.json
 	$(BIN)/python benchmarks/bench_retry.py --json benchmarks/results/retry.json
 	$(BIN)/python benchmarks/bench_transport.py --json benchmarks/results/transport.json
+	$(BIN)/python benchmarks/bench_redis.py --json benchmarks/results/redis.json
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -10,7 +10,8 @@ Design (see docs/guide/redis.md):
 - The call path never touches Redis. Each process keeps its breakers local;
   a background thread reads their outcome counters every `flush_interval`
   (or sooner, once `batch_size` outcomes have piled up) and adds them to
-  per-second buckets in Redis with one atomic Lua script per breaker.
+  per-second buckets in Redis: one atomic Lua script per breaker, all of
+  them in one pipelined round trip.
 - The script also decides the *fleet* trip (consecutive failures, failure
   rate over the window) and stores the fleet state; every transition, from
   the script or from any process's own breaker, is published on a pub/sub
@@ -301,6 +302,9 @@ class RedisSharedState:
             self._reports.popleft()  # only once sent: a fault keeps it for the next try
 
     def _flush(self) -> None:
+        """One round trip: a pipeline with one Lua script per shared breaker name."""
+        pending = []
+        pipeline = self._redis.pipeline(transaction=False)
         for name, entries in list(self._attached.items()):
             breaker = entries[0].breaker
             successes = failures = 0
@@ -310,9 +314,8 @@ class RedisSharedState:
                 successes += calls["success"] - entry.flushed_successes
                 failures += calls["failure"] - entry.flushed_failures
                 snapshots.append((entry, calls["success"], calls["failure"]))
-            bucket_ms = int(self.bucket_seconds * 1000)
             window = max(int(_window_seconds(breaker) / self.bucket_seconds), 1)
-            opened, _, _ = self._flush_script(
+            self._flush_script(
                 keys=[
                     self._key(name, "state"),
                     self._key(name, "window"),
@@ -321,7 +324,7 @@ class RedisSharedState:
                 args=[
                     successes,
                     failures,
-                    bucket_ms,
+                    int(self.bucket_seconds * 1000),
                     window,
                     breaker.minimum_calls,
                     breaker.failure_rate_threshold or -1,
@@ -331,7 +334,13 @@ class RedisSharedState:
                     self.channel,
                     name,
                 ],
+                client=pipeline,
             )
+            pending.append((entries, snapshots, breaker))
+        if not pending:
+            return
+        results = pipeline.execute()
+        for (entries, snapshots, breaker), (opened, _, _) in zip(pending, results, strict=True):
             for entry, seen_successes, seen_failures in snapshots:  # flushed: advance
                 entry.flushed_successes = seen_successes
                 entry.flushed_failures = seen_failures
