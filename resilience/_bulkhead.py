@@ -77,6 +77,11 @@ class Bulkhead(Guard[None]):
     ) -> None:
         self.max_concurrent = check_int(max_concurrent, "max_concurrent")
         self.max_wait = check_seconds(max_wait, "max_wait", allow_zero=True)
+        if self.max_wait > threading.TIMEOUT_MAX:
+            raise ValueError(
+                f"max_wait={max_wait!r} exceeds the longest wait threads support "
+                f"({threading.TIMEOUT_MAX:.0f} s)"
+            )
         self.max_queue = None if max_queue is None else check_int(max_queue, "max_queue")
         self.name = check_string(name, "name")
         #: This policy's observers; forwards to `resilience.events.global_hub`.
@@ -100,24 +105,33 @@ class Bulkhead(Guard[None]):
         return self.max_queue is not None and len(self._waiters) >= self.max_queue
 
     def _enter(self) -> None:
+        event = threading.Event()
         with self._lock:
             if self._try_take():
                 return
             if self.max_wait == 0 or self._queue_full():
-                raise self._reject(0.0)
-            event = threading.Event()
-            waiter = _Waiter(event.set)
-            self._waiters.append(waiter)
+                refused = self._refuse(0.0)
+            else:
+                refused = None
+                waiter = _Waiter(event.set)
+                self._waiters.append(waiter)
+        if refused is not None:
+            raise self._announce(refused)  # observers run outside the lock
         start = time.monotonic()
-        event.wait(self.max_wait)
+        try:
+            event.wait(self.max_wait)
+        except BaseException:
+            self._abandon(waiter)  # interrupted while queued: never strand a slot
+            raise
         self._settle_wait(waiter, time.monotonic() - start)
 
     async def _aenter(self) -> None:
         with self._lock:
             if self._try_take():
                 return
-            if self.max_wait == 0 or self._queue_full():
-                raise self._reject(0.0)
+            refused = self._refuse(0.0) if self.max_wait == 0 or self._queue_full() else None
+        if refused is not None:
+            raise self._announce(refused)
         start = time.monotonic()
         asyncio = sys.modules.get("asyncio")
         if asyncio is not None and _asyncio_loop(asyncio) is not None:
@@ -157,16 +171,16 @@ class Bulkhead(Guard[None]):
         self._settle_wait(waiter, time.monotonic() - start)
 
     def _enqueue(self, wake: Any) -> _Waiter:
+        waiter = _Waiter(wake)
         with self._lock:
             if self._try_take():  # a slot freed up since the first look
-                waiter = _Waiter(wake)
                 waiter.granted = True
                 return waiter
-            if self._queue_full():
-                raise self._reject(0.0)
-            waiter = _Waiter(wake)
-            self._waiters.append(waiter)
-            return waiter
+            if not self._queue_full():
+                self._waiters.append(waiter)
+                return waiter
+            refused = self._refuse(0.0)
+        raise self._announce(refused)
 
     def _settle_wait(self, waiter: _Waiter, waited: float) -> None:
         """After a wait: keep a granted slot, or leave the queue and reject."""
@@ -174,8 +188,8 @@ class Bulkhead(Guard[None]):
             if waiter.granted:
                 return
             self._waiters.remove(waiter)
-            error = self._reject(waited)
-        raise error
+            refused = self._refuse(waited)
+        raise self._announce(refused)
 
     def _abandon(self, waiter: _Waiter) -> None:
         with self._lock:
@@ -184,18 +198,23 @@ class Bulkhead(Guard[None]):
                 return
         self._release()
 
-    def _reject(self, waited: float) -> BulkheadFullError:
+    def _refuse(self, waited: float) -> BulkheadFullError:
+        """Count a rejection and build its error (under the lock; publishes nothing)."""
         next(self._rejected)
+        return BulkheadFullError(self.name, self.max_concurrent, waited)
+
+    def _announce(self, error: BulkheadFullError) -> BulkheadFullError:
+        """Tell the observers about a rejection, outside the lock (they may read us)."""
         if self.events.active:
             self.events.publish(
                 BulkheadRejected(
                     name=self.name,
                     time=time.monotonic(),
                     max_concurrent=self.max_concurrent,
-                    waited=waited,
+                    waited=error.waited,
                 )
             )
-        return BulkheadFullError(self.name, self.max_concurrent, waited)
+        return error
 
     # -- release ------------------------------------------------------------------
 

@@ -126,6 +126,23 @@ _Block: TypeAlias = "tuple[Guard[Any], object, FrameType, _Block | None]"
 # so that one guard object can be entered by many threads and tasks at once.
 _entered: ContextVar[_Block | None] = ContextVar("resilience_entered_blocks", default=None)
 
+# Every open block, by (guard, entering frame): the way back to a token when a
+# block ends in another context than the one it began in.
+_open_by_frame: dict[tuple[int, int], list[tuple[FrameType, object]]] = {}
+
+
+def _forget(guard: Guard[Any], block: _Block) -> None:
+    key = (id(guard), id(block[2]))
+    entries = _open_by_frame.get(key)
+    if entries is None:
+        return
+    for index in range(len(entries) - 1, -1, -1):
+        if entries[index][1] is block[1]:
+            del entries[index]
+            break
+    if not entries:
+        _open_by_frame.pop(key, None)
+
 
 class Guard(Policy, Generic[Token]):
     """A policy that admits a call, then learns how it ended.
@@ -225,13 +242,19 @@ class Guard(Policy, Generic[Token]):
 
     def __enter__(self) -> Token:
         token = self._enter()
-        _entered.set((self, token, sys._getframe(1), _entered.get()))
+        self._push_block(token, sys._getframe(1))
         return token
 
     async def __aenter__(self) -> Token:
         token = await self._aenter()
-        _entered.set((self, token, sys._getframe(1), _entered.get()))
+        self._push_block(token, sys._getframe(1))
         return token
+
+    def _push_block(self, token: Token, caller: FrameType) -> None:
+        _entered.set((self, token, caller, _entered.get()))
+        # Also by frame, for a block that ends in another thread or task (a
+        # generator closed elsewhere): its token must still be settled.
+        _open_by_frame.setdefault((id(self), id(caller)), []).append((caller, token))
 
     def __exit__(
         self,
@@ -267,6 +290,7 @@ class Guard(Policy, Generic[Token]):
         block = _entered.get()
         if block is not None and block[0] is self and block[2] is caller:
             _entered.set(block[3])  # the common case: the innermost block is ours
+            _forget(self, block)
             return cast(Token, block[1])
         above: list[_Block] = []
         fallback: _Block | None = None
@@ -279,6 +303,12 @@ class Guard(Policy, Generic[Token]):
             block = block[3]
         else:
             if fallback is None:
+                elsewhere = _open_by_frame.get((id(self), id(caller)))
+                if elsewhere:  # entered by this frame in another thread or task
+                    _, token = elsewhere.pop()
+                    if not elsewhere:
+                        del _open_by_frame[(id(self), id(caller))]
+                    return cast(Token, token)
                 raise RuntimeError(
                     f"{type(self).__name__}.__exit__ without a matching __enter__ in this "
                     f"thread or task: a `with` block must end where it began"
@@ -289,6 +319,7 @@ class Guard(Policy, Generic[Token]):
         for guard, token, frame, _ in reversed(above):
             rest = (guard, token, frame, rest)
         _entered.set(rest)
+        _forget(self, block)
         return cast(Token, block[1])
 
 

@@ -83,10 +83,11 @@ class Fallback(Policy):
             if not self.on.matches(exc):
                 raise
             answer = self._answer(exc)
-        else:
-            if self.on_result is None or not self.on_result(result):
-                return result
-            answer = self._answer(result)
+            # Awaited here, in the except block: an error it raises chains to `exc`.
+            return cast(R, await answer if self._async_fallback else answer)
+        if self.on_result is None or not self.on_result(result):
+            return result
+        answer = self._answer(result)
         return cast(R, await answer if self._async_fallback else answer)
 
     def _answer(self, failure: object) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ._backoff import Backoff, retry_after_of
@@ -54,6 +55,13 @@ class RetryExhaustedError(ResilienceError):
 
     def __str__(self) -> str:
         return f"retry {self.name!r}: all {self.attempts} attempts returned a failing result"
+
+
+# A discard hook for the calls made in this context, for callers that use a
+# Retry they do not own (the httpx transport closes failed responses with it).
+_discard_for_this_call: ContextVar[Callable[[Any], object] | None] = ContextVar(
+    "resilience_retry_discard", default=None
+)
 
 
 class _Attempts:
@@ -199,8 +207,9 @@ class Retry(Policy):
             delay = self._plan(attempts, exc, result, fn, args, kwargs)
             if isinstance(delay, str):
                 return cast(R, self._give_up(delay, attempts, exc, result))
-            if exc is None and self.discard_result is not None:
-                self.discard_result(result)
+            discard = self.discard_result or _discard_for_this_call.get()
+            if exc is None and discard is not None:
+                discard(result)  # before the wait: a response must not hold its connection
             if delay > 0:  # a zero wait makes no sleep call at all
                 self.clock.sleep(delay)
             attempts.number += 1
@@ -255,8 +264,9 @@ class Retry(Policy):
             delay = self._plan(attempts, exc, result, fn, args, kwargs)
             if isinstance(delay, str):
                 return cast(R, self._give_up(delay, attempts, exc, result))
-            if exc is None and self.discard_result is not None:
-                discarded = self.discard_result(result)
+            discard = self.discard_result or _discard_for_this_call.get()
+            if exc is None and discard is not None:
+                discarded = discard(result)
                 if hasattr(discarded, "__await__"):
                     await discarded
             if delay > 0:
@@ -357,7 +367,9 @@ class Retry(Policy):
     def _give_up(self, reason: str, attempts: _Attempts, exc: Exception | None, result: Any) -> Any:
         attempt, started = attempts.number, attempts.started
         elapsed = self._monotonic() - started
-        next(self._failed_after_retry)
+        # A call that gave up before any retry (attempts=1, budget, deadline,
+        # Retry-After) was never retried: it is not a "failed after retry".
+        next(self._failed_after_retry if attempt > 1 else self._failed_not_retryable)
         if self.events.active:
             self.events.publish(
                 RetryGaveUp(

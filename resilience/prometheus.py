@@ -32,7 +32,7 @@ from ._state import State
 from ._tracking import live
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable
 
 __all__ = [
     "MultiprocessExporter",
@@ -156,27 +156,40 @@ class ResilienceCollector(Collector):
 
     @staticmethod
     def _breakers(families: dict[str, Any]) -> None:
-        # Several breakers may share a name (one per process is the norm); sum them.
-        for breaker in _by_name(live("breaker")):
-            snapshot = breaker.metrics()
-            name = snapshot.name
+        # Breakers that share a name (two transports to one origin, say) are one
+        # series: counters summed, a state shown if any of them is in it, the
+        # worst failure rate.
+        groups: dict[str, list[Any]] = {}
+        for breaker in live("breaker"):
+            groups.setdefault(breaker.name, []).append(breaker.metrics())
+        for name, snapshots in sorted(groups.items()):
+            states = {snapshot.state for snapshot in snapshots}
             for state in _STATES:
-                families["state"].add_metric(
-                    [name, state.value], 1.0 if state is snapshot.state else 0.0
-                )
+                families["state"].add_metric([name, state.value], 1.0 if state in states else 0.0)
             for outcome in _OUTCOMES:
-                families["calls"].add_metric([name, outcome], snapshot.calls[outcome])
-            families["slow"].add_metric([name], snapshot.slow_calls)
-            for (source, target), count in snapshot.transitions.items():
+                total = sum(snapshot.calls[outcome] for snapshot in snapshots)
+                families["calls"].add_metric([name, outcome], total)
+            families["slow"].add_metric([name], sum(s.slow_calls for s in snapshots))
+            transitions: dict[tuple[State, State], int] = {}
+            durations: dict[str, tuple[list[float], float]] = {}
+            for snapshot in snapshots:
+                for pair, count in snapshot.transitions.items():
+                    transitions[pair] = transitions.get(pair, 0) + count
+                for outcome, (buckets, total) in snapshot.durations.items():
+                    counts, summed = durations.get(outcome, ([0.0] * len(buckets), 0.0))
+                    counts = [c + count for c, (_, count) in zip(counts, buckets, strict=True)]
+                    durations[outcome] = (counts, summed + total)
+                    bounds = [bound for bound, _ in buckets]
+            for (source, target), count in sorted(transitions.items(), key=str):
                 families["transitions"].add_metric([name, source.value, target.value], count)
-            for outcome, (buckets, total) in sorted(snapshot.durations.items()):
+            for outcome, (counts, total) in sorted(durations.items()):
                 families["durations"].add_metric(
                     [name, outcome],
-                    buckets=[(_le(bound), count) for bound, count in buckets],
+                    buckets=[(_le(b), c) for b, c in zip(bounds, counts, strict=True)],
                     sum_value=total,
                 )
-            rate = snapshot.failure_rate
-            families["failure_rate"].add_metric([name], math.nan if rate != rate else rate)
+            rates = [s.failure_rate for s in snapshots if not math.isnan(s.failure_rate)]
+            families["failure_rate"].add_metric([name], max(rates) if rates else math.nan)
 
     @staticmethod
     def _retries(families: dict[str, Any]) -> None:
@@ -204,15 +217,6 @@ class ResilienceCollector(Collector):
 
 def _le(bound: float) -> str:
     return "+Inf" if bound == math.inf else repr(bound)
-
-
-def _by_name(breakers: list[Any]) -> Iterator[Any]:
-    """Breakers in name order; with duplicate names, the first one only (stable series)."""
-    seen: set[str] = set()
-    for breaker in sorted(breakers, key=lambda b: b.name):
-        if breaker.name not in seen:
-            seen.add(breaker.name)
-            yield breaker
 
 
 def _summed(items: Iterable[tuple[str, dict[str, int]]]) -> list[tuple[str, dict[str, int]]]:

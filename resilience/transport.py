@@ -18,7 +18,7 @@ from ._backoff import Backoff
 from ._budget import RetryBudget
 from ._clock import SYSTEM_CLOCK, Clock
 from ._deadline import DEADLINE_HEADER, enter_deadline, leave_deadline, remaining
-from ._retry import Retry
+from ._retry import Retry, _discard_for_this_call
 from ._validate import check_int, check_seconds
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import CircuitOpenError, DeadlineExceededError
@@ -439,20 +439,20 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         retry, not_retried = pipeline.retry_for(request, options)
         if retry is not None and not isinstance(request.stream, httpx.ByteStream):
             request.read()  # buffer_bodies=True: make the body replayable
-        attempts: list[httpx.Response | None] = []
+        attempts = 0
 
         def attempt() -> httpx.Response:
-            if attempts and attempts[-1] is not None:
-                self._discard(attempts[-1])  # retrying: free the failed response's connection
-            attempts.append(None)
-            response = self._attempt(pipeline.prepare(request, options), breaker)
-            attempts[-1] = response
-            return response
+            nonlocal attempts
+            attempts += 1
+            return self._attempt(pipeline.prepare(request, options), breaker)
 
         clock = _clock_of(breaker)
         started = clock.monotonic()
         total = pipeline.total(options)
         token = None if total is None else enter_deadline(total, clock)
+        # A failed response that will be retried is drained or closed before
+        # the wait, so it never holds its pooled connection through a backoff.
+        discarding = _discard_for_this_call.set(self._discard)
         try:
             response = retry.call(attempt) if retry is not None else attempt()
         except Exception as exc:
@@ -460,9 +460,10 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
                 exc.add_note(f"resilience: not retried: {not_retried}")
             raise
         finally:
+            _discard_for_this_call.reset(discarding)
             if token is not None:
                 leave_deadline(token)
-        pipeline.report(response, len(attempts), breaker, clock.monotonic() - started)
+        pipeline.report(response, attempts, breaker, clock.monotonic() - started)
         return response
 
     def _attempt(self, request: httpx.Request, breaker: CircuitBreaker | None) -> httpx.Response:
@@ -535,20 +536,18 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         retry, not_retried = pipeline.retry_for(request, options)
         if retry is not None and not isinstance(request.stream, httpx.ByteStream):
             await request.aread()  # buffer_bodies=True: make the body replayable
-        attempts: list[httpx.Response | None] = []
+        attempts = 0
 
         async def attempt() -> httpx.Response:
-            if attempts and attempts[-1] is not None:
-                await self._discard(attempts[-1])
-            attempts.append(None)
-            response = await self._attempt(pipeline.prepare(request, options), breaker)
-            attempts[-1] = response
-            return response
+            nonlocal attempts
+            attempts += 1
+            return await self._attempt(pipeline.prepare(request, options), breaker)
 
         clock = _clock_of(breaker)
         started = clock.monotonic()
         total = pipeline.total(options)
         token = None if total is None else enter_deadline(total, clock)
+        discarding = _discard_for_this_call.set(self._discard)
         try:
             response = await (retry.acall(attempt) if retry is not None else attempt())
         except Exception as exc:
@@ -556,9 +555,10 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
                 exc.add_note(f"resilience: not retried: {not_retried}")
             raise
         finally:
+            _discard_for_this_call.reset(discarding)
             if token is not None:
                 leave_deadline(token)
-        pipeline.report(response, len(attempts), breaker, clock.monotonic() - started)
+        pipeline.report(response, attempts, breaker, clock.monotonic() - started)
         return response
 
     async def _attempt(

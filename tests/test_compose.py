@@ -519,3 +519,30 @@ async def test_async_admission_that_waits_is_awaited() -> None:
         pass
     assert guard.log.count(("waited",)) == 3
     assert len(guard.settled()) == 3
+
+
+def test_a_block_closed_in_another_thread_still_settles_its_token() -> None:
+    """A generator holding `with guard:` closed from another thread settles its token there."""
+    guard = RecordingGuard()
+
+    def holder() -> Any:
+        with guard as token:
+            yield token
+
+    generator = holder()
+    token = next(generator)
+    closer = threading.Thread(target=generator.close)
+    closer.start()
+    closer.join(timeout=10)
+    assert guard.settled() == {token: [("error", token, GeneratorExit)]}
+
+
+def test_no_bookkeeping_is_left_after_blocks_end() -> None:
+    """Thousands of blocks, nested and sequential, leave nothing behind."""
+    from resilience._compose import _open_by_frame
+
+    guard = RecordingGuard()
+    for _ in range(1000):
+        with guard, guard:
+            pass
+    assert not any(key[0] == id(guard) for key in _open_by_frame)

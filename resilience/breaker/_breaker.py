@@ -209,8 +209,9 @@ class CircuitBreaker(Guard[Permit]):
         open_duration: Seconds to stay open, or a function of the number of
             consecutive openings (see `exponential_open_duration`).
         half_open_max_calls: Probes admitted in half-open; their outcomes decide.
-        half_open_max_wait: Reopen if the probes have not all reported after
-            this many seconds; `None` waits for them.
+        half_open_max_wait: Reopen if a probe has not reported this many
+            seconds after it was admitted (measured from the oldest probe
+            still out); `None` waits for them.
         record: Exceptions that are failures (default: every `Exception`).
         ignore: Exceptions that count as nothing (wins over `record`).
         failure_if: Predicate on a returned value that makes it a failure.
@@ -399,6 +400,8 @@ class CircuitBreaker(Guard[Permit]):
             if state is _HALF_OPEN and (
                 self._probes_in_flight + self._probe_calls < self.half_open_max_calls
             ):
+                if self._probes_in_flight == 0:
+                    self._half_open_since = now  # the wait runs from the oldest unreported probe
                 self._probes_in_flight += 1
                 permit = Permit(self, epoch, now, True)
             elif not admits:
@@ -479,11 +482,14 @@ class CircuitBreaker(Guard[Permit]):
                     consecutive = self._consecutive if number == self._last_failure + 1 else 0
                     self._consecutive = consecutive + 1
                     self._last_failure = number
+                # A count window's rate can only rise with a failure or a slow call
+                # (or by filling up to minimum_calls); a time window's also when
+                # old outcomes age out, so it checks every outcome.
                 if (
                     failed
                     or slow
                     or self._rate_above
-                    or self._window.evicted
+                    or not self._lockfree
                     or number < self.minimum_calls
                 ):
                     if not self._needs_time:
@@ -578,6 +584,7 @@ class CircuitBreaker(Guard[Permit]):
         elif (
             state is _HALF_OPEN
             and self.half_open_max_wait is not None
+            and self._probes_in_flight > 0
             and now - self._half_open_since >= self.half_open_max_wait
         ):
             self._open(now, "half_open_max_wait", events)
@@ -752,6 +759,8 @@ class CircuitBreaker(Guard[Permit]):
         return self.acquire()
 
     def _on_error(self, token: Permit, exc: BaseException) -> None:
+        if token.settled:  # `with breaker as permit:` settled it by hand, then raised
+            return
         try:
             outcome = self._classifier.classify_exception(exc)
         except BaseException:

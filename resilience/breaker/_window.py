@@ -27,15 +27,12 @@ class WindowState:
     and passes the number along; a count window uses it as the position.
     """
 
-    __slots__ = ("calls", "evicted", "failures", "slow")
+    __slots__ = ("calls", "failures", "slow")
 
     def __init__(self) -> None:
         self.calls = 0
         self.failures = 0
         self.slow = 0
-        #: Whether the last record/refresh aged outcomes out. Only then can a
-        #: success raise the failure rate (the failures left weigh more).
-        self.evicted = False
 
     def record(self, number: int, failed: bool, slow: bool, now: float) -> None:
         """Add outcome number `number`, seen at `now`."""
@@ -177,7 +174,6 @@ class _TimeRing(WindowState):
     def refresh(self, recorded: int, now: float) -> None:
         index = int(now // self._width)
         head = self._head
-        self.evicted = False
         if head is None:
             self._head = index
             return
@@ -186,7 +182,6 @@ class _TimeRing(WindowState):
         size = len(self._bucket_calls)
         for step in range(head + 1, head + 1 + min(index - head, size)):
             slot = step % size
-            self.evicted = self.evicted or self._bucket_calls[slot] > 0
             self.calls -= self._bucket_calls[slot]
             self.failures -= self._bucket_failures[slot]
             self.slow -= self._bucket_slow[slot]

@@ -684,3 +684,68 @@ def test_time_window_success_after_an_eviction_can_trip() -> None:
     clock.advance(5.5)
     succeed(breaker)  # the six successes are gone: 3 failures of 4 calls
     assert breaker.state is State.OPEN
+
+
+def test_half_open_max_wait_needs_an_outstanding_probe() -> None:
+    """With no probe out, waiting in half-open is not a failure: no reopening."""
+    clock = FakeClock()
+    breaker = make(clock, consecutive_failures=1, open_duration=5, half_open_max_wait=2)
+    fail(breaker)
+    clock.advance(5)
+    breaker.acquire().release()  # a probe that said nothing
+    clock.advance(10)
+    assert breaker.state is State.HALF_OPEN
+    assert breaker.metrics().openings == 1
+
+
+def test_hand_settled_permit_then_raise_keeps_the_users_exception() -> None:
+    """`with breaker as permit:` settled by hand, then an error: the error propagates as is."""
+    breaker = make()
+
+    def settle_then_fail() -> None:
+        with breaker as permit:
+            permit.release()
+            raise KeyError("user error")
+
+    with pytest.raises(KeyError, match="user error"):
+        settle_then_fail()
+    assert breaker.metrics().calls["ignored"] == 1
+
+
+@pytest.mark.parametrize("scrape", [False, True])
+def test_time_window_success_after_old_successes_age_out_trips(scrape: bool) -> None:
+    """A success that finds the rate at the threshold trips, whether or not a scrape came first."""
+    clock = FakeClock()
+    breaker = make(
+        clock,
+        failure_rate_threshold=0.5,
+        minimum_calls=5,
+        window=TimeWindow(seconds=10, buckets=10),
+    )
+    succeed(breaker, 10)
+    clock.advance(5)
+    fail(breaker, 5)  # 5/15
+    clock.advance(5.5)  # the ten successes age out
+    if scrape:
+        breaker.metrics()  # a Prometheus scrape reads (and refreshes) the window
+    succeed(breaker)  # 5 failures of 6
+    assert breaker.state is State.OPEN
+
+
+def test_time_window_refilled_by_successes_alone_trips() -> None:
+    """Below minimum_calls after an eviction, successes that bring it back can trip."""
+    clock = FakeClock()
+    breaker = make(
+        clock,
+        failure_rate_threshold=0.5,
+        minimum_calls=4,
+        window=TimeWindow(seconds=10, buckets=10),
+    )
+    succeed(breaker, 4)
+    clock.advance(5)
+    fail(breaker, 2)
+    clock.advance(5.5)
+    succeed(breaker)  # 2 of 3: below minimum_calls
+    assert breaker.state is State.CLOSED
+    succeed(breaker)  # 2 of 4 = 0.5
+    assert breaker.state is State.OPEN

@@ -66,7 +66,11 @@ class Model:
     def advance(self, now: float) -> None:
         if self.state is State.OPEN and now >= self.open_until:
             self.enter(State.HALF_OPEN, now)
-        elif self.state is State.HALF_OPEN and now - self.half_open_since >= PROBE_WAIT:
+        elif (
+            self.state is State.HALF_OPEN
+            and self.in_flight > 0
+            and now - self.half_open_since >= PROBE_WAIT
+        ):
             self.open(now)
 
     def acquire(self, now: float) -> ModelPermit | None:
@@ -74,6 +78,8 @@ class Model:
         if self.state in (State.CLOSED, State.METRICS_ONLY, State.DISABLED):
             return ModelPermit(self.epoch, probe=False)
         if self.state is State.HALF_OPEN and self.in_flight + len(self.probe_results) < PROBES:
+            if self.in_flight == 0:
+                self.half_open_since = now  # the wait runs from the oldest probe still out
             self.in_flight += 1
             return ModelPermit(self.epoch, probe=True)
         self.counts["rejected"] += 1

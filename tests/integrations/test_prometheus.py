@@ -123,9 +123,13 @@ def test_retry_budget_bulkhead_and_timeout_series(registry: CollectorRegistry) -
         )
         == 1
     )
+    # The second call was refused its retry by the budget: never retried.
     assert (
         value(
-            samples, "resilience_retry_calls_total", name="prom-retry", outcome="failed_after_retry"
+            samples,
+            "resilience_retry_calls_total",
+            name="prom-retry",
+            outcome="failed_not_retryable",
         )
         == 1
     )
@@ -263,3 +267,20 @@ def test_duration_histogram_for_breakers_that_record_durations(registry: Collect
     )
     with pytest.raises(TypeError, match="record_durations="):
         resilience.CircuitBreaker("x", record_durations="yes")  # type: ignore[arg-type]
+
+
+def test_breakers_sharing_a_name_are_one_series(registry: CollectorRegistry) -> None:
+    """Two breakers called the same (two transports to one origin) are summed, not dropped."""
+    first = resilience.CircuitBreaker("prom-twin", consecutive_failures=1)
+    second = resilience.CircuitBreaker("prom-twin", consecutive_failures=5)
+    for _ in range(3):
+        first.acquire().record_success()
+    for _ in range(5):
+        second.acquire().record_success()
+    first.acquire().record_failure()  # first opens; second stays closed
+    samples = scrape(registry)
+    assert (
+        value(samples, "resilience_breaker_calls_total", name="prom-twin", outcome="success") == 8
+    )
+    assert value(samples, "resilience_breaker_state", name="prom-twin", state="open") == 1
+    assert value(samples, "resilience_breaker_state", name="prom-twin", state="closed") == 1

@@ -234,3 +234,38 @@ def test_bad_bulkheads(args, kwargs, error, match) -> None:
     """Every argument is validated at construction."""
     with pytest.raises(error, match=match):
         Bulkhead(*args, **kwargs)
+
+
+def test_an_interrupted_waiter_never_strands_a_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt while a thread waits for a slot: the queue is left clean."""
+    import resilience._bulkhead as module
+
+    class InterruptedEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            raise KeyboardInterrupt
+
+    bulkhead = Bulkhead(1, max_wait=5)
+    with bulkhead:
+        monkeypatch.setattr(module.threading, "Event", InterruptedEvent)
+        with pytest.raises(KeyboardInterrupt):
+            bulkhead.call(lambda: None)
+        monkeypatch.undo()
+        assert bulkhead.waiting == 0
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+    assert bulkhead.call(lambda: "free") == "free"
+
+
+def test_observers_may_read_the_bulkhead() -> None:
+    """A rejection's observers run outside the lock: reading metrics() cannot deadlock."""
+    bulkhead = Bulkhead(1)
+    seen: list[dict[str, int]] = []
+    bulkhead.events.subscribe(lambda event: seen.append(bulkhead.metrics()))
+    with bulkhead, pytest.raises(BulkheadFullError):
+        bulkhead.call(lambda: None)
+    assert seen == [{"in_flight": 1, "waiting": 0, "rejected": 1}]
+
+
+def test_max_wait_beyond_what_threads_support_is_refused() -> None:
+    """A wait longer than threading.TIMEOUT_MAX is an error at construction."""
+    with pytest.raises(ValueError, match="max_wait="):
+        Bulkhead(1, max_wait=threading.TIMEOUT_MAX * 2)

@@ -108,3 +108,19 @@ def test_bad_fallbacks(kwargs, error) -> None:
 
 def _raise(error: BaseException) -> None:
     raise error
+
+
+@pytest.mark.anyio
+async def test_a_failing_async_fallback_chains_to_the_original() -> None:
+    """An async fallback that raises chains its error to the original failure."""
+
+    async def broken(exc: BaseException) -> str:
+        raise RuntimeError("fallback broke")
+
+    @Fallback(broken, on=Down)
+    async def fetch() -> str:
+        raise Down
+
+    with pytest.raises(RuntimeError, match="fallback broke") as caught:
+        await fetch()
+    assert isinstance(caught.value.__context__, Down)

@@ -433,3 +433,12 @@ async def test_async_discard_result_is_awaited() -> None:
     assert discarded == [503]
     with pytest.raises(TypeError, match="discard_result="):
         make(discard_result=3)
+
+
+def test_a_call_never_retried_is_not_counted_as_failed_after_retry() -> None:
+    """attempts=1 (or a give-up before any retry) counts as failed_not_retryable."""
+    retry = make(attempts=1)
+    with pytest.raises(Transient):
+        retry.call(Flaky(Transient()))
+    metrics = retry.metrics()
+    assert (metrics["failed_not_retryable"], metrics["failed_after_retry"]) == (1, 0)

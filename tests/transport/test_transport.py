@@ -412,3 +412,35 @@ def test_bad_configuration(options, error, match) -> None:
     """Every option is validated at construction, naming the parameter."""
     with pytest.raises(error, match=match):
         ResilientTransport(**options)
+
+
+def test_failed_response_releases_its_connection_before_the_backoff(server: LiveServer) -> None:
+    """While a request waits to retry, its failed response does not hold the only connection."""
+    import threading
+
+    clock_sleeping = threading.Event()
+    release = threading.Event()
+
+    class SlowClock(FakeClock):
+        def sleep(self, seconds: float) -> None:
+            clock_sleeping.set()
+            release.wait(10)
+
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    transport = ResilientTransport(
+        limits=limits, retry=fast_retry(SlowClock(), wait=1.0), breaker=False
+    )
+    with httpx.Client(transport=transport, timeout=httpx.Timeout(5.0, pool=1.0)) as http:
+        outcome: list[int] = []
+        first = threading.Thread(
+            target=lambda: outcome.append(
+                http.get(f"{server.url}/flaky/{key()}?fails=1").status_code
+            )
+        )
+        first.start()
+        assert clock_sleeping.wait(10)
+        # The first request sleeps before its retry; the pool's one connection is free.
+        assert http.get(f"{server.url}/flaky/{key()}?fails=0").status_code == 200
+        release.set()
+        first.join(timeout=10)
+    assert outcome == [200]
