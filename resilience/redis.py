@@ -24,10 +24,15 @@ Design (see docs/guide/redis.md):
   state; faults are counted and logged, the thread reconnects with backoff,
   and outcomes seen meanwhile are flushed when Redis is back. No call fails
   or waits because of Redis (a probe grant waits at most `socket_timeout`).
+- Clients: a URL or a `redis.Redis` runs the background work on two daemon
+  threads (`start()`); a `redis.asyncio.Redis` runs it as two tasks on the
+  running event loop (`await astart()`), and async callers await their
+  probe grants instead of blocking the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -40,6 +45,7 @@ from collections import deque
 from typing import Any
 
 import redis as redis_lib
+import redis.asyncio as aredis
 
 from ._counter import peek
 from ._state import State
@@ -153,7 +159,9 @@ class RedisSharedState:
         bucket_seconds: Resolution of the fleet window in Redis.
         socket_timeout: The longest a Redis command may take (probe grants
             wait at most this long; then the breaker decides locally).
-        client: A `redis.Redis` to use instead of one built from `url`.
+        client: A `redis.Redis` to use instead of one built from `url`, or a
+            `redis.asyncio.Redis`: then start with `await astart()` from the
+            event loop the client belongs to.
     """
 
     def __init__(
@@ -180,10 +188,17 @@ class RedisSharedState:
                 socket_connect_timeout=self.socket_timeout,
                 health_check_interval=0,
             )
-        self._redis = client
-        self._flush_script = client.register_script(_FLUSH)
-        self._report_script = client.register_script(_REPORT)
-        self._probe_script = client.register_script(_PROBE)
+        if not isinstance(client, redis_lib.Redis | aredis.Redis):
+            raise TypeError(f"client= takes a redis.Redis or redis.asyncio.Redis, got {client!r}")
+        # redis-py types sync and asyncio clients as one union; each path knows which it has.
+        self._redis: Any = client
+        self._is_async = isinstance(client, aredis.Redis)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._awake: asyncio.Event | None = None
+        self._flush_script: Any = client.register_script(_FLUSH)
+        self._report_script: Any = client.register_script(_REPORT)
+        self._probe_script: Any = client.register_script(_PROBE)
         self.channel = f"{self.prefix}:breaker-events"
         #: This process's identity on the channel (its own messages are ignored).
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -212,6 +227,8 @@ class RedisSharedState:
 
     def start(self) -> RedisSharedState:
         """Start the flush and subscribe threads (daemons); return self."""
+        if self._is_async:
+            raise TypeError("an asyncio client runs on its event loop: use `await shared.astart()`")
         for target, name in ((self._flush_loop, "flush"), (self._listen_loop, "listen")):
             thread = threading.Thread(target=target, name=f"resilience-redis-{name}", daemon=True)
             thread.start()
@@ -226,20 +243,75 @@ class RedisSharedState:
             thread.join(timeout=5)
         self._threads.clear()
 
+    async def astart(self) -> RedisSharedState:
+        """Start the flush and subscribe tasks on the running loop (asyncio client); return self."""
+        if not self._is_async:
+            raise TypeError("astart() runs a redis.asyncio client; this one is sync: use start()")
+        self._loop = asyncio.get_running_loop()
+        self._awake = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._aflush_loop(), name="resilience-redis-flush"),
+            asyncio.create_task(self._alisten_loop(), name="resilience-redis-listen"),
+        ]
+        return self
+
+    async def astop(self) -> None:
+        """Flush what is waiting, then stop the tasks."""
+        self._stop.set()
+        self._notify()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
     # -- the breaker's question ------------------------------------------------------
 
     def grant_probe(self, breaker: CircuitBreaker) -> bool | None:
         """Ask Redis for one of the fleet's `half_open_max_calls` probe slots."""
-        ttl = breaker.half_open_max_wait or max(breaker.retry_after() or 0.0, 1.0) * 10
+        if self._is_async:
+            return self._grant_from_thread(breaker)
         try:
-            granted = self._probe_script(
-                keys=[self._key(breaker.name, "probes")],
-                args=[breaker.half_open_max_calls, int(ttl * 1000)],
-            )
+            granted = self._probe_script(**self._probe_request(breaker))
         except redis_lib.RedisError as error:
             self._fault("grant a probe", error)
             return None  # unknown: the breaker decides locally
         return bool(granted)
+
+    async def agrant_probe(self, breaker: CircuitBreaker) -> bool | None:
+        """`grant_probe` for async callers; waits at most `socket_timeout`."""
+        if not self._is_async or asyncio.get_running_loop() is not self._loop:
+            return self.grant_probe(breaker)
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                granted = await self._probe_script(**self._probe_request(breaker))
+        except (redis_lib.RedisError, OSError) as error:
+            self._fault("grant a probe", error)
+            return None
+        return bool(granted)
+
+    def _grant_from_thread(self, breaker: CircuitBreaker) -> bool | None:
+        """A sync call of a breaker shared through an asyncio client: ask via its loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        try:
+            if asyncio.get_running_loop() is loop:
+                return None  # sync code on the loop's own thread: waiting would deadlock it
+        except RuntimeError:
+            pass
+        future = asyncio.run_coroutine_threadsafe(self.agrant_probe(breaker), loop)
+        try:
+            return future.result(timeout=self.socket_timeout * 2)
+        except Exception as error:  # noqa: BLE001  (timeout, loop gone: decide locally)
+            future.cancel()
+            self._fault("grant a probe", error)
+            return None
+
+    def _probe_request(self, breaker: CircuitBreaker) -> dict[str, list[Any]]:
+        ttl = breaker.half_open_max_wait or max(breaker.retry_after() or 0.0, 1.0) * 10
+        return {
+            "keys": [self._key(breaker.name, "probes")],
+            "args": [breaker.half_open_max_calls, int(ttl * 1000)],
+        }
 
     # -- background work --------------------------------------------------------------
 
@@ -255,16 +327,30 @@ class RedisSharedState:
             self._reports.append((event.name, "closed", 0.0))
         else:
             return
+        self._notify()
+
+    def _notify(self) -> None:
         self._wake.set()
+        loop, awake = self._loop, self._awake
+        if loop is not None and awake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(awake.set)
+
+    def _pause(self, backoff: float) -> float:
+        """How long a flush loop sleeps unless woken: a report or a full batch cuts it short."""
+        return backoff or min(self.flush_interval, self.flush_interval / 5 + 0.001)
+
+    def _due(self, now: float, next_flush: float) -> bool:
+        return bool(self._reports) or now >= next_flush or self._batch_ready()
 
     def _flush_loop(self) -> None:
         backoff = 0.0
         next_flush = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(backoff or min(self.flush_interval, self.flush_interval / 5 + 0.001))
+            self._wake.wait(self._pause(backoff))
             self._wake.clear()
             now = time.monotonic()
-            if not self._reports and now < next_flush and not self._batch_ready():
+            if not self._due(now, next_flush):
                 continue
             try:
                 self._send_reports()
@@ -292,19 +378,30 @@ class RedisSharedState:
 
     def _send_reports(self) -> None:
         while self._reports:
-            name, to, open_for = self._reports[0]
-            breaker = self._attached[name][0].breaker
-            open_ms = int(open_for * 1000)
-            self._report_script(
-                keys=[self._key(name, "state"), self._key(name, "probes")],
-                args=[to, open_ms, self._ttl_ms(breaker), self.channel, name, self.origin],
-            )
+            self._report_script(**self._report_request(self._reports[0]))
             self._reports.popleft()  # only once sent: a fault keeps it for the next try
+
+    def _report_request(self, report: tuple[str, str, float]) -> dict[str, list[Any]]:
+        name, to, open_for = report
+        ttl_ms = self._ttl_ms(self._attached[name][0].breaker)
+        return {
+            "keys": [self._key(name, "state"), self._key(name, "probes")],
+            "args": [to, int(open_for * 1000), ttl_ms, self.channel, name, self.origin],
+        }
 
     def _flush(self) -> None:
         """One round trip: a pipeline with one Lua script per shared breaker name."""
-        pending = []
+        plan = self._flush_plan()
+        if not plan:
+            return
         pipeline = self._redis.pipeline(transaction=False)
+        for *_, request in plan:
+            self._flush_script(**request, client=pipeline)
+        self._flush_done(plan, pipeline.execute())
+
+    def _flush_plan(self) -> list[tuple[Any, ...]]:
+        """Per shared name: the outcomes not yet flushed, and the script call that adds them."""
+        plan = []
         for name, entries in list(self._attached.items()):
             breaker = entries[0].breaker
             successes = failures = 0
@@ -315,13 +412,13 @@ class RedisSharedState:
                 failures += calls["failure"] - entry.flushed_failures
                 snapshots.append((entry, calls["success"], calls["failure"]))
             window = max(int(_window_seconds(breaker) / self.bucket_seconds), 1)
-            self._flush_script(
-                keys=[
+            request = {
+                "keys": [
                     self._key(name, "state"),
                     self._key(name, "window"),
                     self._key(name, "probes"),
                 ],
-                args=[
+                "args": [
                     successes,
                     failures,
                     int(self.bucket_seconds * 1000),
@@ -334,13 +431,13 @@ class RedisSharedState:
                     self.channel,
                     name,
                 ],
-                client=pipeline,
-            )
-            pending.append((entries, snapshots, breaker))
-        if not pending:
-            return
-        results = pipeline.execute()
-        for (entries, snapshots, breaker), (opened, _, _) in zip(pending, results, strict=True):
+            }
+            plan.append((entries, snapshots, breaker, request))
+        return plan
+
+    def _flush_done(self, plan: list[tuple[Any, ...]], results: list[Any]) -> None:
+        """The flush landed: advance the flushed counts; apply a trip it caused."""
+        for (entries, snapshots, breaker, _), (opened, _, _) in zip(plan, results, strict=True):
             for entry, seen_successes, seen_failures in snapshots:  # flushed: advance
                 entry.flushed_successes = seen_successes
                 entry.flushed_failures = seen_failures
@@ -366,6 +463,65 @@ class RedisSharedState:
             finally:
                 with contextlib.suppress(redis_lib.RedisError):
                     pubsub.close()
+
+    # -- the same work on an event loop (redis.asyncio client) -------------------------
+
+    async def _aflush_loop(self) -> None:
+        assert self._awake is not None
+        backoff = 0.0
+        next_flush = time.monotonic()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._pause(backoff)):
+                    await self._awake.wait()
+            self._awake.clear()
+            now = time.monotonic()
+            if not self._due(now, next_flush):
+                continue
+            try:
+                await self._aflush()
+                next(self._flushes)
+                backoff = 0.0
+                next_flush = now + self.flush_interval
+            except (redis_lib.RedisError, OSError) as error:
+                self._fault("flush", error)
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+        try:
+            await self._aflush()
+        except (redis_lib.RedisError, OSError) as error:
+            self._fault("flush at stop", error)
+
+    async def _aflush(self) -> None:
+        """`_send_reports` then `_flush`, awaited."""
+        while self._reports:
+            await self._report_script(**self._report_request(self._reports[0]))
+            self._reports.popleft()
+        plan = self._flush_plan()
+        if not plan:
+            return
+        pipeline = self._redis.pipeline(transaction=False)
+        for *_, request in plan:
+            await self._flush_script(**request, client=pipeline)
+        self._flush_done(plan, await pipeline.execute())
+
+    async def _alisten_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                backoff = 0.1
+                while not self._stop.is_set():
+                    message = await pubsub.get_message(timeout=0.1)
+                    if message is not None:
+                        self._apply(message)
+            except (redis_lib.RedisError, OSError) as error:
+                self._fault("listen", error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(redis_lib.RedisError, OSError):
+                    await pubsub.aclose()
 
     def _apply(self, message: dict[str, Any]) -> None:
         try:

@@ -246,6 +246,7 @@ class CircuitBreaker(Guard[Permit]):
         "_rate_above",
         "_rejections",
         "_shared",
+        "_shared_async_grant",
         "_slow_calls",
         "_successes",
         "_transitions",
@@ -375,6 +376,7 @@ class CircuitBreaker(Guard[Permit]):
         self._slow_calls = 0
         self._transitions: dict[tuple[State, State], int] = {}
         self._shared: SharedState | None = None
+        self._shared_async_grant: Callable[[CircuitBreaker], Awaitable[bool | None]] | None = None
         track("breaker", self)
 
     # -- admission ------------------------------------------------------------
@@ -386,7 +388,8 @@ class CircuitBreaker(Guard[Permit]):
             return Permit(self, epoch, self.clock.monotonic() if self._needs_time else 0.0, False)
         return self._acquire_slow()
 
-    def _acquire_slow(self) -> Permit:
+    def _admit_slow(self) -> Permit:
+        """Admit past a non-admitting mode, on local state only (no fleet question)."""
         now = self._monotonic()
         state = self._mode[0]
         # Rejections that need no transition take no lock (_open_until is
@@ -412,23 +415,46 @@ class CircuitBreaker(Guard[Permit]):
                 permit = Permit(self, epoch, now if self._needs_time else 0.0, False)
         self._publish(events)
         if permit is not None:
-            if permit.probe and self._shared is not None and not self._fleet_grants(permit):
-                raise self._rejection(_HALF_OPEN, now)
             return permit
         if self.events.active:
             self._publish_rejection(now, state, retry_after)
         raise CircuitOpenError(self.name, state, retry_after)
 
-    def _fleet_grants(self, permit: Permit) -> bool:
-        """Ask the shared state for a fleet-wide probe slot; hand ours back if refused."""
-        try:
-            granted = self._shared.grant_probe(self)  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001  (a shared-state fault never fails the call)
-            granted = None
+    def _acquire_slow(self) -> Permit:
+        permit = self._admit_slow()
+        if permit.probe and self._shared is not None:
+            try:
+                granted = self._shared.grant_probe(self)
+            except Exception:  # noqa: BLE001  (a shared-state fault never fails the call)
+                granted = None
+            except BaseException:
+                self._withdraw(permit)
+                raise
+            self._check_grant(permit, granted)
+        return permit
+
+    async def _aacquire_slow(self) -> Permit:
+        """`_acquire_slow` for async callers: a fleet probe grant is awaited, not blocked on."""
+        grant = self._shared_async_grant
+        if grant is None:
+            return self._acquire_slow()
+        permit = self._admit_slow()
+        if permit.probe:
+            try:
+                granted = await grant(self)
+            except Exception:  # noqa: BLE001  (a shared-state fault never fails the call)
+                granted = None
+            except BaseException:
+                self._withdraw(permit)
+                raise
+            self._check_grant(permit, granted)
+        return permit
+
+    def _check_grant(self, permit: Permit, granted: bool | None) -> None:
+        """The fleet refused a probe slot: hand ours back and reject (counted as rejected)."""
         if granted is False:
-            self._settle(permit, _IGNORED)  # the local slot goes back; nothing counted
-            return False
-        return True
+            self._withdraw(permit)
+            raise self._rejection(_HALF_OPEN, self._monotonic())
 
     def _publish_rejection(self, now: float, state: State, retry_after: float | None) -> None:
         self.events.publish(
@@ -450,6 +476,14 @@ class CircuitBreaker(Guard[Permit]):
             raise RuntimeError(f"{permit!r} was already settled; settle a permit exactly once")
         permit.settled = True
         self._record(permit.epoch, permit.start, permit.probe, outcome)
+
+    def _withdraw(self, permit: Permit) -> None:
+        """Take back a probe permit that never ran (the fleet refused it, or the
+        caller was interrupted while asking): its slot is freed, no outcome counted."""
+        permit.settled = True
+        with self._lock:
+            if permit.epoch == self._mode[1] and self._mode[0] is _HALF_OPEN:
+                self._probes_in_flight -= 1
 
     def _record(self, epoch: int, start: float, probe: bool, outcome: Outcome) -> None:
         """Count one outcome; let it move the state if its epoch is current."""
@@ -646,8 +680,13 @@ class CircuitBreaker(Guard[Permit]):
     # -- shared state (resilience.redis) ---------------------------------------
 
     def share(self, backend: SharedState | None) -> None:
-        """Attach a shared-state backend (or detach with None): it may refuse probes."""
+        """Attach a shared-state backend (or detach with None): it may refuse probes.
+
+        A backend with an `agrant_probe` coroutine method is awaited by async
+        callers instead of blocking the event loop in `grant_probe`.
+        """
         self._shared = backend
+        self._shared_async_grant = getattr(backend, "agrant_probe", None)
 
     def apply_remote(self, to: State, open_for: float | None = None) -> bool:
         """Apply a transition decided elsewhere in the fleet; return whether it changed anything.
@@ -757,6 +796,11 @@ class CircuitBreaker(Guard[Permit]):
 
     def _enter(self) -> Permit:
         return self.acquire()
+
+    async def _aenter(self) -> Permit:
+        if self._shared_async_grant is None or self._mode[2]:
+            return self.acquire()
+        return await self._aacquire_slow()
 
     def _on_error(self, token: Permit, exc: BaseException) -> None:
         if token.settled:  # `with breaker as permit:` settled it by hand, then raised
@@ -878,8 +922,10 @@ class CircuitBreaker(Guard[Permit]):
                 start = clock.monotonic() if timed else 0.0
             elif state is _OPEN and (now := monotonic()) < breaker._open_until:
                 raise breaker._rejection(state, now)
-            else:
+            elif breaker._shared_async_grant is None:
                 permit = acquire_slow()
+            else:
+                permit = await breaker._aacquire_slow()
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:

@@ -15,7 +15,9 @@ class SharedState(Protocol):
 
     The breaker calls it only when it is about to admit a half-open probe;
     everything else (outcomes, transitions) the backend reads from the
-    breaker's counters and events, off the call path.
+    breaker's counters and events, off the call path. A backend may also
+    define `async def agrant_probe(breaker) -> bool | None`; async callers
+    then await it instead of calling `grant_probe`.
     """
 
     def grant_probe(self, breaker: CircuitBreaker) -> bool | None:

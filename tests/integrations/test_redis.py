@@ -7,6 +7,7 @@ persistence. Locally the tests skip if redis-server is missing; on CI
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -284,3 +285,160 @@ def test_attach_takes_breakers_only() -> None:
     shared = rr.RedisSharedState("redis://127.0.0.1:1/0")
     with pytest.raises(TypeError, match="CircuitBreaker"):
         shared.attach("payments")  # type: ignore[arg-type]
+
+
+# -- redis.asyncio clients --------------------------------------------------------------
+
+
+def async_state(url: str, prefix: str) -> rr.RedisSharedState:
+    client = redis_lib.asyncio.Redis.from_url(url, socket_timeout=0.5)
+    return rr.RedisSharedState(client=client, prefix=prefix, flush_interval=0.01)
+
+
+async def stop_and_close(*states: rr.RedisSharedState) -> None:
+    """astop() leaves the client to its owner (here, the test): close it too."""
+    for state in states:
+        await state.astop()
+        await state._redis.aclose()
+
+
+def test_asyncio_client_shares_a_trip(redis_server: RedisServer) -> None:
+    """Two processes' worth of state on asyncio clients: one trips, the other learns of it."""
+
+    async def main() -> None:
+        shared = await async_state(redis_server.url, "atrip").astart()
+        other = await async_state(redis_server.url, "atrip").astart()
+        breaker = shared.attach(resilience.CircuitBreaker("svc", consecutive_failures=3))
+        peer = other.attach(resilience.CircuitBreaker("svc", consecutive_failures=3))
+
+        @breaker
+        async def dead() -> None:
+            raise ConnectionError("down")
+
+        try:
+            await asyncio.sleep(0.1)  # both listeners subscribed
+            for _ in range(3):
+                with pytest.raises(ConnectionError):
+                    await dead()
+            assert breaker.state is State.OPEN
+            give_up = time.monotonic() + 5
+            while peer.state is not State.OPEN and time.monotonic() < give_up:
+                await asyncio.sleep(0.01)
+            assert peer.state is State.OPEN
+            assert other.metrics()["received"] >= 1
+            assert shared.metrics()["flushes"] > 0
+        finally:
+            await stop_and_close(shared, other)
+
+    asyncio.run(main())
+
+
+def test_asyncio_fleet_half_open_grants_at_most_n_probes(redis_server: RedisServer) -> None:
+    """Forty concurrent async calls across two states: Redis admits half_open_max_calls."""
+
+    async def main() -> None:
+        states = [await async_state(redis_server.url, "aprobe").astart() for _ in range(2)]
+        breakers = [
+            state.attach(
+                resilience.CircuitBreaker(
+                    "probes",
+                    consecutive_failures=1,
+                    failure_rate_threshold=None,
+                    open_duration=0.2,
+                    half_open_max_calls=2,
+                )
+            )
+            for state in states
+        ]
+        release = asyncio.Event()
+        entered = 0
+
+        async def probe() -> None:
+            nonlocal entered
+            entered += 1
+            await release.wait()
+
+        calls = [breaker(probe) for breaker in breakers]
+        try:
+            for breaker in breakers:
+                breaker.acquire().record_failure()
+            await asyncio.sleep(0.3)  # past the open period on both
+            tasks = [asyncio.create_task(calls[i % 2]()) for i in range(40)]
+            await asyncio.sleep(0.3)
+            assert entered == 2  # fleet-wide, not 2 per process
+            release.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            rejected = [r for r in results if isinstance(r, resilience.CircuitOpenError)]
+            assert len(rejected) == 38
+            assert all(r is None or isinstance(r, resilience.CircuitOpenError) for r in results)
+        finally:
+            await stop_and_close(*states)
+
+    asyncio.run(main())
+
+
+def test_asyncio_client_without_redis_runs_locally() -> None:
+    """No server: async calls go on as with local breakers; faults are counted."""
+
+    async def main() -> None:
+        client = redis_lib.asyncio.Redis(host="127.0.0.1", port=free_port(), socket_timeout=0.05)
+        shared = await rr.RedisSharedState(client=client, flush_interval=0.01).astart()
+        breaker = shared.attach(
+            resilience.CircuitBreaker("alone", consecutive_failures=2, open_duration=0.05)
+        )
+
+        @breaker
+        async def call(fail: bool) -> str:
+            if fail:
+                raise ConnectionError
+            return "ok"
+
+        try:
+            for _ in range(2):
+                with pytest.raises(ConnectionError):
+                    await call(True)
+            assert breaker.state is State.OPEN
+            await asyncio.sleep(0.06)
+            assert await call(False) == "ok"  # the probe grant failed: decided locally
+            assert breaker.state is State.CLOSED
+            await asyncio.sleep(0.1)
+            assert shared.metrics()["faults"] > 0
+        finally:
+            await stop_and_close(shared)
+
+    asyncio.run(main())
+
+
+def test_sync_call_of_an_asyncio_shared_breaker(redis_server: RedisServer) -> None:
+    """A worker thread asks through the client's loop; the loop's own thread decides locally."""
+
+    async def main() -> None:
+        shared = await async_state(redis_server.url, "athread").astart()
+        breaker = shared.attach(
+            resilience.CircuitBreaker(
+                "svc", consecutive_failures=1, open_duration=0.05, half_open_max_calls=1
+            )
+        )
+        try:
+            breaker.acquire().record_failure()
+            await asyncio.sleep(0.1)
+            assert shared.grant_probe(breaker) is None  # on the loop: never block it
+            probe = await asyncio.to_thread(breaker.acquire)  # granted by Redis via the loop
+            assert probe.probe
+            # The fleet's only slot is taken: another ask from a thread is refused.
+            assert await asyncio.to_thread(shared.grant_probe, breaker) is False
+            probe.record_success()
+        finally:
+            await stop_and_close(shared)
+
+    asyncio.run(main())
+
+
+def test_client_kinds_and_start_methods() -> None:
+    """A wrong client type, or the wrong start method for the client, is a clear error."""
+    with pytest.raises(TypeError, match="client="):
+        rr.RedisSharedState(client="redis://127.0.0.1:1/0")
+    with pytest.raises(TypeError, match="astart"):
+        rr.RedisSharedState(client=redis_lib.asyncio.Redis(port=1)).start()
+    with pytest.raises(TypeError, match="start()"):
+        asyncio.run(rr.RedisSharedState("redis://127.0.0.1:1/0").astart())

@@ -1,0 +1,151 @@
+"""The breaker's side of a shared-state backend, with fake backends (no Redis)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from resilience import CircuitBreaker, CircuitOpenError, State
+from resilience.testing import FakeClock
+
+
+class Backend:
+    """Answers probe requests with a fixed answer, sync and async; counts the questions."""
+
+    def __init__(self, answer: bool | None | BaseException) -> None:
+        self.answer = answer
+        self.asked = 0
+        self.asked_async = 0
+
+    def _reply(self) -> bool | None:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+    def grant_probe(self, breaker: CircuitBreaker) -> bool | None:
+        self.asked += 1
+        return self._reply()
+
+
+class AsyncBackend(Backend):
+    def __init__(self, answer: bool | None | BaseException, hang: bool = False) -> None:
+        super().__init__(answer)
+        self.hang = hang
+        self.waiting = anyio.Event()
+
+    async def agrant_probe(self, breaker: CircuitBreaker) -> bool | None:
+        self.asked_async += 1
+        if self.hang:
+            self.waiting.set()
+            await anyio.sleep_forever()
+        return self._reply()
+
+
+def half_open(backend: Backend) -> tuple[CircuitBreaker, FakeClock]:
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        "shared", consecutive_failures=1, open_duration=1, half_open_max_calls=1, clock=clock
+    )
+    breaker.share(backend)
+    breaker.acquire().record_failure()
+    clock.advance(1)
+    return breaker, clock
+
+
+@pytest.mark.parametrize("answer", [True, None, RuntimeError("redis down")])
+def test_granted_unknown_or_faulty_backend_admits_the_probe(answer) -> None:
+    """True, None ("unknown") and a backend fault all leave the decision to local state."""
+    backend = Backend(answer)
+    breaker, _ = half_open(backend)
+    probe = breaker.acquire()
+    assert probe.probe and backend.asked == 1
+    probe.record_success()
+    assert breaker.state is State.CLOSED
+
+
+def test_refused_probe_is_rejected_and_its_slot_returned() -> None:
+    backend = Backend(False)
+    breaker, _ = half_open(backend)
+    with pytest.raises(CircuitOpenError):
+        breaker.acquire()
+    calls = breaker.metrics().calls
+    assert (calls["rejected"], calls["ignored"], calls["success"]) == (1, 0, 0)  # counted once
+    assert breaker.state is State.HALF_OPEN
+    backend.answer = True
+    assert breaker.acquire().probe  # the local slot came back
+
+
+def test_interrupted_sync_grant_returns_the_slot() -> None:
+    backend = Backend(KeyboardInterrupt())
+    breaker, _ = half_open(backend)
+    with pytest.raises(KeyboardInterrupt):
+        breaker.acquire()
+    assert breaker.metrics().calls["ignored"] == 0  # it never ran: not an outcome
+    backend.answer = True
+    assert breaker.acquire().probe
+
+
+@pytest.mark.anyio
+async def test_async_callers_await_the_async_grant() -> None:
+    """The decorator, acall and `async with` ask agrant_probe; sync acquire asks grant_probe."""
+    for enter in ("decorator", "acall", "async with"):
+        backend = AsyncBackend(True)
+        breaker, clock = half_open(backend)
+
+        async def ok() -> str:
+            return "ok"
+
+        if enter == "decorator":
+            assert await breaker(ok)() == "ok"
+        elif enter == "acall":
+            assert await breaker.acall(ok) == "ok"
+        else:
+            async with breaker:
+                pass
+        assert (backend.asked_async, backend.asked) == (1, 0), enter
+        assert breaker.state is State.CLOSED
+
+
+@pytest.mark.anyio
+async def test_async_refusal_rejects() -> None:
+    backend = AsyncBackend(False)
+    breaker, _ = half_open(backend)
+
+    @breaker
+    async def ok() -> None:
+        return None
+
+    with pytest.raises(CircuitOpenError):
+        await ok()
+    assert breaker.state is State.HALF_OPEN
+    backend.answer = True
+    await ok()
+    assert breaker.state is State.CLOSED
+
+
+@pytest.mark.anyio
+async def test_cancelled_while_asking_returns_the_slot() -> None:
+    backend = AsyncBackend(True, hang=True)
+    breaker, _ = half_open(backend)
+
+    @breaker
+    async def ok() -> None:
+        return None
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ok)
+        await backend.waiting.wait()
+        tasks.cancel_scope.cancel()
+    backend.hang = False
+    await ok()  # the slot the cancelled call held is free again
+    assert breaker.state is State.CLOSED
+
+
+def test_closed_path_never_asks() -> None:
+    backend = AsyncBackend(False)
+    breaker = CircuitBreaker("shared")
+    breaker.share(backend)
+    breaker.acquire().record_success()
+    assert (backend.asked, backend.asked_async) == (0, 0)
+    breaker.share(None)
+    assert breaker._shared_async_grant is None
