@@ -478,8 +478,10 @@ class CircuitBreaker(Guard[Permit]):
         self._record(permit.epoch, permit.start, permit.probe, outcome)
 
     def _withdraw(self, permit: Permit) -> None:
-        """Take back a probe permit that never ran (the fleet refused it, or the
-        caller was interrupted while asking): its slot is freed, no outcome counted."""
+        """Take back a probe permit that never ran: its slot is freed, no outcome counted.
+
+        The fleet refused it, or the caller was interrupted while asking.
+        """
         permit.settled = True
         with self._lock:
             if permit.epoch == self._mode[1] and self._mode[0] is _HALF_OPEN:

@@ -12,7 +12,7 @@ from resilience.testing import FakeClock
 class Backend:
     """Answers probe requests with a fixed answer, sync and async; counts the questions."""
 
-    def __init__(self, answer: bool | None | BaseException) -> None:
+    def __init__(self, answer: bool | BaseException | None) -> None:
         self.answer = answer
         self.asked = 0
         self.asked_async = 0
@@ -28,7 +28,7 @@ class Backend:
 
 
 class AsyncBackend(Backend):
-    def __init__(self, answer: bool | None | BaseException, hang: bool = False) -> None:
+    def __init__(self, answer: bool | BaseException | None, hang: bool = False) -> None:
         super().__init__(answer)
         self.hang = hang
         self.waiting = anyio.Event()
@@ -58,7 +58,8 @@ def test_granted_unknown_or_faulty_backend_admits_the_probe(answer) -> None:
     backend = Backend(answer)
     breaker, _ = half_open(backend)
     probe = breaker.acquire()
-    assert probe.probe and backend.asked == 1
+    assert probe.probe
+    assert backend.asked == 1
     probe.record_success()
     assert breaker.state is State.CLOSED
 
@@ -90,7 +91,7 @@ async def test_async_callers_await_the_async_grant() -> None:
     """The decorator, acall and `async with` ask agrant_probe; sync acquire asks grant_probe."""
     for enter in ("decorator", "acall", "async with"):
         backend = AsyncBackend(True)
-        breaker, clock = half_open(backend)
+        breaker, _ = half_open(backend)
 
         async def ok() -> str:
             return "ok"
