@@ -39,7 +39,7 @@ def serve(app: Any) -> Iterator[str]:
     give_up = time.monotonic() + 30
     while not server.started:
         if time.monotonic() > give_up or not thread.is_alive():
-            raise RuntimeError("a demo service did not start")
+            raise RuntimeError("a loopback server did not start")
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
