@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import uvicorn
 from _harness import measure, print_table, write_json
 
 import resilience
+from resilience.demo._harness import serve  # the one loopback uvicorn helper
 
 
 def ok(request: httpx.Request) -> httpx.Response:
@@ -37,22 +33,6 @@ async def asgi_ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
         {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
     )
     await send({"type": "http.response.body", "body": b"ok"})
-
-
-@contextmanager
-def loopback_server() -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(asgi_ok, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def transports(inner: Callable[[], httpx.BaseTransport]) -> dict[str, httpx.BaseTransport | None]:
@@ -93,8 +73,8 @@ def main() -> None:
     number, repeat = (300, 3) if args.quick else (3000, 5)
 
     mock = run("http://bench.test/", lambda: httpx.MockTransport(ok), number, repeat)
-    with loopback_server() as url:
-        loopback = run(url, httpx.HTTPTransport, max(number // 3, 100), repeat)
+    with serve(asgi_ok) as base:
+        loopback = run(f"{base}/", httpx.HTTPTransport, max(number // 3, 100), repeat)
 
     print(
         f"Python {platform.python_version()} on {platform.machine()}, {number} requests x {repeat}"
