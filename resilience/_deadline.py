@@ -73,15 +73,17 @@ def remaining() -> float | None:
     return None if current is None else current.remaining()
 
 
-def enter_deadline(seconds: float, clock: Clock) -> Token[Deadline | None]:
-    """Set a deadline `seconds` from now (or the outer one, if sooner); leave with the token.
+def enter_deadline(seconds: float, clock: Clock) -> tuple[Token[Deadline | None], Deadline]:
+    """Set a deadline `seconds` from now (or the outer one, if sooner).
 
-    The unchecked core of `deadline`, for callers that validated `seconds` once
-    at construction (the httpx transport, per request).
+    Returns the token to leave it with and the deadline now in force. The
+    unchecked core of `deadline`, for callers that validated `seconds` once at
+    construction (the httpx transport and the server middleware, per request).
     """
     outer = _current.get()
     budget = seconds if outer is None else min(seconds, outer.remaining())
-    return _current.set(Deadline(clock.monotonic() + budget, budget, clock))
+    entered = Deadline(clock.monotonic() + budget, budget, clock)
+    return _current.set(entered), entered
 
 
 def leave_deadline(token: Token[Deadline | None]) -> None:
@@ -120,9 +122,7 @@ class deadline:
     def __enter__(self) -> Deadline:
         if self._token is not None:
             raise RuntimeError("this deadline is already entered; create one per block")
-        self._token = enter_deadline(self._seconds, self._clock)
-        entered = _current.get()
-        assert entered is not None
+        self._token, entered = enter_deadline(self._seconds, self._clock)
         return entered
 
     def __exit__(

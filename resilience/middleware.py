@@ -199,7 +199,7 @@ class ASGIDeadlineMiddleware:
         if budget is None:
             await self.app(scope, receive, send)
             return
-        token = enter_deadline(budget, self.policy.clock)
+        token, _ = enter_deadline(budget, self.policy.clock)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -284,7 +284,7 @@ class WSGIDeadlineMiddleware:
             return [body]
         if budget is None:
             return self.app(environ, start_response)
-        token = enter_deadline(budget, self.policy.clock)
+        token, _ = enter_deadline(budget, self.policy.clock)
         try:
             # Frameworks (Flask, Django) build the response in this call. A body
             # generated lazily while the server iterates runs outside the deadline.

@@ -8,23 +8,39 @@ from this transport's keyword arguments, or one you pass.
 
 from __future__ import annotations
 
-import math
+import operator
 import uuid
-from typing import TYPE_CHECKING, Any, Self
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import httpx
 
 from ._backoff import Backoff
 from ._budget import RetryBudget
 from ._clock import SYSTEM_CLOCK, Clock
-from ._deadline import DEADLINE_HEADER, enter_deadline, leave_deadline, remaining
+from ._deadline import (
+    DEADLINE_HEADER,
+    Deadline,
+    current_deadline,
+    enter_deadline,
+    leave_deadline,
+)
 from ._retry import Retry, _discard_for_this_call
 from ._validate import check_int, check_seconds
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import CircuitOpenError, DeadlineExceededError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Collection, Container, Iterator
+    from collections.abc import (
+        AsyncIterator,
+        Callable,
+        Collection,
+        Container,
+        Iterable,
+        Iterator,
+        Mapping,
+    )
+    from contextvars import Token
     from types import TracebackType
 
     from ._state import State
@@ -42,6 +58,8 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _OVERRIDES = frozenset({"retry", "breaker", "total_timeout", "attempt_timeout"})
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+_TIMEOUT_KEY_SET = frozenset(_TIMEOUT_KEYS)
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 
 
 class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
@@ -95,6 +113,7 @@ class _Pipeline:
         buffer_bodies: bool,
         max_drain_bytes: int,
         send_deadline_header: bool,
+        discard: Callable[[httpx.Response], object],
     ) -> None:
         self.total_timeout = (
             None if total_timeout is None else check_seconds(total_timeout, "total_timeout")
@@ -122,11 +141,16 @@ class _Pipeline:
         self.buffer_bodies = _flag(buffer_bodies, "buffer_bodies")
         self.max_drain_bytes = check_int(max_drain_bytes, "max_drain_bytes", minimum=0)
         self.send_deadline_header = _flag(send_deadline_header, "send_deadline_header")
-        self.retry = self._resolve_retry(retry)
+        self.retry = self._resolve_retry(retry, discard)
         self.breakers = self._resolve_breaker(breaker)
-        self._origin_names: dict[tuple[str, str, int | None], str] = {}
+        # Split once here: isinstance on these ABC-derived classes is slow per request.
+        self._registry = self.breakers if isinstance(self.breakers, BreakerRegistry) else None
+        self._shared_breaker = self.breakers if isinstance(self.breakers, CircuitBreaker) else None
+        self._origin_names: dict[tuple[str, bytes, int | None], str] = {}
 
-    def _resolve_retry(self, retry: Retry | bool | None) -> Retry | None:
+    def _resolve_retry(
+        self, retry: Retry | bool | None, discard: Callable[[httpx.Response], object]
+    ) -> Retry | None:
         if retry is None or retry is True:
             # Polly's standard HTTP handler: 3 retries, exponential with jitter
             # (base 2 s there; 0.2 s here, for service-to-service calls), Retry-After honoured.
@@ -137,6 +161,7 @@ class _Pipeline:
                 retry_if_result=lambda response: response.status_code in self.retry_statuses,
                 budget=RetryBudget("http"),
                 max_retry_after=30.0,
+                discard_result=discard,
                 name="http",
             )
         if retry is False:
@@ -170,44 +195,58 @@ class _Pipeline:
 
     # -- per request ---------------------------------------------------------------
 
-    def options(self, request: httpx.Request) -> dict[str, Any]:
+    def options(self, request: httpx.Request) -> Mapping[str, Any]:
         """Per-request overrides from request.extensions["resilience"], validated."""
-        overrides = request.extensions.get("resilience") or {}
+        overrides = request.extensions.get("resilience")
+        if overrides is None:
+            return _NO_OPTIONS
         if not isinstance(overrides, dict):
-            raise TypeError('request.extensions["resilience"] must be a dict')
+            raise TypeError(f'request.extensions["resilience"] must be a dict, got {overrides!r}')
         unknown = overrides.keys() - _OVERRIDES
         if unknown:
             raise ValueError(
                 f'unknown keys in request.extensions["resilience"]: {sorted(unknown)}; '
                 f"known: {sorted(_OVERRIDES)}"
             )
+        for key in ("retry", "breaker"):
+            if key in overrides and not isinstance(overrides[key], bool):
+                raise TypeError(
+                    f'request.extensions["resilience"]["{key}"] must be True or False, '
+                    f"got {overrides[key]!r}"
+                )
+        for key in ("total_timeout", "attempt_timeout"):
+            if overrides.get(key) is not None:
+                check_seconds(overrides[key], f'request.extensions["resilience"]["{key}"]')
         return overrides
 
-    def breaker_for(self, request: httpx.Request, options: dict[str, Any]) -> CircuitBreaker | None:
-        if options.get("breaker", True) is False or self.breakers is None:
+    def breaker_for(
+        self, request: httpx.Request, options: Mapping[str, Any]
+    ) -> CircuitBreaker | None:
+        if options and options.get("breaker") is False:
             return None
-        if isinstance(self.breakers, CircuitBreaker):
-            return self.breakers
+        registry = self._registry
+        if registry is None:
+            return self._shared_breaker
         url = request.url
-        origin = (url.scheme, url.host, url.port)
+        origin = (url.scheme, url.raw_host, url.port)
         name = self._origin_names.get(origin)
         if name is None:
             if len(self._origin_names) > 4096:  # bounded, like the registry
                 self._origin_names.clear()
             port = url.port or (443 if url.scheme == "https" else 80)
             name = self._origin_names[origin] = f"{url.scheme}://{url.host}:{port}"
-        return self.breakers.get(name)
+        return registry.get(name)
 
     def retry_for(
-        self, request: httpx.Request, options: dict[str, Any]
+        self, request: httpx.Request, options: Mapping[str, Any]
     ) -> tuple[Retry | None, str]:
         """The retry policy for this request, or None and why not."""
-        if self.retry is None or options.get("retry", True) is False:
+        if self.retry is None or (options and options.get("retry") is False):
             return None, "retries are off"
         method = request.method.upper()
         safe = (
             method in self.retry_methods
-            or options.get("retry") is True
+            or (options and options.get("retry") is True)
             or "idempotency-key" in request.headers
         )
         if not safe:
@@ -222,28 +261,56 @@ class _Pipeline:
             )
         return self.retry, ""
 
-    def prepare(self, request: httpx.Request, options: dict[str, Any]) -> httpx.Request:
-        """Clamp this attempt's timeouts to the attempt timeout and the deadline."""
-        left = remaining()
-        if left is not None and left <= 0:
-            raise HTTPDeadlineExceededError("http", self.total_timeout, request=request)
-        limit = options.get("attempt_timeout", self.attempt_timeout)
-        if left is not None:
-            limit = left if limit is None else min(limit, left)
-        if limit is not None:
-            # A new dict: the caller's timeout dict may be shared with other requests.
-            given = request.extensions.get("timeout") or {}
-            timeouts = {
-                key: limit if (value := given.get(key)) is None else min(value, limit)
-                for key in _TIMEOUT_KEYS
-            }
-            request.extensions = {**request.extensions, "timeout": timeouts}
-        if self.send_deadline_header and left is not None:
-            request.headers[DEADLINE_HEADER] = str(max(math.floor(left * 1000), 0))
-        return request
+    def enter(
+        self, options: Mapping[str, Any], clock: Clock
+    ) -> tuple[Token[Deadline | None] | None, Deadline | None]:
+        """Enter this request's total deadline; return its token and the deadline in force."""
+        total = options.get("total_timeout", self.total_timeout) if options else self.total_timeout
+        if total is None:
+            return None, current_deadline()
+        return enter_deadline(total, clock)
 
-    def total(self, options: dict[str, Any]) -> float | None:
-        return options.get("total_timeout", self.total_timeout)
+    def prepare(
+        self, request: httpx.Request, options: Mapping[str, Any], deadline: Deadline | None
+    ) -> httpx.Request:
+        """The request one attempt sends: timeouts clamped, the deadline in a header.
+
+        The caller's request is never changed: when anything differs, the
+        attempt sends a shallow copy with its own headers and extensions.
+        """
+        limit = (
+            options.get("attempt_timeout", self.attempt_timeout)
+            if options
+            else self.attempt_timeout
+        )
+        header = None
+        if deadline is not None:
+            left = deadline.expires_at - deadline.clock.monotonic()
+            if left <= 0:
+                raise HTTPDeadlineExceededError("http", deadline.budget, request=request)
+            if limit is None or left < limit:
+                limit = left
+            if self.send_deadline_header:
+                header = b"%d" % (left * 1000)
+        timeouts = None
+        if limit is not None:
+            given = request.extensions.get("timeout")
+            if given is None or not _within(given, limit):
+                timeouts = dict.fromkeys(_TIMEOUT_KEYS, limit)
+                if given:
+                    for key in _TIMEOUT_KEYS:
+                        value = given.get(key)
+                        if value is not None and value < limit:
+                            timeouts[key] = value
+        if header is None and timeouts is None:
+            return request
+        sent = _shallow_copy(request)
+        if timeouts is not None:
+            sent.extensions = {**request.extensions, "timeout": timeouts}
+        if header is not None:
+            sent.headers = httpx.Headers(request.headers)
+            _put_header(sent.headers, _DEADLINE_KEY, header)
+        return sent
 
     def report(
         self,
@@ -255,13 +322,49 @@ class _Pipeline:
         response.extensions["resilience"] = {
             "attempts": attempts,
             "breaker": None if breaker is None else breaker.name,
-            "breaker_state": None if breaker is None else breaker.state.value,
+            "breaker_state": None if breaker is None else breaker.state._value_,
             "elapsed": elapsed,
         }
 
 
-def _clock_of(breaker: CircuitBreaker | None) -> Clock:
-    return SYSTEM_CLOCK if breaker is None else breaker.clock
+def _within(timeouts: Mapping[str, float | None], limit: float) -> bool:
+    """Whether `timeouts` sets exactly httpx's four timeouts, each at most `limit`."""
+    values = timeouts.values()
+    if timeouts.keys() != _TIMEOUT_KEY_SET or None in values:
+        return False
+    return max(cast("Iterable[float]", values)) <= limit
+
+
+def _shallow_copy(request: httpx.Request) -> httpx.Request:
+    """A new Request sharing `request`'s attributes (URL, headers, stream, extensions)."""
+    copied: httpx.Request = object.__new__(httpx.Request)
+    copied.__dict__.update(request.__dict__)
+    return copied
+
+
+def _httpx_keeps_raw_header_triples() -> bool:
+    """Whether httpx.Headers stores (raw key, lowercase key, value) triples in `_list`."""
+    probe = httpx.Headers({"X-Probe": "1"})
+    return getattr(probe, "_list", None) == [(b"X-Probe", b"x-probe", b"1")]
+
+
+_RAW_HEADERS = _httpx_keeps_raw_header_triples()
+_DEADLINE_KEY = DEADLINE_HEADER.encode("ascii")
+_lowercase_key = operator.itemgetter(1)
+
+
+def _put_header(headers: httpx.Headers, key: bytes, value: bytes) -> None:
+    """`headers[key] = value` for a lowercase ASCII key.
+
+    httpx's `Headers.__setitem__` walks the headers in Python on every call;
+    a new header is appended to httpx's own list at C speed instead, when this
+    httpx stores headers as checked by `_httpx_keeps_raw_header_triples`.
+    """
+    items = headers._list if _RAW_HEADERS else None
+    if items is not None and key not in map(_lowercase_key, items):
+        items.append((key, key, value))
+    else:
+        headers[key.decode("ascii")] = value.decode("ascii")
 
 
 def _flag(value: object, param: str) -> bool:
@@ -359,7 +462,11 @@ def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _configure(
-    transport: Any, options: dict[str, Any], base: type, default: Callable[..., Any]
+    transport: Any,
+    options: dict[str, Any],
+    base: type,
+    default: Callable[..., Any],
+    discard: Callable[[httpx.Response], object],
 ) -> tuple[Any, _Pipeline]:
     """Split options into pipeline settings and inner-transport arguments; build both."""
     config = {key: options.pop(key) for key in list(options) if key in _DEFAULTS}
@@ -370,7 +477,7 @@ def _configure(
     if transport is not None and not isinstance(transport, base):
         raise TypeError(f"transport= must be an httpx.{base.__name__}, got {transport!r}")
     inner = transport if transport is not None else default(**options)
-    return inner, _Pipeline(**_with_defaults(config))
+    return inner, _Pipeline(**_with_defaults(config), discard=discard)
 
 
 class _Configured:
@@ -428,7 +535,7 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
     def __init__(self, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
         self._inner: httpx.BaseTransport
         self._inner, self._pipeline = _configure(
-            transport, options, httpx.BaseTransport, httpx.HTTPTransport
+            transport, options, httpx.BaseTransport, httpx.HTTPTransport, self._discard
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -439,20 +546,24 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         retry, not_retried = pipeline.retry_for(request, options)
         if retry is not None and not isinstance(request.stream, httpx.ByteStream):
             request.read()  # buffer_bodies=True: make the body replayable
+        clock = SYSTEM_CLOCK if breaker is None else breaker.clock
+        started = clock.monotonic()
         attempts = 0
 
         def attempt() -> httpx.Response:
             nonlocal attempts
             attempts += 1
-            return self._attempt(pipeline.prepare(request, options), breaker)
+            return self._attempt(pipeline.prepare(request, options, deadline), breaker)
 
-        clock = _clock_of(breaker)
-        started = clock.monotonic()
-        total = pipeline.total(options)
-        token = None if total is None else enter_deadline(total, clock)
+        token, deadline = pipeline.enter(options, clock)
         # A failed response that will be retried is drained or closed before
-        # the wait, so it never holds its pooled connection through a backoff.
-        discarding = _discard_for_this_call.set(self._discard)
+        # the wait, so it never holds its pooled connection through a backoff
+        # (the default retry has the hook built in; a retry given by the user gets it here).
+        discarding = (
+            None
+            if retry is None or retry.discard_result is not None
+            else _discard_for_this_call.set(self._discard)
+        )
         try:
             response = retry.call(attempt) if retry is not None else attempt()
         except Exception as exc:
@@ -460,7 +571,8 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
                 exc.add_note(f"resilience: not retried: {not_retried}")
             raise
         finally:
-            _discard_for_this_call.reset(discarding)
+            if discarding is not None:
+                _discard_for_this_call.reset(discarding)
             if token is not None:
                 leave_deadline(token)
         pipeline.report(response, attempts, breaker, clock.monotonic() - started)
@@ -481,8 +593,8 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         if permit is not None:
             if self._pipeline.failure_status(response.status_code):
                 permit.record_failure()
-            elif response.is_closed:  # the body is already in memory: nothing left to fail
-                permit.record_success()
+            elif response.is_closed or isinstance(response.stream, httpx.ByteStream):
+                permit.record_success()  # the body is in memory: nothing left to fail
             else:
                 response.stream = _SettlingStream(response.stream, permit)  # type: ignore[arg-type]
         return response
@@ -525,7 +637,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         self._inner: httpx.AsyncBaseTransport
         self._inner, self._pipeline = _configure(
-            transport, options, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport
+            transport, options, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport, self._discard
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -536,18 +648,21 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         retry, not_retried = pipeline.retry_for(request, options)
         if retry is not None and not isinstance(request.stream, httpx.ByteStream):
             await request.aread()  # buffer_bodies=True: make the body replayable
+        clock = SYSTEM_CLOCK if breaker is None else breaker.clock
+        started = clock.monotonic()
         attempts = 0
 
         async def attempt() -> httpx.Response:
             nonlocal attempts
             attempts += 1
-            return await self._attempt(pipeline.prepare(request, options), breaker)
+            return await self._attempt(pipeline.prepare(request, options, deadline), breaker)
 
-        clock = _clock_of(breaker)
-        started = clock.monotonic()
-        total = pipeline.total(options)
-        token = None if total is None else enter_deadline(total, clock)
-        discarding = _discard_for_this_call.set(self._discard)
+        token, deadline = pipeline.enter(options, clock)
+        discarding = (
+            None
+            if retry is None or retry.discard_result is not None
+            else _discard_for_this_call.set(self._discard)
+        )
         try:
             response = await (retry.acall(attempt) if retry is not None else attempt())
         except Exception as exc:
@@ -555,7 +670,8 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
                 exc.add_note(f"resilience: not retried: {not_retried}")
             raise
         finally:
-            _discard_for_this_call.reset(discarding)
+            if discarding is not None:
+                _discard_for_this_call.reset(discarding)
             if token is not None:
                 leave_deadline(token)
         pipeline.report(response, attempts, breaker, clock.monotonic() - started)
@@ -578,8 +694,8 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         if permit is not None:
             if self._pipeline.failure_status(response.status_code):
                 permit.record_failure()
-            elif response.is_closed:  # the body is already in memory: nothing left to fail
-                permit.record_success()
+            elif response.is_closed or isinstance(response.stream, httpx.ByteStream):
+                permit.record_success()  # the body is in memory: nothing left to fail
             else:
                 response.stream = _AsyncSettlingStream(response.stream, permit)  # type: ignore[arg-type]
         return response

@@ -126,7 +126,10 @@ class Permit:
 
     def record_success(self) -> None:
         """Settle as a success."""
-        self._breaker._settle(self, _SUCCESS)
+        if self.settled:
+            self._breaker._settle(self, _SUCCESS)  # raises: settled twice
+        self.settled = True
+        self._breaker._record(self.epoch, self.start, self.probe, _SUCCESS)
 
     def record_failure(self) -> None:
         """Settle as a failure."""
@@ -512,21 +515,22 @@ class CircuitBreaker(Guard[Permit]):
                 return  # stale, or nothing to learn: counted, never moves the state
             if state is _CLOSED or state is _METRICS_ONLY:
                 number = next(self._outcomes)
-                self._window.record(number, failed, slow, now)
+                window = self._window
+                window.record(number, failed, slow, now)
                 if failed:
                     # A success in between took a number: the streak restarts.
                     consecutive = self._consecutive if number == self._last_failure + 1 else 0
                     self._consecutive = consecutive + 1
                     self._last_failure = number
-                # A count window's rate can only rise with a failure or a slow call
-                # (or by filling up to minimum_calls); a time window's also when
-                # old outcomes age out, so it checks every outcome.
+                # A rate can only rise with a failure or a slow call, by filling
+                # the window up to minimum_calls, or (time window) when old
+                # outcomes age out; a plain success checks nothing.
                 if (
                     failed
                     or slow
                     or self._rate_above
-                    or not self._lockfree
-                    or number < self.minimum_calls
+                    or window.aged
+                    or window.calls <= self.minimum_calls
                 ):
                     if not self._needs_time:
                         now = self.clock.monotonic()  # only to stamp events and the open period
@@ -549,6 +553,7 @@ class CircuitBreaker(Guard[Permit]):
     def _check_thresholds(self, now: float, events: list[Event]) -> None:
         """Trip (CLOSED) or report crossings (METRICS_ONLY) after a recorded outcome."""
         window = self._window
+        window.aged = False
         crossed: list[tuple[str, float, float]] = []
         if self.consecutive_failures is not None:
             streak = self._streak()

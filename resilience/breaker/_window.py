@@ -25,14 +25,17 @@ class WindowState:
     `calls`, `failures` and `slow` are current after `record()` or
     `refresh()`. The breaker numbers outcomes (0, 1, 2... per closed period)
     and passes the number along; a count window uses it as the position.
+    `aged` is set when outcomes age out of a time window (which can raise its
+    rates); the breaker clears it when it checks its thresholds.
     """
 
-    __slots__ = ("calls", "failures", "slow")
+    __slots__ = ("aged", "calls", "failures", "slow")
 
     def __init__(self) -> None:
         self.calls = 0
         self.failures = 0
         self.slow = 0
+        self.aged = False
 
     def record(self, number: int, failed: bool, slow: bool, now: float) -> None:
         """Add outcome number `number`, seen at `now`."""
@@ -153,6 +156,7 @@ class _CountLog(WindowState):
     def reset(self) -> None:
         self._failed = self._slowed = _NONE_YET
         self.calls = self.failures = self.slow = 0
+        self.aged = False
 
 
 _NONE_YET: deque[int] = deque(maxlen=0)  # shared and always empty (appending is a no-op)
@@ -180,6 +184,7 @@ class _TimeRing(WindowState):
         if index <= head:
             return
         size = len(self._bucket_calls)
+        calls = self.calls
         for step in range(head + 1, head + 1 + min(index - head, size)):
             slot = step % size
             self.calls -= self._bucket_calls[slot]
@@ -187,17 +192,24 @@ class _TimeRing(WindowState):
             self.slow -= self._bucket_slow[slot]
             self._bucket_calls[slot] = self._bucket_failures[slot] = self._bucket_slow[slot] = 0
         self._head = index
+        if self.calls != calls:
+            self.aged = True
 
     def record(self, number: int, failed: bool, slow: bool, now: float) -> None:
-        self.refresh(number + 1, now)
+        head = self._head
+        if head is None or now // self._width > head:
+            self.refresh(number + 1, now)
+            head = self._head
         # An outcome stamped before the head (a clock that went back) joins the head.
-        slot = self._head % len(self._bucket_calls)  # type: ignore[operator]
+        slot = head % len(self._bucket_calls)  # type: ignore[operator]
         self._bucket_calls[slot] += 1
-        self._bucket_failures[slot] += failed
-        self._bucket_slow[slot] += slow
         self.calls += 1
-        self.failures += failed
-        self.slow += slow
+        if failed:
+            self._bucket_failures[slot] += 1
+            self.failures += 1
+        if slow:
+            self._bucket_slow[slot] += 1
+            self.slow += 1
 
     def reset(self) -> None:
         size = len(self._bucket_calls)
@@ -206,3 +218,4 @@ class _TimeRing(WindowState):
         self._bucket_slow = [0] * size
         self._head = None
         self.calls = self.failures = self.slow = 0
+        self.aged = False

@@ -99,6 +99,31 @@ def test_bounded_under_churn() -> None:
     assert repr(registry) == "<BreakerRegistry 50/50 breakers>"
 
 
+def test_lock_free_hits_survive_concurrent_evictions() -> None:
+    """8 threads hitting and evicting a small registry: no error, right names, bounded."""
+    registry = BreakerRegistry(max_size=8)
+    barrier = threading.Barrier(8, timeout=30)
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        barrier.wait()
+        try:
+            for i in range(3_000):
+                name = f"host-{(i * 7 + offset) % 24}"  # 24 names, room for 8: constant churn
+                assert registry.get(name).name == name
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(registry) <= 8
+    assert len(list(registry)) == len(registry)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

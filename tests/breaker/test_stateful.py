@@ -8,13 +8,14 @@ model in the same state with the same counts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from resilience import CircuitBreaker, CircuitOpenError, CountWindow, Permit, State
+from resilience import CircuitBreaker, CircuitOpenError, CountWindow, Permit, State, TimeWindow
 from resilience.testing import FakeClock
 
 WINDOW = 5
@@ -24,6 +25,8 @@ STREAK = 3
 OPEN_FOR = 10.0
 PROBES = 2
 PROBE_WAIT = 25.0
+WINDOW_SECONDS = 10.0  # the time-window variant: 5 buckets of 2 s
+BUCKETS = 5
 
 
 @dataclass
@@ -45,6 +48,19 @@ class Model:
     counts: dict[str, int] = field(
         default_factory=lambda: {"success": 0, "failure": 0, "ignored": 0, "rejected": 0}
     )
+    timed: bool = False  # a time window instead of the last WINDOW outcomes
+    stamps: list[int] = field(default_factory=list)  # the bucket of each outcome (timed)
+
+    def window(self, now: float) -> list[bool]:
+        """The outcomes in the window at `now`: the last WINDOW, or the last BUCKETS buckets."""
+        if not self.timed:
+            return self.outcomes[-WINDOW:]
+        current = math.floor(now / (WINDOW_SECONDS / BUCKETS))
+        return [
+            failed
+            for failed, bucket in zip(self.outcomes, self.stamps, strict=True)
+            if bucket > current - BUCKETS
+        ]
 
     def enter(self, state: State, now: float) -> None:
         self.state = state
@@ -53,6 +69,7 @@ class Model:
         self.probe_results = []
         if state in (State.CLOSED, State.METRICS_ONLY):
             self.outcomes = []
+            self.stamps = []
         if state is State.CLOSED:
             self.openings = 0
         if state is State.HALF_OPEN:
@@ -85,13 +102,13 @@ class Model:
         self.counts["rejected"] += 1
         return None
 
-    def trips(self) -> bool:
+    def trips(self, now: float) -> bool:
         streak = 0
         for failed in reversed(self.outcomes):
             if not failed:
                 break
             streak += 1
-        window = self.outcomes[-WINDOW:]
+        window = self.window(now)
         rate_trips = len(window) >= MINIMUM and sum(window) / len(window) >= RATE
         return streak >= STREAK or rate_trips
 
@@ -101,7 +118,8 @@ class Model:
             return
         if self.state in (State.CLOSED, State.METRICS_ONLY):
             self.outcomes.append(outcome == "failure")
-            if self.state is State.CLOSED and self.trips():
+            self.stamps.append(math.floor(now / (WINDOW_SECONDS / BUCKETS)))
+            if self.state is State.CLOSED and self.trips(now):
                 self.open(now)
         elif self.state is State.HALF_OPEN:
             self.in_flight -= 1
@@ -123,21 +141,24 @@ def _interrupt() -> None:
 
 
 class BreakerMachine(RuleBasedStateMachine):
+    timed = False
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
+        window = TimeWindow(WINDOW_SECONDS, buckets=BUCKETS) if self.timed else CountWindow(WINDOW)
         self.breaker = CircuitBreaker(
             "model",
             failure_rate_threshold=RATE,
             minimum_calls=MINIMUM,
-            window=CountWindow(WINDOW),
+            window=window,
             consecutive_failures=STREAK,
             open_duration=lambda openings: OPEN_FOR * openings,
             half_open_max_calls=PROBES,
             half_open_max_wait=PROBE_WAIT,
             clock=self.clock,
         )
-        self.model = Model()
+        self.model = Model(timed=self.timed)
         self.permits: list[tuple[Permit, ModelPermit]] = []
         self.guarded_ok = self.breaker(lambda: "ok")
         self.guarded_interrupt = self.breaker(_interrupt)
@@ -164,6 +185,15 @@ class BreakerMachine(RuleBasedStateMachine):
             outcome, permit.release
         )()
         self.model.settle(expected, outcome, self.clock.monotonic())
+
+    @rule(outcome=st.sampled_from(["success", "failure"]), count=st.integers(1, 4))
+    def burst(self, outcome: str, count: int) -> None:
+        """Several calls admitted and settled at once (makes windows fill and age quickly)."""
+        for _ in range(count):
+            held = len(self.permits)
+            self.acquire()
+            if len(self.permits) > held:  # admitted: settle this new permit now
+                self.settle(held, outcome)
 
     @rule()
     def decorated_success(self) -> None:
@@ -214,13 +244,21 @@ class BreakerMachine(RuleBasedStateMachine):
         metrics = self.breaker.metrics()
         assert metrics.calls == self.model.counts
         if self.model.state in (State.CLOSED, State.METRICS_ONLY):
-            window = self.model.outcomes[-WINDOW:]
+            window = self.model.window(self.clock.monotonic())
             assert metrics.window_calls == len(window)
             assert metrics.window_failures == sum(window)
 
 
+class TimeWindowBreakerMachine(BreakerMachine):
+    """The same rules on a time window: outcomes age out, and a success may then trip."""
+
+    timed = True
+
+
 BreakerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TimeWindowBreakerMachine.TestCase.settings = BreakerMachine.TestCase.settings
 test_breaker_matches_the_model = BreakerMachine.TestCase
+test_time_window_breaker_matches_the_model = TimeWindowBreakerMachine.TestCase
 
 
 def test_model_sanity() -> None:

@@ -123,3 +123,22 @@ async def test_bad_async_configuration() -> None:
         AsyncResilientTransport(httpx.HTTPTransport())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="attempt_timeout="):
         AsyncResilientTransport(attempt_timeout=10, total_timeout=1)
+
+
+async def test_async_attempts_send_copies_and_in_memory_bodies_settle_at_once() -> None:
+    """The caller's request is unchanged; a body already in memory settles the permit on return."""
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=b"ok")
+
+    breaker = CircuitBreaker("async-copies")
+    transport = AsyncResilientTransport(httpx.MockTransport(record), breaker=breaker)
+    request = httpx.Request("GET", "http://api.test/")
+    response = await transport.handle_async_request(request)
+    assert breaker.metrics().calls["success"] == 1  # before the body is read
+    assert sent[0] is not request
+    assert resilience.DEADLINE_HEADER in sent[0].headers
+    assert resilience.DEADLINE_HEADER not in request.headers
+    assert await response.aread() == b"ok"

@@ -311,6 +311,77 @@ def test_callers_timeout_dict_is_never_mutated() -> None:
     assert seen[0] is not mine
 
 
+def test_the_callers_request_is_never_changed() -> None:
+    """Each attempt sends a copy with the deadline header; response.request stays as built."""
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(503 if len(sent) == 1 else 200)
+
+    transport = ResilientTransport(httpx.MockTransport(record), retry=fast_retry())
+    with httpx.Client(transport=transport, timeout=60) as http:
+        response = http.get("http://api.test/")
+    assert len(sent) == 2
+    assert all(request is not response.request for request in sent)
+    assert resilience.DEADLINE_HEADER not in response.request.headers
+    assert response.request.extensions["timeout"] == dict.fromkeys(
+        ("connect", "read", "write", "pool"), 60
+    )
+    for request in sent:
+        assert len(request.headers.get_list(resilience.DEADLINE_HEADER)) == 1
+        assert max(request.extensions["timeout"].values()) <= 10.0  # the attempt timeout
+    first, second = (int(r.headers[resilience.DEADLINE_HEADER]) for r in sent)
+    assert 0 < second <= first <= 30_000
+
+
+@pytest.mark.parametrize("raw_headers", [True, False], ids=["fast", "public-api"])
+def test_a_deadline_header_set_by_the_caller_is_replaced(
+    raw_headers: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One header goes out, with this hop's budget, on httpx's list or through its API."""
+    monkeypatch.setattr(resilience.transport, "_RAW_HEADERS", raw_headers)
+    seen: list[list[str]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get_list(resilience.DEADLINE_HEADER))
+        return httpx.Response(200)
+
+    transport = ResilientTransport(httpx.MockTransport(record), total_timeout=2.0)
+    with httpx.Client(transport=transport) as http:
+        http.get("http://api.test/", headers={resilience.DEADLINE_HEADER: "999999"})
+        http.get("http://api.test/")
+    assert [len(values) for values in seen] == [1, 1]
+    assert all(0 < int(values[0]) <= 2000 for values in seen)
+
+
+def test_httpx_header_storage_is_recognised() -> None:
+    """The installed httpx stores headers as the fast path expects (else it falls back)."""
+    assert resilience.transport._RAW_HEADERS
+
+
+def test_timeouts_within_the_limit_are_sent_as_given() -> None:
+    """Shorter client timeouts are kept; a missing or longer one is clamped to the limit."""
+    seen: list[dict[str, float | None]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200)
+
+    transport = ResilientTransport(
+        httpx.MockTransport(record), attempt_timeout=3.0, send_deadline_header=False
+    )
+    given = {"connect": 1.0, "read": 2.0, "write": 1.0, "pool": 1.0}
+    transport.handle_request(httpx.Request("GET", "http://a.test/", extensions={"timeout": given}))
+    partial = {"connect": 1.0, "read": None}
+    transport.handle_request(
+        httpx.Request("GET", "http://a.test/", extensions={"timeout": partial})
+    )
+    assert seen[0] == given
+    assert seen[1] == {"connect": 1.0, "read": 3.0, "write": 3.0, "pool": 3.0}
+    assert partial == {"connect": 1.0, "read": None}
+
+
 def test_an_expired_deadline_sends_nothing() -> None:
     """With no time left the request is not sent; the error is an httpx timeout too."""
     sent: list[httpx.Request] = []
@@ -391,6 +462,29 @@ def test_default_attempt_timeout_follows_a_shorter_total() -> None:
 
 
 @pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ([("retry", False)], TypeError, "must be a dict"),
+        ({"retires": False}, ValueError, "unknown keys"),
+        ({"retry": "no"}, TypeError, r'\["retry"\] must be True or False'),
+        ({"breaker": 0}, TypeError, r'\["breaker"\] must be True or False'),
+        ({"attempt_timeout": -1}, ValueError, "attempt_timeout"),
+        ({"total_timeout": "5"}, TypeError, "total_timeout"),
+        ({"total_timeout": float("nan")}, ValueError, "total_timeout"),
+    ],
+)
+def test_bad_per_request_overrides(overrides, error, match) -> None:
+    """extensions["resilience"] is checked per request, before anything is sent."""
+    sent: list[httpx.Request] = []
+    transport = ResilientTransport(
+        httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(200))
+    )
+    with httpx.Client(transport=transport) as http, pytest.raises(error, match=match):
+        http.get("http://api.test/", extensions={"resilience": overrides})
+    assert sent == []
+
+
+@pytest.mark.parametrize(
     ("options", "error", "match"),
     [
         ({"attempt_timeout": 5, "total_timeout": 1}, ValueError, "attempt_timeout="),
@@ -444,3 +538,16 @@ def test_failed_response_releases_its_connection_before_the_backoff(server: Live
         release.set()
         first.join(timeout=10)
     assert outcome == [200]
+
+
+def test_a_body_in_memory_settles_the_permit_on_return() -> None:
+    """Nothing can fail while reading a body already in memory: success is recorded at once."""
+    breaker = CircuitBreaker("in-memory")
+    transport = ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok")), breaker=breaker
+    )
+    response = transport.handle_request(httpx.Request("GET", "http://api.test/"))
+    assert breaker.metrics().calls["success"] == 1
+    assert not isinstance(response.stream, resilience.transport._SettlingStream)
+    assert response.read() == b"ok"
+    assert breaker.metrics().calls["success"] == 1
