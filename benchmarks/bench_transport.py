@@ -11,7 +11,11 @@ bare httpx in the same run.
 from __future__ import annotations
 
 import argparse
+import contextvars
+import itertools
 import platform
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +49,62 @@ class MinimalTransport(httpx.BaseTransport):
         return self.inner.handle_request(request)
 
 
+class FloorTransport(httpx.BaseTransport):
+    """The least work a breaker, a budgeted retry and a deadline need, inlined by hand.
+
+    Per request: one origin lookup, one budget deposit, a deadline set in a
+    context variable, the timeouts checked against it, the time left sent as
+    a header on a copy of the request, one locked bucket increment for the
+    breaker's time window, a status check. No per-request options, no
+    permits, no events, no report, no retry loop (nothing fails here). It is
+    not a usable transport: it measures how low a pure-Python pipeline with
+    these three features can go on this benchmark.
+    """
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.origins: dict[tuple[str, bytes, int | None], list[int]] = {}
+        self.lock = threading.Lock()
+        self.deposits = itertools.count()
+        self.deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+            "floor", default=None
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        origin = (url.scheme, url.raw_host, url.port)
+        buckets = self.origins.get(origin)
+        if buckets is None:
+            buckets = self.origins[origin] = [0] * 30
+        next(self.deposits)
+        started = time.monotonic()
+        outer = self.deadline.get()
+        expires = started + 30.0 if outer is None else min(outer, started + 30.0)
+        token = self.deadline.set(expires)
+        try:
+            left = expires - time.monotonic()
+            timeouts = request.extensions.get("timeout") or {}
+            if any(value is None or value > left for value in timeouts.values()):
+                raise NotImplementedError("clamping is not exercised by this benchmark")
+            sent = httpx.Request(
+                request.method,
+                url,
+                headers=request.headers,
+                stream=request.stream,
+                extensions=request.extensions,
+            )
+            sent.headers["x-resilience-deadline-ms"] = str(int(left * 1000))
+            response = self.inner.handle_request(sent)
+            now = time.monotonic()
+            with self.lock:
+                buckets[int(now) % 30] += 1
+            if response.status_code >= 500:
+                raise NotImplementedError("failures are not exercised by this benchmark")
+        finally:
+            self.deadline.reset(token)
+        return response
+
+
 DEFAULT = "resilience: breaker + retry + deadline"
 PARTS: dict[str, dict[str, Any]] = {
     "resilience: retry only": {"breaker": False, "total_timeout": None, "attempt_timeout": None},
@@ -64,6 +124,7 @@ def transports(
     if parts:
         for name, options in PARTS.items():
             rows[name] = resilience.ResilientTransport(inner(), **options)
+        rows["floor: the same three features inlined"] = FloorTransport(inner())
     try:
         import httpx_retries
 

@@ -355,9 +355,26 @@ def test_a_deadline_header_set_by_the_caller_is_replaced(
     assert all(0 < int(values[0]) <= 2000 for values in seen)
 
 
-def test_httpx_header_storage_is_recognised() -> None:
-    """The installed httpx stores headers as the fast path expects (else it falls back)."""
+def test_httpx_internals_used_by_the_fast_paths_are_recognised() -> None:
+    """The installed httpx stores headers and requests as the fast paths expect."""
     assert resilience.transport._RAW_HEADERS
+    assert resilience.transport._PLAIN_REQUESTS
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["fast", "public-api"])
+def test_attempt_copies_carry_the_body(plain: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Either way of copying a request sends the same method, URL, headers and body."""
+    monkeypatch.setattr(resilience.transport, "_PLAIN_REQUESTS", plain)
+    seen: list[tuple[str, str, str, bytes]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, str(request.url), request.headers["x-mine"], request.read()))
+        return httpx.Response(503 if len(seen) == 1 else 200)
+
+    transport = ResilientTransport(httpx.MockTransport(record), retry=fast_retry())
+    with httpx.Client(transport=transport) as http:
+        http.put("http://api.test/a?b=1", content=b"payload", headers={"x-mine": "1"})
+    assert seen == [("PUT", "http://api.test/a?b=1", "1", b"payload")] * 2
 
 
 def test_timeouts_within_the_limit_are_sent_as_given() -> None:
