@@ -113,7 +113,6 @@ class _Pipeline:
         buffer_bodies: bool,
         max_drain_bytes: int,
         send_deadline_header: bool,
-        discard: Callable[[httpx.Response], object],
     ) -> None:
         self.total_timeout = (
             None if total_timeout is None else check_seconds(total_timeout, "total_timeout")
@@ -141,16 +140,14 @@ class _Pipeline:
         self.buffer_bodies = _flag(buffer_bodies, "buffer_bodies")
         self.max_drain_bytes = check_int(max_drain_bytes, "max_drain_bytes", minimum=0)
         self.send_deadline_header = _flag(send_deadline_header, "send_deadline_header")
-        self.retry = self._resolve_retry(retry, discard)
+        self.retry = self._resolve_retry(retry)
         self.breakers = self._resolve_breaker(breaker)
         # Split once here: isinstance on these ABC-derived classes is slow per request.
         self._registry = self.breakers if isinstance(self.breakers, BreakerRegistry) else None
         self._shared_breaker = self.breakers if isinstance(self.breakers, CircuitBreaker) else None
         self._origin_names: dict[tuple[str, bytes, int | None], str] = {}
 
-    def _resolve_retry(
-        self, retry: Retry | bool | None, discard: Callable[[httpx.Response], object]
-    ) -> Retry | None:
+    def _resolve_retry(self, retry: Retry | bool | None) -> Retry | None:
         if retry is None or retry is True:
             # Polly's standard HTTP handler: 3 retries, exponential with jitter
             # (base 2 s there; 0.2 s here, for service-to-service calls), Retry-After honoured.
@@ -161,7 +158,6 @@ class _Pipeline:
                 retry_if_result=lambda response: response.status_code in self.retry_statuses,
                 budget=RetryBudget("http"),
                 max_retry_after=30.0,
-                discard_result=discard,
                 name="http",
             )
         if retry is False:
@@ -209,10 +205,11 @@ class _Pipeline:
                 f"known: {sorted(_OVERRIDES)}"
             )
         for key in ("retry", "breaker"):
-            if key in overrides and not isinstance(overrides[key], bool):
+            value = overrides.get(key)
+            if value is not None and not isinstance(value, bool):
                 raise TypeError(
-                    f'request.extensions["resilience"]["{key}"] must be True or False, '
-                    f"got {overrides[key]!r}"
+                    f'request.extensions["resilience"]["{key}"] must be True, False or None '
+                    f"(the transport's setting), got {value!r}"
                 )
         for key in ("total_timeout", "attempt_timeout"):
             if overrides.get(key) is not None:
@@ -342,20 +339,26 @@ def _shallow_copy(request: httpx.Request) -> httpx.Request:
     costs three times more, so it is used only if this httpx's requests carry
     other attributes than those copied here (checked once, on a probe request).
     """
-    if not _PLAIN_REQUESTS:
-        return httpx.Request(
+    if _PLAIN_REQUESTS:
+        copied: httpx.Request = object.__new__(httpx.Request)
+        copied.method = request.method
+        copied.url = request.url
+        copied.headers = request.headers
+        copied.extensions = request.extensions
+        copied.stream = request.stream
+    else:
+        copied = httpx.Request(
             request.method,
             request.url,
             headers=request.headers,
             stream=request.stream,
             extensions=request.extensions,
         )
-    copied: httpx.Request = object.__new__(httpx.Request)
-    copied.method = request.method
-    copied.url = request.url
-    copied.headers = request.headers
-    copied.extensions = request.extensions
-    copied.stream = request.stream
+    # A body already read stays readable as .content; a stream not read yet
+    # (or a one-shot one) is read from the shared stream when sent.
+    content = getattr(request, "_content", None)
+    if content is not None:
+        copied._content = content
     return copied
 
 
@@ -492,7 +495,6 @@ def _configure(
     options: dict[str, Any],
     base: type,
     default: Callable[..., Any],
-    discard: Callable[[httpx.Response], object],
 ) -> tuple[Any, _Pipeline]:
     """Split options into pipeline settings and inner-transport arguments; build both."""
     config = {key: options.pop(key) for key in list(options) if key in _DEFAULTS}
@@ -503,7 +505,7 @@ def _configure(
     if transport is not None and not isinstance(transport, base):
         raise TypeError(f"transport= must be an httpx.{base.__name__}, got {transport!r}")
     inner = transport if transport is not None else default(**options)
-    return inner, _Pipeline(**_with_defaults(config), discard=discard)
+    return inner, _Pipeline(**_with_defaults(config))
 
 
 class _Configured:
@@ -561,7 +563,7 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
     def __init__(self, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
         self._inner: httpx.BaseTransport
         self._inner, self._pipeline = _configure(
-            transport, options, httpx.BaseTransport, httpx.HTTPTransport, self._discard
+            transport, options, httpx.BaseTransport, httpx.HTTPTransport
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -583,13 +585,8 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
 
         token, deadline = pipeline.enter(options, clock)
         # A failed response that will be retried is drained or closed before
-        # the wait, so it never holds its pooled connection through a backoff
-        # (the default retry has the hook built in; a retry given by the user gets it here).
-        discarding = (
-            None
-            if retry is None or retry.discard_result is not None
-            else _discard_for_this_call.set(self._discard)
-        )
+        # the wait, so it never holds its pooled connection through a backoff.
+        discarding = None if retry is None else _discard_for_this_call.set(self._discard)
         try:
             response = retry.call(attempt) if retry is not None else attempt()
         except Exception as exc:
@@ -663,7 +660,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         self._inner: httpx.AsyncBaseTransport
         self._inner, self._pipeline = _configure(
-            transport, options, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport, self._discard
+            transport, options, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -684,11 +681,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
             return await self._attempt(pipeline.prepare(request, options, deadline), breaker)
 
         token, deadline = pipeline.enter(options, clock)
-        discarding = (
-            None
-            if retry is None or retry.discard_result is not None
-            else _discard_for_this_call.set(self._discard)
-        )
+        discarding = None if retry is None else _discard_for_this_call.set(self._discard)
         try:
             response = await (retry.acall(attempt) if retry is not None else attempt())
         except Exception as exc:

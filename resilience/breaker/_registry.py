@@ -52,21 +52,20 @@ class BreakerRegistry:
         for an existing breaker with different overrides is a `ValueError`:
         its settings cannot change after creation.
         """
-        # A hit takes no lock: dict lookup and move_to_end are single C calls
-        # (atomic under the GIL); eviction walks a snapshot, never the live dict.
-        breaker = self._breakers.get(name)
-        if breaker is None:
-            return self._create(name, overrides)
+        self._lock.acquire()
         try:
-            self._breakers.move_to_end(name)
-        except KeyError:  # evicted or removed just now by another thread
-            return self._create(name, overrides)
-        if overrides and overrides != self._overrides.get(name, {}):
-            raise ValueError(
-                f"breaker {name!r} already exists with other settings; "
-                f"settings apply only when a breaker is created"
-            )
-        return breaker
+            breaker = self._breakers.get(name)
+            if breaker is not None:
+                self._breakers.move_to_end(name)
+                if overrides and overrides != self._overrides.get(name, {}):
+                    raise ValueError(
+                        f"breaker {name!r} already exists with other settings; "
+                        f"settings apply only when a breaker is created"
+                    )
+                return breaker
+        finally:
+            self._lock.release()
+        return self._create(name, overrides)
 
     def _create(self, name: str, overrides: dict[str, Any]) -> CircuitBreaker:
         created = CircuitBreaker(name, **{**self.defaults, **overrides})
@@ -92,7 +91,7 @@ class BreakerRegistry:
         `keep` (the breaker being added) is never the victim.
         """
         victim = ""
-        for name, breaker in list(self._breakers.items()):  # least recently used first
+        for name, breaker in self._breakers.items():  # least recently used first
             if name == keep:
                 continue
             victim = victim or name

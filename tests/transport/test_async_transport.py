@@ -142,3 +142,41 @@ async def test_async_attempts_send_copies_and_in_memory_bodies_settle_at_once() 
     assert resilience.DEADLINE_HEADER in sent[0].headers
     assert resilience.DEADLINE_HEADER not in request.headers
     assert await response.aread() == b"ok"
+
+
+async def test_a_sync_transports_retry_serves_an_async_transport() -> None:
+    """One Retry shared by a sync and an async transport discards with the right hook."""
+    calls = 0
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(503 if calls == 1 else 200, content=b"body")
+
+    sync = resilience.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200)), retry=fast_retry()
+    )
+    assert sync.retry is not None
+    transport = AsyncResilientTransport(httpx.MockTransport(flaky), retry=sync.retry)
+    async with httpx.AsyncClient(transport=transport) as http:
+        response = await http.post(
+            "http://api.test/", content=b"x", extensions={"resilience": {"retry": True}}
+        )
+    assert response.status_code == 200
+    assert response.extensions["resilience"]["attempts"] == 2
+
+
+async def test_async_inner_transport_can_read_request_content() -> None:
+    """Every attempt's copy keeps a body built in memory readable as request.content."""
+    seen: list[bytes] = []
+
+    class Signing(httpx.AsyncBaseTransport):  # reads .content first, as signing transports do
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request.content)
+            return httpx.Response(503 if len(seen) == 1 else 200)
+
+    transport = AsyncResilientTransport(Signing(), retry=fast_retry())
+    async with httpx.AsyncClient(transport=transport) as http:
+        response = await http.put("http://api.test/", json={"a": 1})
+    assert response.status_code == 200
+    assert seen == [b'{"a":1}', b'{"a":1}']

@@ -483,8 +483,8 @@ def test_default_attempt_timeout_follows_a_shorter_total() -> None:
     [
         ([("retry", False)], TypeError, "must be a dict"),
         ({"retires": False}, ValueError, "unknown keys"),
-        ({"retry": "no"}, TypeError, r'\["retry"\] must be True or False'),
-        ({"breaker": 0}, TypeError, r'\["breaker"\] must be True or False'),
+        ({"retry": "no"}, TypeError, r'\["retry"\] must be True, False or None'),
+        ({"breaker": 0}, TypeError, r'\["breaker"\] must be True, False or None'),
         ({"attempt_timeout": -1}, ValueError, "attempt_timeout"),
         ({"total_timeout": "5"}, TypeError, "total_timeout"),
         ({"total_timeout": float("nan")}, ValueError, "total_timeout"),
@@ -499,6 +499,66 @@ def test_bad_per_request_overrides(overrides, error, match) -> None:
     with httpx.Client(transport=transport) as http, pytest.raises(error, match=match):
         http.get("http://api.test/", extensions={"resilience": overrides})
     assert sent == []
+
+
+def test_none_overrides_mean_the_transports_setting() -> None:
+    """{"retry": None, "breaker": None, "attempt_timeout": None} changes nothing."""
+    calls = 0
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(503 if calls == 1 else 200)
+
+    transport = ResilientTransport(httpx.MockTransport(flaky), retry=fast_retry())
+    overrides = {"retry": None, "breaker": None, "attempt_timeout": None}
+    with httpx.Client(transport=transport) as http:
+        response = http.get("http://api.test/", extensions={"resilience": overrides})
+    assert response.status_code == 200
+    assert response.extensions["resilience"]["attempts"] == 2
+    assert response.extensions["resilience"]["breaker"] == "http://api.test:80"
+
+
+@pytest.mark.parametrize("body", [{"content": b"hello"}, {"json": {"a": 1}}], ids=["bytes", "json"])
+def test_the_inner_transport_can_read_request_content(body: dict[str, object]) -> None:
+    """A body built in memory is readable as request.content on every attempt's copy."""
+    seen: list[bytes] = []
+
+    class Signing(httpx.BaseTransport):  # reads .content first, as signing transports do
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request.content)
+            return httpx.Response(503 if len(seen) == 1 else 200)
+
+    transport = ResilientTransport(Signing(), retry=fast_retry())
+    with httpx.Client(transport=transport) as http:
+        built = http.build_request("PUT", "http://api.test/", **body)  # type: ignore[arg-type]
+        assert http.send(built).status_code == 200
+    assert seen == [built.content, built.content]
+
+
+def test_a_transports_default_retry_can_serve_another_transport() -> None:
+    """Reusing transport.retry elsewhere closes the other transport's failed responses."""
+    closed: list[bool] = []
+
+    class Tracked(httpx.ByteStream):
+        def close(self) -> None:
+            closed.append(True)
+
+    calls = 0
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(503 if calls == 1 else 200, stream=Tracked(b"x" * 10))
+
+    first = ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200)), retry=fast_retry()
+    )
+    assert first.retry is not None
+    second = ResilientTransport(httpx.MockTransport(flaky), retry=first.retry, breaker=False)
+    with httpx.Client(transport=second) as http:
+        assert http.get("http://api.test/").status_code == 200
+    assert closed[:1] == [True]  # the 503 was closed before the retry
 
 
 @pytest.mark.parametrize(
