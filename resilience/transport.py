@@ -491,10 +491,7 @@ def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _configure(
-    transport: Any,
-    options: dict[str, Any],
-    base: type,
-    default: Callable[..., Any],
+    transport: Any, options: dict[str, Any], base: type, default: Callable[..., Any]
 ) -> tuple[Any, _Pipeline]:
     """Split options into pipeline settings and inner-transport arguments; build both."""
     config = {key: options.pop(key) for key in list(options) if key in _DEFAULTS}

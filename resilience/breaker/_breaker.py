@@ -126,10 +126,7 @@ class Permit:
 
     def record_success(self) -> None:
         """Settle as a success."""
-        if self.settled:
-            self._breaker._settle(self, _SUCCESS)  # raises: settled twice
-        self.settled = True
-        self._breaker._record(self.epoch, self.start, self.probe, _SUCCESS)
+        self._breaker._settle(self, _SUCCESS)
 
     def record_failure(self) -> None:
         """Settle as a failure."""
