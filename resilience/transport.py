@@ -141,10 +141,10 @@ class _Pipeline:
         self.max_drain_bytes = check_int(max_drain_bytes, "max_drain_bytes", minimum=0)
         self.send_deadline_header = _flag(send_deadline_header, "send_deadline_header")
         self.retry = self._resolve_retry(retry)
-        self.breakers = self._resolve_breaker(breaker)
         # Split once here: isinstance on these ABC-derived classes is slow per request.
-        self._registry = self.breakers if isinstance(self.breakers, BreakerRegistry) else None
-        self._shared_breaker = self.breakers if isinstance(self.breakers, CircuitBreaker) else None
+        resolved = self._resolve_breaker(breaker)
+        self._registry = resolved if isinstance(resolved, BreakerRegistry) else None
+        self._shared_breaker = resolved if isinstance(resolved, CircuitBreaker) else None
         self._origin_names: dict[tuple[str, bytes, int | None], str] = {}
 
     def _resolve_retry(self, retry: Retry | bool | None) -> Retry | None:
@@ -188,6 +188,11 @@ class _Pipeline:
                 f"got {breaker!r}"
             )
         return breaker
+
+    @property
+    def breakers(self) -> CircuitBreaker | BreakerRegistry | None:
+        """The registry of per-origin breakers, the one shared breaker, or None."""
+        return self._registry if self._registry is not None else self._shared_breaker
 
     # -- per request ---------------------------------------------------------------
 
@@ -308,6 +313,20 @@ class _Pipeline:
             sent.headers = httpx.Headers(request.headers)
             _put_header(sent.headers, _DEADLINE_KEY, header)
         return sent
+
+    def settled_by_headers(self, permit: Permit, response: httpx.Response) -> bool:
+        """Settle `permit` from a response's status, unless its body can still fail.
+
+        A failure status settles as a failure; a success whose body is already
+        in memory as a success. Otherwise (False) the body stream must settle it.
+        """
+        if self.failure_status(response.status_code):
+            permit.record_failure()
+        elif response.is_closed or isinstance(response.stream, httpx.ByteStream):
+            permit.record_success()  # the body is in memory: nothing left to fail
+        else:
+            return False
+        return True
 
     def report(
         self,
@@ -610,13 +629,8 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         except BaseException as exc:
             _settle_exception(permit, exc)
             raise
-        if permit is not None:
-            if self._pipeline.failure_status(response.status_code):
-                permit.record_failure()
-            elif response.is_closed or isinstance(response.stream, httpx.ByteStream):
-                permit.record_success()  # the body is in memory: nothing left to fail
-            else:
-                response.stream = _SettlingStream(response.stream, permit)  # type: ignore[arg-type]
+        if permit is not None and not self._pipeline.settled_by_headers(permit, response):
+            response.stream = _SettlingStream(response.stream, permit)  # type: ignore[arg-type]
         return response
 
     def _discard(self, response: httpx.Response) -> None:
@@ -707,13 +721,8 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         except BaseException as exc:
             _settle_exception(permit, exc)
             raise
-        if permit is not None:
-            if self._pipeline.failure_status(response.status_code):
-                permit.record_failure()
-            elif response.is_closed or isinstance(response.stream, httpx.ByteStream):
-                permit.record_success()  # the body is in memory: nothing left to fail
-            else:
-                response.stream = _AsyncSettlingStream(response.stream, permit)  # type: ignore[arg-type]
+        if permit is not None and not self._pipeline.settled_by_headers(permit, response):
+            response.stream = _AsyncSettlingStream(response.stream, permit)  # type: ignore[arg-type]
         return response
 
     async def _discard(self, response: httpx.Response) -> None:
