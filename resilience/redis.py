@@ -5,29 +5,26 @@ shared = resilience.redis.RedisSharedState("redis://127.0.0.1:6379/0").start()
 breaker = shared.attach(resilience.CircuitBreaker("payments", consecutive_failures=5))
 ```
 
-Design (see docs/guide/redis.md):
+The protocol (what Redis holds, who changes it, what a process does on
+attach, resubscribe, fault and return, and the invariants the tests check)
+is written down in docs/guide/redis.md, section "Protocol"; this module
+follows it. In short:
 
-- The call path never touches Redis. Each process keeps its breakers local;
-  a background thread reads their outcome counters every `flush_interval`
-  (or sooner, once `batch_size` outcomes have piled up) and adds them to
-  per-second buckets in Redis: one atomic Lua script per breaker, all of
-  them in one pipelined round trip.
-- The script also decides the *fleet* trip (consecutive failures, failure
-  rate over the window) and stores the fleet state; every transition, from
-  the script or from any process's own breaker, is published on a pub/sub
-  channel, and every process applies it to its local breaker within
-  milliseconds.
-- Half-open probes are granted by Redis (an atomic counter with an expiry),
-  so the fleet sends at most `half_open_max_calls` probes, and a process
-  that crashes mid-probe cannot keep the fleet half-open.
+- The call path never touches Redis, except to ask for a half-open probe
+  slot. A background thread (or two asyncio tasks) sends, every
+  `flush_interval`, one pipelined round trip: the transitions this process
+  decided, the outcomes of its fleet probes, and per breaker name the
+  outcomes that entered its windows. Every script answers with the fleet
+  state, which the process applies (so a lost pub/sub message costs at
+  most one flush interval); pub/sub brings transitions within milliseconds.
+- The fleet trips on the failure rate of its pooled window; the
+  consecutive-failure and slow-call rules are each process's own, and a
+  local trip opens the fleet.
+- Half-open is decided fleet-wide: `half_open_max_calls` probe slots per
+  fleet open period, each returned when its probe settles in any way, and
+  one decision from their outcomes.
 - Fail-local: if Redis is down or slow, breakers go on with their local
-  state; faults are counted and logged, the thread reconnects with backoff,
-  and outcomes seen meanwhile are flushed when Redis is back. No call fails
-  or waits because of Redis (a probe grant waits at most `socket_timeout`).
-- Clients: a URL or a `redis.Redis` runs the background work on two daemon
-  threads (`start()`); a `redis.asyncio.Redis` runs it as two tasks on the
-  running event loop (`await astart()`), and async callers await their
-  probe grants instead of blocking the loop.
+  state; no call fails or waits longer than `socket_timeout` because of it.
 """
 
 from __future__ import annotations
@@ -42,109 +39,252 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis as redis_lib
 import redis.asyncio as aredis
 
 from ._counter import peek
+from ._outcome import Outcome
 from ._state import State
 from ._validate import check_int, check_seconds, check_string
 from .breaker import CircuitBreaker
 from .events import Event, StateChanged
 
+if TYPE_CHECKING:
+    from ._clock import Clock
+
 __all__ = ["RedisSharedState"]
 
 _log = logging.getLogger("resilience.redis")
 
-# KEYS: state, bucket prefix, probes. ARGV: successes, failures, bucket_ms,
-# window_buckets, minimum_calls, rate (-1: off), consecutive (-1: off),
-# open_ms, ttl_ms, channel, name.
-_FLUSH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local s, f = tonumber(ARGV[1]), tonumber(ARGV[2])
-local bucket_ms, window = tonumber(ARGV[3]), tonumber(ARGV[4])
-local ttl = tonumber(ARGV[9])
-local index = math.floor(now / bucket_ms)
+#: Open durations sent to Redis, for consecutive fleet openings 1.._OPENINGS (then the last).
+_OPENINGS = 32
+
+_PRELUDE = """
+local S, SLOTS, WINDOW = KEYS[1], KEYS[2], KEYS[3]
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local N, ttl = tonumber(ARGV[4]), tonumber(ARGV[12])
+
+local function num(field)
+  return tonumber(redis.call('HGET', S, field) or '0')
+end
+
+local function known()
+  return redis.call('EXISTS', S) == 1 and redis.call('HGET', S, 'config') == ARGV[2]
+end
+
+local function ensure()
+  if redis.call('EXISTS', S) == 0 then
+    redis.call('HSET', S, 'inc', now .. '-' .. ARGV[16], 'epoch', 0, 'state', 'closed',
+      'until', 0, 'openings', 0, 'ok', 0, 'fail', 0, 'slow', 0, 'config', ARGV[2])
+    redis.call('DEL', SLOTS)
+  elseif redis.call('HGET', S, 'config') ~= ARGV[2] then
+    return false
+  end
+  redis.call('PEXPIRE', S, ttl)
+  return true
+end
+
+local function status(code)
+  local v = redis.call('HMGET', S, 'inc', 'epoch', 'state', 'until', 'openings', 'ok', 'fail')
+  local phase, remaining, free = v[3], 0, 0
+  if phase == 'open' then
+    remaining = math.max(tonumber(v[4]) - now, 0)
+    if remaining == 0 then
+      phase = 'half_open'
+      free = math.max(N - redis.call('ZCARD', SLOTS) - tonumber(v[6]) - tonumber(v[7]), 0)
+    end
+  end
+  return {code, v[1], tonumber(v[2]), phase, remaining, tonumber(v[5]), free}
+end
+
+local function transition(to, reason, open_ms)
+  if to == 'open' then
+    local openings = num('openings') + 1
+    if open_ms == nil or open_ms < 0 then
+      local durations = cjson.decode(ARGV[3])
+      open_ms = durations[math.min(openings, #durations)]
+    end
+    redis.call('HSET', S, 'state', 'open', 'until', now + open_ms, 'openings', openings)
+  else
+    redis.call('HSET', S, 'state', 'closed', 'until', 0, 'openings', 0)
+    local index = math.floor(now / tonumber(ARGV[11]))
+    for i = 0, tonumber(ARGV[10]) - 1 do redis.call('DEL', WINDOW .. ':' .. (index - i)) end
+  end
+  redis.call('HINCRBY', S, 'epoch', 1)
+  redis.call('HSET', S, 'ok', 0, 'fail', 0, 'slow', 0, 'reason', reason)
+  redis.call('DEL', SLOTS)
+  local s = status('event')
+  redis.call('PUBLISH', ARGV[13], cjson.encode({name = ARGV[14], origin = ARGV[15],
+    inc = s[2], epoch = s[3], phase = s[4], remaining = s[5], openings = s[6],
+    reason = reason}))
+end
+
+-- A probe slot past its lease: the fleet reopens (half_open_max_wait) or frees it.
+local function expire_slots()
+  if redis.call('HGET', S, 'state') ~= 'open' then return end
+  if #redis.call('ZRANGEBYSCORE', SLOTS, '-inf', now, 'LIMIT', 0, 1) == 0 then return end
+  if tonumber(ARGV[5]) >= 0 then
+    transition('open', 'half_open_max_wait')
+  else
+    redis.call('ZREMRANGEBYSCORE', SLOTS, '-inf', now)
+  end
+end
+"""
+
+# ARGV 17, 18: successes, failures that entered this process's windows since its last flush.
+_FLUSH = (
+    _PRELUDE
+    + """
+if not ensure() then return {'mismatch', redis.call('HGET', S, 'config')} end
+local s, f = tonumber(ARGV[17]), tonumber(ARGV[18])
+local index = math.floor(now / tonumber(ARGV[11]))
 if s + f > 0 then
-  local key = KEYS[2] .. ':' .. index
+  local key = WINDOW .. ':' .. index
   if s > 0 then redis.call('HINCRBY', key, 's', s) end
   if f > 0 then redis.call('HINCRBY', key, 'f', f) end
   redis.call('PEXPIRE', key, ttl)
 end
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-local streak = tonumber(redis.call('HGET', KEYS[1], 'streak') or '0')
-if s > 0 then streak = 0 end
-streak = streak + f
-local calls, fails = 0, 0
-for i = 0, window - 1 do
-  local v = redis.call('HMGET', KEYS[2] .. ':' .. (index - i), 's', 'f')
-  local bs, bf = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-  calls = calls + bs + bf
-  fails = fails + bf
-end
-local opened = 0
-if state ~= 'open' or tonumber(redis.call('HGET', KEYS[1], 'until') or '0') <= now then
-  local rate, consecutive = tonumber(ARGV[6]), tonumber(ARGV[7])
-  local by_streak = consecutive > 0 and streak >= consecutive
-  local by_rate = rate > 0 and calls >= tonumber(ARGV[5]) and calls > 0 and fails / calls >= rate
-  if state ~= 'open' and (by_streak or by_rate) then
-    local open_ms = tonumber(ARGV[8])
-    redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + open_ms, 'streak', 0)
-    redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-    redis.call('DEL', KEYS[3])
-    redis.call('PUBLISH', ARGV[10], cjson.encode({name = ARGV[11], state = 'open',
-      open_ms = open_ms, origin = 'redis'}))
-    opened = 1
-    streak = 0
+expire_slots()
+local rate = tonumber(ARGV[7])
+if rate > 0 and s + f > 0 and redis.call('HGET', S, 'state') == 'closed' then
+  local calls, fails = 0, 0
+  for i = 0, tonumber(ARGV[10]) - 1 do
+    local v = redis.call('HMGET', WINDOW .. ':' .. (index - i), 's', 'f')
+    local bf = tonumber(v[2] or '0')
+    calls = calls + tonumber(v[1] or '0') + bf
+    fails = fails + bf
+  end
+  if calls >= tonumber(ARGV[8]) and calls > 0 and fails / calls >= rate then
+    transition('open', 'failure_rate')
   end
 end
-redis.call('HSET', KEYS[1], 'streak', streak)
-redis.call('PEXPIRE', KEYS[1], ttl)
-return {opened, calls, fails}
+return status('ok')
 """
+)
 
-# KEYS: state, probes. ARGV: to ('open'|'closed'), open_ms, ttl_ms, channel, name, origin.
-_REPORT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-local fleet_open = state == 'open' and tonumber(redis.call('HGET', KEYS[1], 'until') or '0') > now
-if ARGV[1] == 'open' then
-  if fleet_open then return 0 end
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[2]), 'streak', 0)
-else
-  if state == 'closed' then return 0 end
-  redis.call('HSET', KEYS[1], 'state', 'closed', 'streak', 0)
+# ARGV 17: 'open' | 'closed'; 18, 19: the fleet (incarnation, epoch) the reporter knew;
+# 20: open milliseconds (-1: the fleet's own open_duration); 21: reason.
+_REPORT = (
+    _PRELUDE
+    + """
+if not ensure() then return {'mismatch', redis.call('HGET', S, 'config')} end
+expire_slots()
+local state = redis.call('HGET', S, 'state')
+if ARGV[17] == 'open' then
+  if state ~= 'open' then transition('open', ARGV[21], tonumber(ARGV[20])) end
+elseif state == 'open' and redis.call('HGET', S, 'inc') == ARGV[18]
+    and num('epoch') == tonumber(ARGV[19]) then
+  transition('closed', ARGV[21])
 end
-redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[4], cjson.encode({name = ARGV[5], state = ARGV[1],
-  open_ms = tonumber(ARGV[2]), origin = ARGV[6]}))
-return 1
+return status('ok')
 """
+)
 
-# KEYS: probes. ARGV: limit, ttl_ms.
-_PROBE = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
-if n > tonumber(ARGV[1]) then return 0 end
-return 1
+# ARGV 17: slot id; 18, 19: the fleet (incarnation, epoch) the asker knows.
+_PROBE = (
+    _PRELUDE
+    + """
+if not known() then return {'unknown'} end
+expire_slots()
+local v = redis.call('HMGET', S, 'state', 'until', 'inc', 'epoch', 'ok', 'fail')
+if v[1] == 'closed' then
+  if v[3] == ARGV[18] and tonumber(v[4]) > tonumber(ARGV[19]) then return status('closed') end
+  return {'unknown'}
+end
+if tonumber(v[2]) > now then return status('open') end
+if redis.call('ZCARD', SLOTS) + tonumber(v[5]) + tonumber(v[6]) >= N then
+  return status('full')
+end
+local lease = tonumber(ARGV[5])
+if lease < 0 then lease = tonumber(ARGV[6]) end
+redis.call('ZADD', SLOTS, now + lease, ARGV[17])
+redis.call('PEXPIRE', SLOTS, ttl)
+return status('granted')
 """
+)
+
+# ARGV 17: slot id; 18, 19: the fleet (incarnation, epoch) of the grant;
+# 20: 's' | 'f' | 'i' (returned unused); 21: '1' if the probe was slow.
+_SETTLE = (
+    _PRELUDE
+    + """
+if not known() then return {'unknown'} end
+local removed = redis.call('ZREM', SLOTS, ARGV[17])
+local v = redis.call('HMGET', S, 'inc', 'epoch', 'state')
+if removed == 1 and ARGV[20] ~= 'i' and v[1] == ARGV[18]
+    and tonumber(v[2]) == tonumber(ARGV[19]) and v[3] == 'open' then
+  if ARGV[20] == 's' then redis.call('HINCRBY', S, 'ok', 1)
+  else redis.call('HINCRBY', S, 'fail', 1) end
+  if ARGV[21] == '1' then redis.call('HINCRBY', S, 'slow', 1) end
+  local ok, fail = num('ok'), num('fail')
+  local calls = ok + fail
+  if calls >= N then
+    local rate, slow_rate = tonumber(ARGV[7]), tonumber(ARGV[9])
+    local failed
+    if rate < 0 then failed = fail > 0 else failed = fail / calls >= rate end
+    if failed then
+      transition('open', 'probes_failed')
+    elseif slow_rate >= 0 and num('slow') / calls >= slow_rate then
+      transition('open', 'probes_slow')
+    else
+      transition('closed', 'probes_succeeded')
+    end
+  end
+end
+expire_slots()
+return status('ok')
+"""
+)
 
 
-class _Attached:
-    """One breaker's bookkeeping: outcomes already flushed, transitions to report."""
+_OUTCOME_CODES = {Outcome.SUCCESS: "s", Outcome.FAILURE: "f", Outcome.IGNORED: "i"}
+
+
+class _Grant:
+    """A fleet probe slot: which slot, in which fleet (incarnation, epoch)."""
+
+    __slots__ = ("epoch", "incarnation", "name", "slot")
+
+    def __init__(self, name: str, slot: str, incarnation: str, epoch: int) -> None:
+        self.name = name
+        self.slot = slot
+        self.incarnation = incarnation
+        self.epoch = epoch
+
+    def __repr__(self) -> str:
+        return f"<fleet probe {self.name!r} epoch={self.epoch}>"
+
+
+class _Member:
+    """One attached breaker and the window outcomes of it already flushed."""
 
     __slots__ = ("breaker", "flushed_failures", "flushed_successes")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.breaker = breaker
-        calls = breaker.metrics().calls
-        self.flushed_successes = calls["success"]
-        self.flushed_failures = calls["failure"]
+        self.flushed_successes, self.flushed_failures = breaker.window_totals()
+
+
+class _Fleet:
+    """This process's view of one shared breaker name."""
+
+    __slots__ = ("args", "config", "known", "members", "mismatched", "name")
+
+    def __init__(self, name: str, config: str, args: list[Any]) -> None:
+        self.name = name
+        self.config = config
+        self.args = args
+        self.members: list[_Member] = []
+        #: The newest fleet (incarnation, epoch) applied here, or None.
+        self.known: tuple[str, int] | None = None
+        #: The fleet's settings when they differ from ours (we then run locally).
+        self.mismatched: str | None = None
 
 
 class RedisSharedState:
@@ -154,7 +294,8 @@ class RedisSharedState:
         url: A redis URL (`redis://`, `rediss://` for TLS; user and password
             in the URL for auth).
         prefix: Namespace of every key and of the channel.
-        flush_interval: Seconds between two flushes of the outcome counters.
+        flush_interval: Seconds between two flushes (outcomes out, fleet
+            state in); also the retry interval while Redis is unreachable.
         batch_size: Flush sooner once this many outcomes are waiting.
         bucket_seconds: Resolution of the fleet window in Redis.
         socket_timeout: The longest a Redis command may take (probe grants
@@ -162,6 +303,8 @@ class RedisSharedState:
         client: A `redis.Redis` to use instead of one built from `url`, or a
             `redis.asyncio.Redis`: then start with `await astart()` from the
             event loop the client belongs to.
+        clock: Tests only: fleet time from this clock (every member must
+            share it) instead of the Redis server's `TIME`.
     """
 
     def __init__(
@@ -174,12 +317,16 @@ class RedisSharedState:
         bucket_seconds: float = 1.0,
         socket_timeout: float = 0.05,
         client: Any = None,
+        clock: Clock | None = None,
     ) -> None:
         self.prefix = check_string(prefix, "prefix")
         self.flush_interval = check_seconds(flush_interval, "flush_interval")
         self.batch_size = check_int(batch_size, "batch_size")
         self.bucket_seconds = check_seconds(bucket_seconds, "bucket_seconds")
         self.socket_timeout = check_seconds(socket_timeout, "socket_timeout")
+        if clock is not None and not callable(getattr(clock, "monotonic", None)):
+            raise TypeError(f"clock= must have a monotonic() method, got {clock!r}")
+        self._clock = clock
         if client is None:
             url = check_string(url, "url")
             client = redis_lib.Redis.from_url(
@@ -199,30 +346,53 @@ class RedisSharedState:
         self._flush_script: Any = client.register_script(_FLUSH)
         self._report_script: Any = client.register_script(_REPORT)
         self._probe_script: Any = client.register_script(_PROBE)
+        self._settle_script: Any = client.register_script(_SETTLE)
         self.channel = f"{self.prefix}:breaker-events"
-        #: This process's identity on the channel (its own messages are ignored).
+        #: This process's identity on the channel.
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
-        self._attached: dict[str, list[_Attached]] = {}
-        self._reports: deque[tuple[str, str, float]] = deque()
+        self._fleets: dict[str, _Fleet] = {}
+        # (name, to, open seconds or -1, reason, known) and (name, grant, outcome code, slow):
+        # sent in order by the flush loop; kept until Redis has them.
+        self._reports: deque[tuple[str, str, float, str, tuple[str, int] | None]] = deque()
+        self._settles: deque[tuple[str, _Grant, str, bool]] = deque()
+        self._slots = itertools.count()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._faults: itertools.count[int] = itertools.count()
         self._flushes: itertools.count[int] = itertools.count()
         self._received: itertools.count[int] = itertools.count()
+        self._subscriptions: itertools.count[int] = itertools.count()
         self._last_fault_log = 0.0
 
     # -- wiring --------------------------------------------------------------------
 
     def attach(self, breaker: CircuitBreaker) -> CircuitBreaker:
-        """Share `breaker` (by its name) with the fleet; return it."""
+        """Share `breaker` (by its name) with the fleet; return it.
+
+        Every breaker of one name, in this process and the others, must have
+        the same settings; a process whose settings differ from the fleet's
+        runs that breaker locally and logs an error (see the guide).
+        """
         if not isinstance(breaker, CircuitBreaker):
             raise TypeError(f"attach() takes a CircuitBreaker, got {breaker!r}")
+        config, args = self._fleet_args(breaker)
         with self._lock:
-            self._attached.setdefault(breaker.name, []).append(_Attached(breaker))
+            fleet = self._fleets.get(breaker.name)
+            if fleet is None:
+                fleet = self._fleets[breaker.name] = _Fleet(breaker.name, config, args)
+            elif fleet.config != config:
+                raise ValueError(
+                    f"breaker {breaker.name!r} is already attached here with other settings "
+                    f"({fleet.config} != {config}): same-named breakers must agree"
+                )
+            if any(member.breaker is breaker for member in fleet.members):
+                return breaker
+            fleet.members.append(_Member(breaker))
         breaker.share(self)
         breaker.events.subscribe(self._on_event)
+        self._notify()  # learn the fleet's state now (an open fleet rejects at once)
         return breaker
 
     def start(self) -> RedisSharedState:
@@ -263,32 +433,51 @@ class RedisSharedState:
         if tasks:
             await asyncio.wait(tasks, timeout=5)
 
-    # -- the breaker's question ------------------------------------------------------
+    # -- the breaker's questions ----------------------------------------------------
 
-    def grant_probe(self, breaker: CircuitBreaker) -> bool | None:
-        """Ask Redis for one of the fleet's `half_open_max_calls` probe slots."""
+    def grant_probe(self, breaker: CircuitBreaker) -> object:
+        """Ask Redis for one of the fleet's `half_open_max_calls` probe slots.
+
+        Returns a fleet slot, False (none free, or the fleet is still open),
+        True (the fleet has closed: the call goes ahead), or None (unknown:
+        the breaker decides locally).
+        """
         if self._is_async:
             return self._grant_from_thread(breaker)
+        request = self._probe_request(breaker)
+        if request is None:
+            return None
         try:
-            granted = self._probe_script(**self._probe_request(breaker))
+            reply = self._probe_script(**request[1])
         except redis_lib.RedisError as error:
+            self._return_slot(breaker.name, request[0])
             self._fault("grant a probe", error)
             return None  # unknown: the breaker decides locally
-        return bool(granted)
+        except BaseException:
+            self._return_slot(breaker.name, request[0])
+            raise
+        return self._granted(breaker.name, request[0], reply)
 
-    async def agrant_probe(self, breaker: CircuitBreaker) -> bool | None:
+    async def agrant_probe(self, breaker: CircuitBreaker) -> object:
         """`grant_probe` for async callers; waits at most `socket_timeout`."""
         if not self._is_async or asyncio.get_running_loop() is not self._loop:
             return self.grant_probe(breaker)
+        request = self._probe_request(breaker)
+        if request is None:
+            return None
         try:
             async with asyncio.timeout(self.socket_timeout):
-                granted = await self._probe_script(**self._probe_request(breaker))
+                reply = await self._probe_script(**request[1])
         except (redis_lib.RedisError, OSError) as error:
+            self._return_slot(breaker.name, request[0])
             self._fault("grant a probe", error)
             return None
-        return bool(granted)
+        except BaseException:  # cancelled: Redis may have granted it; give it back
+            self._return_slot(breaker.name, request[0])
+            raise
+        return self._granted(breaker.name, request[0], reply)
 
-    def _grant_from_thread(self, breaker: CircuitBreaker) -> bool | None:
+    def _grant_from_thread(self, breaker: CircuitBreaker) -> object:
         """A sync call of a breaker shared through an asyncio client: ask via its loop."""
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -302,29 +491,62 @@ class RedisSharedState:
         try:
             return future.result(timeout=self.socket_timeout * 2)
         except Exception as error:  # noqa: BLE001  (timeout, loop gone: decide locally)
-            future.cancel()
+            future.cancel()  # the coroutine returns the slot it may hold
             self._fault("grant a probe", error)
             return None
 
-    def _probe_request(self, breaker: CircuitBreaker) -> dict[str, list[Any]]:
-        ttl = breaker.half_open_max_wait or max(breaker.retry_after() or 0.0, 1.0) * 10
-        return {
-            "keys": [self._key(breaker.name, "probes")],
-            "args": [breaker.half_open_max_calls, int(ttl * 1000)],
-        }
+    def probe_settled(
+        self, breaker: CircuitBreaker, grant: object, outcome: Outcome, slow: bool
+    ) -> None:
+        """A fleet probe settled: its outcome (or its unused slot) goes to Redis next flush."""
+        if not isinstance(grant, _Grant):
+            return
+        self._settles.append((grant.name, grant, _OUTCOME_CODES[outcome], slow))
+        self._notify()
 
-    # -- background work --------------------------------------------------------------
+    def _probe_request(self, breaker: CircuitBreaker) -> tuple[str, dict[str, Any]] | None:
+        fleet = self._fleets.get(breaker.name)
+        if fleet is None or fleet.mismatched is not None:
+            return None
+        slot = f"{self.origin}-{next(self._slots)}"
+        incarnation, epoch = fleet.known or ("", -1)
+        return slot, self._request(fleet, slot, incarnation, epoch)
+
+    def _granted(self, name: str, slot: str, reply: list[Any]) -> object:
+        """Turn the probe script's answer into the breaker's answer."""
+        status = _decode(reply)
+        fleet = self._fleets.get(name)
+        code = status[0]
+        if fleet is None or code == "unknown":
+            return None
+        if code == "granted":
+            # Our local half-open is the fleet's: note its epoch, change nothing.
+            fleet.known = (status[1], status[2])
+            return _Grant(name, slot, status[1], status[2])
+        self._observe(fleet, status)
+        return code == "closed"  # closed: the call goes ahead; full or open: refused
+
+    def _return_slot(self, name: str, slot: str) -> None:
+        """A grant that may have been made but never reached its caller: hand it back."""
+        self._settles.append((name, _Grant(name, slot, "", -1), "i", False))
+        self._notify()
+
+    # -- what the process tells the fleet ----------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        """Local transitions are reported to the fleet (from the flush thread, not here)."""
+        """Local transitions are reported to the fleet (from the flush loop, not here)."""
         if not isinstance(event, StateChanged) or event.reason == "fleet":
             return
+        fleet = self._fleets.get(event.name)
+        if fleet is None:
+            return
         if event.to_state is State.OPEN:
-            breakers = self._attached.get(event.name) or []
-            open_for = breakers[0].breaker.retry_after() if breakers else None
-            self._reports.append((event.name, "open", open_for or 0.0))
+            breaker = fleet.members[0].breaker
+            self._reports.append(
+                (event.name, "open", breaker.retry_after() or 0.0, event.reason, fleet.known)
+            )
         elif event.to_state is State.CLOSED and event.from_state is State.HALF_OPEN:
-            self._reports.append((event.name, "closed", 0.0))
+            self._reports.append((event.name, "closed", -1.0, event.reason, fleet.known))
         else:
             return
         self._notify()
@@ -336,12 +558,161 @@ class RedisSharedState:
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(awake.set)
 
+    # -- one flush: everything in one pipelined round trip ---------------------------
+
+    def _plan(self) -> list[tuple[Any, dict[str, Any], Any]]:
+        """The commands of one flush: (script, request, what to do with its answer)."""
+        commands: list[tuple[Any, dict[str, Any], Any]] = []
+        for report in list(self._reports):
+            name, to, open_for, reason, known = report
+            fleet = self._fleets[name]
+            incarnation, epoch = known or ("", -1)
+            open_ms = int(open_for * 1000) if open_for >= 0 else -1
+            request = self._request(fleet, to, incarnation, epoch, open_ms, reason)
+            commands.append((self._report_script, request, (self._reports, report, fleet)))
+        for settle in list(self._settles):
+            name, grant, code, slow = settle
+            fleet = self._fleets[name]
+            request = self._request(
+                fleet, grant.slot, grant.incarnation, grant.epoch, code, "1" if slow else "0"
+            )
+            commands.append((self._settle_script, request, (self._settles, settle, fleet)))
+        for fleet in list(self._fleets.values()):
+            successes = failures = 0
+            seen = []
+            for member in fleet.members:
+                total_s, total_f = member.breaker.window_totals()
+                successes += total_s - member.flushed_successes
+                failures += total_f - member.flushed_failures
+                seen.append((member, total_s, total_f))
+            request = self._request(fleet, successes, failures)
+            commands.append((self._flush_script, request, (None, seen, fleet)))
+        return commands
+
+    def _done(self, commands: list[tuple[Any, dict[str, Any], Any]], replies: list[Any]) -> None:
+        """The flush landed: drop what was sent, advance the flushed counts, apply the fleet."""
+        for (_, _, (queue, item, fleet)), reply in zip(commands, replies, strict=True):
+            if queue is not None:
+                with contextlib.suppress(ValueError):
+                    queue.remove(item)
+            else:
+                for member, total_s, total_f in item:
+                    member.flushed_successes, member.flushed_failures = total_s, total_f
+            self._observe(fleet, _decode(reply))
+        next(self._flushes)
+
+    def _cycle(self) -> None:
+        """One flush over a sync client (raises RedisError on a fault: nothing is lost)."""
+        commands = self._plan()
+        if not commands:
+            return
+        pipeline = self._redis.pipeline(transaction=False)
+        for script, request, _ in commands:
+            script(**request, client=pipeline)
+        self._done(commands, pipeline.execute())
+
+    async def _acycle(self) -> None:
+        """`_cycle` over an asyncio client."""
+        commands = self._plan()
+        if not commands:
+            return
+        pipeline = self._redis.pipeline(transaction=False)
+        for script, request, _ in commands:
+            await script(**request, client=pipeline)
+        self._done(commands, await pipeline.execute())
+
+    # -- what the fleet tells the process --------------------------------------------
+
+    def _observe(self, fleet: _Fleet, status: list[Any]) -> None:
+        """Apply a fleet state (a script's answer or a pub/sub message) to the local breakers."""
+        code = status[0]
+        if code == "unknown":
+            return
+        if code == "mismatch":
+            if fleet.mismatched is None:
+                _log.error(
+                    "breaker %r: this process's settings differ from the fleet's "
+                    "(fleet: %s; here: %s); it runs on local state until they agree",
+                    fleet.name,
+                    status[1],
+                    fleet.config,
+                )
+            fleet.mismatched = str(status[1])
+            return
+        fleet.mismatched = None
+        _, incarnation, epoch, phase, remaining_ms, openings, free = status
+        known = fleet.known
+        if known is not None and incarnation != known[0] and _older(incarnation, known[0]):
+            return  # a late message from before Redis lost its state
+        fresh = known is None or incarnation != known[0] or epoch > known[1]
+        breakers = [member.breaker for member in fleet.members]
+        if fresh and known is not None and incarnation != known[0] and epoch == 0:
+            # Redis lost the fleet's state: what we know of it is the best there is.
+            fleet.known = (incarnation, epoch)
+            for breaker in breakers:
+                if breaker.state in (State.OPEN, State.HALF_OPEN):
+                    open_for = breaker.retry_after() or 0.0
+                    self._reports.append(
+                        (fleet.name, "open", open_for, "fleet_restored", fleet.known)
+                    )
+                    self._notify()
+                    break
+            return
+        if fresh:
+            fleet.known = (incarnation, epoch)
+        elif known is not None and epoch < known[1]:
+            return  # an older epoch (a delayed message)
+        for breaker in breakers:
+            if phase == "closed":
+                if fresh:
+                    breaker.apply_remote(State.CLOSED)
+            elif (
+                fresh
+                or breaker.state is State.OPEN
+                or (phase == "open" and breaker.state is State.HALF_OPEN)
+            ):
+                breaker.apply_remote(State.OPEN, remaining_ms / 1000, openings=openings)
+            if phase == "half_open" and free > 0:
+                breaker.probe_slots_free()
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        """A pub/sub message: the same fleet state a script answers with."""
+        try:
+            data = json.loads(message["data"])
+            status = [
+                "event",
+                str(data["inc"]),
+                int(data["epoch"]),
+                str(data["phase"]),
+                int(data["remaining"]),
+                int(data["openings"]),
+                0,
+            ]
+            fleet = self._fleets.get(data["name"])
+        except (ValueError, KeyError, TypeError):
+            return  # not ours, or garbage on the channel
+        if fleet is None or status[3] not in ("closed", "open", "half_open"):
+            return
+        next(self._received)
+        self._observe(fleet, status)
+
+    # -- background work --------------------------------------------------------------
+
     def _pause(self, backoff: float) -> float:
         """How long a flush loop sleeps unless woken: a report or a full batch cuts it short."""
         return backoff or min(self.flush_interval, self.flush_interval / 5 + 0.001)
 
     def _due(self, now: float, next_flush: float) -> bool:
-        return bool(self._reports) or now >= next_flush or self._batch_ready()
+        return bool(self._reports or self._settles) or now >= next_flush or self._batch_ready()
+
+    def _batch_ready(self) -> bool:
+        waiting = 0
+        for fleet in list(self._fleets.values()):
+            for member in fleet.members:
+                successes, failures = member.breaker.window_totals()
+                waiting += successes - member.flushed_successes
+                waiting += failures - member.flushed_failures
+        return waiting >= self.batch_size
 
     def _flush_loop(self) -> None:
         backoff = 0.0
@@ -353,118 +724,38 @@ class RedisSharedState:
             if not self._due(now, next_flush):
                 continue
             try:
-                self._send_reports()
-                self._flush()
-                next(self._flushes)
+                self._cycle()
                 backoff = 0.0
                 next_flush = now + self.flush_interval
             except redis_lib.RedisError as error:
                 self._fault("flush", error)
-                backoff = min(max(backoff * 2, 0.1), 5.0)  # reconnect with backoff
+                backoff = self.flush_interval  # try again next interval: rejoin quickly
         try:  # a last flush on the way out
-            self._send_reports()
-            self._flush()
+            self._cycle()
         except redis_lib.RedisError as error:
             self._fault("flush at stop", error)
 
-    def _batch_ready(self) -> bool:
-        waiting = 0
-        for entries in list(self._attached.values()):
-            for entry in entries:
-                calls = entry.breaker.metrics().calls
-                waiting += calls["success"] - entry.flushed_successes
-                waiting += calls["failure"] - entry.flushed_failures
-        return waiting >= self.batch_size
-
-    def _send_reports(self) -> None:
-        while self._reports:
-            self._report_script(**self._report_request(self._reports[0]))
-            self._reports.popleft()  # only once sent: a fault keeps it for the next try
-
-    def _report_request(self, report: tuple[str, str, float]) -> dict[str, list[Any]]:
-        name, to, open_for = report
-        ttl_ms = self._ttl_ms(self._attached[name][0].breaker)
-        return {
-            "keys": [self._key(name, "state"), self._key(name, "probes")],
-            "args": [to, int(open_for * 1000), ttl_ms, self.channel, name, self.origin],
-        }
-
-    def _flush(self) -> None:
-        """One round trip: a pipeline with one Lua script per shared breaker name."""
-        plan = self._flush_plan()
-        if not plan:
-            return
-        pipeline = self._redis.pipeline(transaction=False)
-        for *_, request in plan:
-            self._flush_script(**request, client=pipeline)
-        self._flush_done(plan, pipeline.execute())
-
-    def _flush_plan(self) -> list[tuple[Any, ...]]:
-        """Per shared name: the outcomes not yet flushed, and the script call that adds them."""
-        plan = []
-        for name, entries in list(self._attached.items()):
-            breaker = entries[0].breaker
-            successes = failures = 0
-            snapshots = []
-            for entry in entries:
-                calls = entry.breaker.metrics().calls
-                successes += calls["success"] - entry.flushed_successes
-                failures += calls["failure"] - entry.flushed_failures
-                snapshots.append((entry, calls["success"], calls["failure"]))
-            window = max(int(_window_seconds(breaker) / self.bucket_seconds), 1)
-            request = {
-                "keys": [
-                    self._key(name, "state"),
-                    self._key(name, "window"),
-                    self._key(name, "probes"),
-                ],
-                "args": [
-                    successes,
-                    failures,
-                    int(self.bucket_seconds * 1000),
-                    window,
-                    breaker.minimum_calls,
-                    breaker.failure_rate_threshold or -1,
-                    breaker.consecutive_failures or -1,
-                    int(_open_seconds(breaker) * 1000),
-                    self._ttl_ms(breaker),
-                    self.channel,
-                    name,
-                ],
-            }
-            plan.append((entries, snapshots, breaker, request))
-        return plan
-
-    def _flush_done(self, plan: list[tuple[Any, ...]], results: list[Any]) -> None:
-        """The flush landed: advance the flushed counts; apply a trip it caused."""
-        for (entries, snapshots, breaker, _), (opened, _, _) in zip(plan, results, strict=True):
-            for entry, seen_successes, seen_failures in snapshots:  # flushed: advance
-                entry.flushed_successes = seen_successes
-                entry.flushed_failures = seen_failures
-            if opened:
-                for entry in entries:  # our own message is ignored: apply it here
-                    entry.breaker.apply_remote(State.OPEN, _open_seconds(breaker))
-
     def _listen_loop(self) -> None:
-        backoff = 0.1
         while not self._stop.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
-                backoff = 0.1
+                self._subscribed()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.1)
                     if message is not None:
                         self._apply(message)
             except redis_lib.RedisError as error:
                 self._fault("listen", error)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                self._stop.wait(self.flush_interval)
             finally:
                 with contextlib.suppress(redis_lib.RedisError):
                     pubsub.close()
 
-    # -- the same work on an event loop (redis.asyncio client) -------------------------
+    def _subscribed(self) -> None:
+        """(Re)subscribed: what was published meanwhile is lost, so read the fleet now."""
+        next(self._subscriptions)
+        self._notify()
 
     async def _aflush_loop(self) -> None:
         assert self._awake is not None
@@ -479,76 +770,94 @@ class RedisSharedState:
             if not self._due(now, next_flush):
                 continue
             try:
-                await self._aflush()
-                next(self._flushes)
+                await self._acycle()
                 backoff = 0.0
                 next_flush = now + self.flush_interval
             except (redis_lib.RedisError, OSError) as error:
                 self._fault("flush", error)
-                backoff = min(max(backoff * 2, 0.1), 5.0)
+                backoff = self.flush_interval
         try:
-            await self._aflush()
+            await self._acycle()
         except (redis_lib.RedisError, OSError) as error:
             self._fault("flush at stop", error)
 
-    async def _aflush(self) -> None:
-        """`_send_reports` then `_flush`, awaited."""
-        while self._reports:
-            await self._report_script(**self._report_request(self._reports[0]))
-            self._reports.popleft()
-        plan = self._flush_plan()
-        if not plan:
-            return
-        pipeline = self._redis.pipeline(transaction=False)
-        for *_, request in plan:
-            await self._flush_script(**request, client=pipeline)
-        self._flush_done(plan, await pipeline.execute())
-
     async def _alisten_loop(self) -> None:
-        backoff = 0.1
         while not self._stop.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                backoff = 0.1
+                self._subscribed()
                 while not self._stop.is_set():
                     message = await pubsub.get_message(timeout=0.1)
                     if message is not None:
                         self._apply(message)
             except (redis_lib.RedisError, OSError) as error:
                 self._fault("listen", error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(self.flush_interval)
             finally:
                 with contextlib.suppress(redis_lib.RedisError, OSError):
                     await pubsub.aclose()
-
-    def _apply(self, message: dict[str, Any]) -> None:
-        try:
-            data = json.loads(message["data"])
-            name, to, origin = data["name"], data["state"], data["origin"]
-            open_for = float(data.get("open_ms") or 0) / 1000
-        except (ValueError, KeyError, TypeError):
-            return  # not ours, or garbage on the channel
-        if origin == self.origin:
-            return
-        next(self._received)
-        for entry in list(self._attached.get(name, ())):
-            if to == "open":
-                entry.breaker.apply_remote(State.OPEN, open_for or None)
-            elif to == "closed":
-                entry.breaker.apply_remote(State.CLOSED)
 
     # -- helpers ----------------------------------------------------------------------
 
     def _key(self, name: str, part: str) -> str:
         return f"{self.prefix}:breaker:{name}:{part}"
 
-    def _ttl_ms(self, breaker: CircuitBreaker) -> int:
-        # Every key expires: a window and an open period past the last write.
-        return int((_window_seconds(breaker) + _open_seconds(breaker) + 60) * 1000)
+    def _fleet_args(self, breaker: CircuitBreaker) -> tuple[str, list[Any]]:
+        """The settings every member must share, and the script arguments they make."""
+        durations = [
+            int(breaker._open_duration(openings) * 1000) for openings in range(1, _OPENINGS + 1)
+        ]
+        window_seconds = float(getattr(breaker.window, "seconds", 0.0) or 60.0)
+        max_wait = breaker.half_open_max_wait
+        # A probe that never reports (its process died) holds its slot this long.
+        lease = max_wait if max_wait is not None else min(max(10 * durations[0] / 1000, 1.0), 60.0)
+        settings = {
+            "failure_rate_threshold": breaker.failure_rate_threshold,
+            "minimum_calls": breaker.minimum_calls,
+            "window": repr(breaker.window),
+            "consecutive_failures": breaker.consecutive_failures,
+            "slow_call_duration": breaker.slow_call_duration,
+            "slow_call_rate_threshold": breaker.slow_call_rate_threshold,
+            "open_duration_ms": durations[:4],
+            "half_open_max_calls": breaker.half_open_max_calls,
+            "half_open_max_wait": max_wait,
+            "bucket_seconds": self.bucket_seconds,
+        }
+        config = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        ttl_ms = int((window_seconds + max(durations) / 1000 + lease + 60) * 1000)
+        slow_rate = breaker.slow_call_rate_threshold if breaker.slow_call_duration else -1
+        args: list[Any] = [
+            config,
+            json.dumps(durations),
+            breaker.half_open_max_calls,
+            int(max_wait * 1000) if max_wait is not None else -1,
+            int(lease * 1000),
+            breaker.failure_rate_threshold or -1,
+            breaker.minimum_calls,
+            slow_rate,
+            max(int(window_seconds / self.bucket_seconds), 1),
+            int(self.bucket_seconds * 1000),
+            ttl_ms,
+            self.channel,
+            breaker.name,
+            self.origin,
+            uuid.uuid4().hex[:8],
+        ]
+        return config, args
 
-    def _fault(self, what: str, error: Exception) -> None:
+    def _request(self, fleet: _Fleet, *extra: Any) -> dict[str, Any]:
+        now = "" if self._clock is None else str(int(self._clock.monotonic() * 1000))
+        return {
+            "keys": [
+                self._key(fleet.name, "state"),
+                self._key(fleet.name, "slots"),
+                self._key(fleet.name, "window"),
+            ],
+            "args": [now, *fleet.args, *extra],
+        }
+
+    def _fault(self, what: str, error: BaseException) -> None:
         next(self._faults)
         now = time.monotonic()
         if now - self._last_fault_log >= 10:  # at most one line per 10 s
@@ -556,18 +865,24 @@ class RedisSharedState:
             _log.warning("redis unavailable (%s: %s); breakers run on local state", what, error)
 
     def metrics(self) -> dict[str, int]:
-        """Flushes done, Redis faults, and transitions received from other processes."""
+        """Flushes done, Redis faults, messages received, subscriptions, mismatched names."""
         return {
             "flushes": peek(self._flushes),
             "faults": peek(self._faults),
             "received": peek(self._received),
+            "subscriptions": peek(self._subscriptions),
+            "mismatched": sum(1 for fleet in self._fleets.values() if fleet.mismatched),
         }
 
 
-def _window_seconds(breaker: CircuitBreaker) -> float:
-    window = breaker.window
-    return float(getattr(window, "seconds", 0.0) or 60.0)
+def _decode(reply: list[Any]) -> list[Any]:
+    """A script's answer with its strings decoded (redis-py returns bytes)."""
+    return [item.decode() if isinstance(item, bytes) else item for item in reply]
 
 
-def _open_seconds(breaker: CircuitBreaker) -> float:
-    return float(breaker._open_duration(max(breaker.metrics().openings, 0) + 1))
+def _older(incarnation: str, than: str) -> bool:
+    """Whether fleet incarnation `incarnation` was created before `than` (ms-suffix ids)."""
+    try:
+        return int(incarnation.split("-", 1)[0]) < int(than.split("-", 1)[0])
+    except ValueError:
+        return False

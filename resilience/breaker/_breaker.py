@@ -105,7 +105,9 @@ class Permit:
     their permits themselves.
     """
 
-    __slots__ = ("_breaker", "epoch", "probe", "settled", "start")
+    __slots__ = ("_breaker", "epoch", "grant", "probe", "settled", "start")
+
+    grant: object
 
     def __init__(self, breaker: CircuitBreaker, epoch: int, start: float, probe: bool) -> None:
         self._breaker = breaker
@@ -117,6 +119,8 @@ class Permit:
         self.probe = probe
         #: Whether an outcome was recorded (or the permit released).
         self.settled = False
+        # `grant` (a fleet probe slot from a shared-state backend) is set only
+        # on probes the fleet granted; read it with getattr(permit, "grant", None).
 
     def record(self, outcome: Outcome) -> None:
         """Settle with `outcome`."""
@@ -244,6 +248,8 @@ class CircuitBreaker(Guard[Permit]):
         "_probe_slow",
         "_probes_in_flight",
         "_rate_above",
+        "_recorded_frozen",
+        "_refused_epoch",
         "_rejections",
         "_shared",
         "_shared_async_grant",
@@ -251,6 +257,8 @@ class CircuitBreaker(Guard[Permit]):
         "_successes",
         "_transitions",
         "_window",
+        "_window_base",
+        "_window_failures_total",
         "clock",
         "consecutive_failures",
         "events",
@@ -375,6 +383,16 @@ class CircuitBreaker(Guard[Permit]):
         self._failures = self._ignored = 0
         self._slow_calls = 0
         self._transitions: dict[tuple[State, State], int] = {}
+        # Outcomes that entered a window, over the breaker's life (what a
+        # shared-state backend adds to the fleet window): earlier recording
+        # periods, plus `_outcomes` of the current one.
+        self._window_base = 0
+        self._window_failures_total = 0
+        # The outcome count at the end of the last recording period: figures
+        # read while OPEN/HALF_OPEN stay as they were at the trip.
+        self._recorded_frozen = 0
+        # The epoch in which the fleet refused a probe: no more asking in it.
+        self._refused_epoch = -1
         self._shared: SharedState | None = None
         self._shared_async_grant: Callable[[CircuitBreaker], Awaitable[bool | None]] | None = None
         track("breaker", self)
@@ -400,8 +418,10 @@ class CircuitBreaker(Guard[Permit]):
         with self._lock:
             self._advance(now, events)
             state, epoch, admits, _ = self._mode
-            if state is _HALF_OPEN and (
-                self._probes_in_flight + self._probe_calls < self.half_open_max_calls
+            if (
+                state is _HALF_OPEN
+                and self._probes_in_flight + self._probe_calls < self.half_open_max_calls
+                and self._refused_epoch != epoch
             ):
                 if self._probes_in_flight == 0:
                     self._half_open_since = now  # the wait runs from the oldest unreported probe
@@ -450,11 +470,25 @@ class CircuitBreaker(Guard[Permit]):
             self._check_grant(permit, granted)
         return permit
 
-    def _check_grant(self, permit: Permit, granted: bool | None) -> None:
-        """The fleet refused a probe slot: hand ours back and reject (counted as rejected)."""
+    def _check_grant(self, permit: Permit, granted: object) -> None:
+        """Act on the fleet's answer to a probe request.
+
+        False: refused (the fleet's probe slots are taken): hand our slot back,
+        reject (counted as rejected) and ask no more in this epoch until the
+        backend calls `probe_slots_free()`. None or True: the probe is decided
+        locally. Any other object is a fleet probe slot: the outcome goes to
+        the backend, whose fleet-wide decision comes back by `apply_remote`.
+        """
         if granted is False:
+            self._refused_epoch = permit.epoch
             self._withdraw(permit)
             raise self._rejection(_HALF_OPEN, self._monotonic())
+        if granted is not None and granted is not True:
+            permit.grant = granted
+
+    def probe_slots_free(self) -> None:
+        """The fleet has free probe slots again: half-open calls may ask for one."""
+        self._refused_epoch = -1
 
     def _publish_rejection(self, now: float, state: State, retry_after: float | None) -> None:
         self.events.publish(
@@ -475,6 +509,12 @@ class CircuitBreaker(Guard[Permit]):
         if permit.settled:
             raise RuntimeError(f"{permit!r} was already settled; settle a permit exactly once")
         permit.settled = True
+        if permit.probe and (grant := getattr(permit, "grant", None)) is not None:
+            slow = self._record(permit.epoch, permit.start, True, outcome, fleet=True)
+            shared = self._shared
+            if shared is not None:
+                shared.probe_settled(self, grant, outcome, slow)
+            return
         self._record(permit.epoch, permit.start, permit.probe, outcome)
 
     def _withdraw(self, permit: Permit) -> None:
@@ -487,8 +527,14 @@ class CircuitBreaker(Guard[Permit]):
             if permit.epoch == self._mode[1] and self._mode[0] is _HALF_OPEN:
                 self._probes_in_flight -= 1
 
-    def _record(self, epoch: int, start: float, probe: bool, outcome: Outcome) -> None:
-        """Count one outcome; let it move the state if its epoch is current."""
+    def _record(
+        self, epoch: int, start: float, probe: bool, outcome: Outcome, fleet: bool = False
+    ) -> bool:
+        """Count one outcome; let it move the state if its epoch is current; return if slow.
+
+        A `fleet` probe frees its local slot but is not counted toward a local
+        half-open decision: the fleet decides from every process's probes.
+        """
         now = self.clock.monotonic() if self._needs_time or probe else 0.0
         threshold = self.slow_call_duration
         slow = threshold is not None and now - start > threshold
@@ -509,12 +555,13 @@ class CircuitBreaker(Guard[Permit]):
                 self._durations.observe(outcome.value, now - start)
             state, current, _, _ = self._mode
             if epoch != current or (outcome is _IGNORED and not probe):
-                return  # stale, or nothing to learn: counted, never moves the state
+                return slow  # stale, or nothing to learn: counted, never moves the state
             if state is _CLOSED or state is _METRICS_ONLY:
                 number = next(self._outcomes)
                 window = self._window
                 window.record(number, failed, slow, now)
                 if failed:
+                    self._window_failures_total += 1
                     # A success in between took a number: the streak restarts.
                     consecutive = self._consecutive if number == self._last_failure + 1 else 0
                     self._consecutive = consecutive + 1
@@ -535,7 +582,7 @@ class CircuitBreaker(Guard[Permit]):
                     self._check_thresholds(now, events)
             elif state is _HALF_OPEN:
                 self._probes_in_flight -= 1
-                if outcome is not _IGNORED:
+                if outcome is not _IGNORED and not fleet:
                     self._probe_calls += 1
                     self._probe_failures += failed
                     self._probe_slow += slow
@@ -546,6 +593,7 @@ class CircuitBreaker(Guard[Permit]):
             self._lock.release()
         if events:
             self._publish(events)
+        return slow
 
     def _check_thresholds(self, now: float, events: list[Event]) -> None:
         """Trip (CLOSED) or report crossings (METRICS_ONLY) after a recorded outcome."""
@@ -593,8 +641,25 @@ class CircuitBreaker(Guard[Permit]):
 
     def _streak(self) -> int:
         """Failures in a row, up to the latest outcome (under the lock)."""
-        recorded = peek(self._outcomes)
-        return self._consecutive if recorded == self._last_failure + 1 else 0
+        return self._consecutive if self._recorded() == self._last_failure + 1 else 0
+
+    def _recorded(self) -> int:
+        """Outcomes in the current recording period; frozen at the trip while not recording."""
+        state = self._mode[0]
+        if state is _CLOSED or state is _METRICS_ONLY:
+            return peek(self._outcomes)
+        return self._recorded_frozen
+
+    def window_totals(self) -> tuple[int, int]:
+        """(successes, failures) that ever entered the window; stale outcomes excluded.
+
+        What a shared-state backend adds to the fleet's window: an outcome
+        that settles after a trip (admitted before it) is not in these.
+        """
+        with self._lock:
+            total = self._window_base + peek(self._outcomes)
+            failures = self._window_failures_total
+        return total - failures, failures
 
     def _decide_half_open(self, now: float, events: list[Event]) -> None:
         calls = self._probe_calls
@@ -653,6 +718,15 @@ class CircuitBreaker(Guard[Permit]):
         """Enter `state` with a new epoch; a recording state starts a fresh window."""
         self._probes_in_flight = 0
         self._probe_calls = self._probe_failures = self._probe_slow = 0
+        self._refused_epoch = -1
+        previous = self._mode[0]
+        if previous is _CLOSED or previous is _METRICS_ONLY:
+            # The recording period ends: a late lock-free success (admitted
+            # before now) counts into the orphaned counter, never the window.
+            recorded = peek(self._outcomes)
+            self._window_base += recorded
+            self._recorded_frozen = recorded
+            self._outcomes = itertools.count()
         recording = state is _CLOSED or state is _METRICS_ONLY
         if recording:
             self._window.reset()
@@ -692,22 +766,31 @@ class CircuitBreaker(Guard[Permit]):
         self._shared = backend
         self._shared_async_grant = getattr(backend, "agrant_probe", None)
 
-    def apply_remote(self, to: State, open_for: float | None = None) -> bool:
-        """Apply a transition decided elsewhere in the fleet; return whether it changed anything.
+    def apply_remote(
+        self, to: State, open_for: float | None = None, *, openings: int | None = None
+    ) -> bool:
+        """Apply a state decided elsewhere in the fleet; return whether it changed the state.
 
-        `OPEN` (for `open_for` seconds) is applied to a CLOSED or HALF_OPEN
-        breaker; `CLOSED` to an OPEN or HALF_OPEN one. Operator states are never overridden. The
-        transition is published with reason "fleet".
+        `OPEN` (for `open_for` seconds; 0 lets the next call find it
+        half-open) is applied to a CLOSED or HALF_OPEN breaker, and to an OPEN
+        one it moves the end of the open period; `CLOSED` to an OPEN or
+        HALF_OPEN one. `openings` is the fleet's count of consecutive
+        openings. Operator states are never overridden. A transition is
+        published with reason "fleet".
         """
         now = self._monotonic()
         events: list[Event] = []
         with self._lock:
             state = self._mode[0]
-            if to is _OPEN and (state is _CLOSED or state is _HALF_OPEN):
-                self._openings += 1
+            if to is _OPEN and (state is _CLOSED or state is _HALF_OPEN or state is _OPEN):
+                if openings is not None:
+                    self._openings = openings
+                elif state is not _OPEN:
+                    self._openings += 1
                 duration = self._open_duration(self._openings) if open_for is None else open_for
                 self._open_until = now + max(duration, 0.0)
-                self._transition(_OPEN, now, "fleet", events)
+                if state is not _OPEN:
+                    self._transition(_OPEN, now, "fleet", events)
             elif to is _CLOSED and (state is _OPEN or state is _HALF_OPEN):
                 self._transition(_CLOSED, now, "fleet", events)
         self._publish(events)
@@ -772,7 +855,7 @@ class CircuitBreaker(Guard[Permit]):
         now = self.clock.monotonic()
         with self._lock:
             window = self._window
-            window.refresh(peek(self._outcomes), now)
+            window.refresh(self._recorded(), now)
             calls = window.calls
             enough = calls >= self.minimum_calls
             return BreakerMetrics(

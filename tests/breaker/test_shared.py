@@ -73,7 +73,12 @@ def test_refused_probe_is_rejected_and_its_slot_returned() -> None:
     assert (calls["rejected"], calls["ignored"], calls["success"]) == (1, 0, 0)  # counted once
     assert breaker.state is State.HALF_OPEN
     backend.answer = True
+    with pytest.raises(CircuitOpenError):  # refused in this epoch: no more asking...
+        breaker.acquire()
+    assert backend.asked == 1
+    breaker.probe_slots_free()  # ...until the backend says slots are free again
     assert breaker.acquire().probe  # the local slot came back
+    assert backend.asked == 2
 
 
 def test_interrupted_sync_grant_returns_the_slot() -> None:
@@ -120,6 +125,7 @@ async def test_async_refusal_rejects() -> None:
         await ok()
     assert breaker.state is State.HALF_OPEN
     backend.answer = True
+    breaker.probe_slots_free()
     await ok()
     assert breaker.state is State.CLOSED
 
@@ -150,3 +156,94 @@ def test_closed_path_never_asks() -> None:
     assert (backend.asked, backend.asked_async) == (0, 0)
     breaker.share(None)
     assert breaker._shared_async_grant is None
+
+
+class FleetBackend(Backend):
+    """Grants fleet slots (opaque objects) and keeps what the breaker hands back."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.settled: list[tuple[object, object, bool]] = []
+
+    def grant_probe(self, breaker: CircuitBreaker) -> object:
+        self.asked += 1
+        return ("slot", self.asked)
+
+    def probe_settled(self, breaker, grant, outcome, slow) -> None:
+        self.settled.append((grant, outcome, slow))
+
+
+@pytest.mark.parametrize(
+    ("settle", "outcome"),
+    [
+        ("record_success", "SUCCESS"),
+        ("record_failure", "FAILURE"),
+        ("release", "IGNORED"),
+    ],
+)
+def test_a_fleet_probe_is_decided_by_the_fleet(settle, outcome) -> None:
+    """A fleet-granted probe frees its local slot, never decides locally, and is handed back."""
+    from resilience import Outcome
+
+    backend = FleetBackend()
+    breaker, _ = half_open(backend)
+    probe = breaker.acquire()
+    assert probe.grant == ("slot", 1)
+    getattr(probe, settle)()
+    assert breaker.state is State.HALF_OPEN  # the fleet decides, not this process
+    assert backend.settled == [(("slot", 1), Outcome[outcome], False)]
+    second = breaker.acquire()  # the local slot is free again
+    assert second.grant == ("slot", 2)
+    breaker.apply_remote(State.CLOSED)  # the fleet's decision arrives
+    assert breaker.state is State.CLOSED
+    second.record_failure()  # a stale probe: handed back, moves nothing here
+    assert breaker.state is State.CLOSED
+    assert len(backend.settled) == 2
+
+
+def test_a_fleet_probe_cut_short_by_an_exception_is_handed_back() -> None:
+    """The decorator path settles a fleet probe too (here: an exception outside record=)."""
+    backend = FleetBackend()
+    breaker, _ = half_open(backend)
+    breaker._classifier = type(breaker._classifier)(record=(ValueError,), ignore=())
+
+    @breaker
+    def call() -> None:
+        raise KeyError("not recorded")
+
+    with pytest.raises(KeyError):
+        call()
+    assert [outcome.name for _, outcome, _ in backend.settled] == ["IGNORED"]
+    assert breaker.state is State.HALF_OPEN
+
+
+def test_apply_remote_open_moves_an_open_breakers_deadline() -> None:
+    """OPEN applied to an OPEN breaker moves its end (no transition); openings follow the fleet."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("fleet", consecutive_failures=1, open_duration=10, clock=clock)
+    breaker.acquire().record_failure()
+    transitions = dict(breaker.metrics().transitions)
+    assert breaker.apply_remote(State.OPEN, 2.0, openings=3) is False
+    assert breaker.metrics().transitions == transitions
+    assert breaker.metrics().openings == 3
+    clock.advance(2)
+    assert breaker.state is State.HALF_OPEN
+
+
+def test_late_lock_free_successes_stay_out_of_the_window_totals() -> None:
+    """Outcomes that settle after a trip are counted in calls, never in window_totals()."""
+    breaker = CircuitBreaker("late", consecutive_failures=2, failure_rate_threshold=None)
+    entered = []
+
+    @breaker
+    def slow_success() -> None:
+        if not entered:
+            entered.append(1)
+            breaker.acquire().record_failure()
+            breaker.acquire().record_failure()  # the breaker trips while this call runs
+
+    slow_success()
+    assert breaker.state is State.OPEN
+    assert breaker.metrics().calls["success"] == 1
+    assert breaker.window_totals() == (0, 2)
+    assert breaker.metrics().consecutive_failures == 2  # the stale success moved nothing
