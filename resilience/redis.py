@@ -137,11 +137,17 @@ local function expire_slots()
 end
 """
 
-# ARGV 17, 18: successes, failures that entered this process's windows since its last flush.
+# ARGV 17, 18: successes, failures that entered this process's windows since its last flush;
+# 19: the fleet incarnation this process knows; 20: its breaker's open milliseconds left
+# (-1: not open). A record Redis lost and nobody has changed since takes the open state.
 _FLUSH = (
     _PRELUDE
     + """
 if not ensure() then return {'mismatch', redis.call('HGET', S, 'config')} end
+local open_ms = tonumber(ARGV[20])
+if open_ms >= 0 and redis.call('HGET', S, 'inc') ~= ARGV[19] and num('epoch') == 0 then
+  transition('open', 'fleet_restored', open_ms)
+end
 local s, f = tonumber(ARGV[17]), tonumber(ARGV[18])
 local index = math.floor(now / tonumber(ARGV[11]))
 if s + f > 0 then
@@ -337,6 +343,14 @@ class RedisSharedState:
             )
         if not isinstance(client, redis_lib.Redis | aredis.Redis):
             raise TypeError(f"client= takes a redis.Redis or redis.asyncio.Redis, got {client!r}")
+        retry = client.get_retry() if hasattr(client, "get_retry") else None
+        if isinstance(client, redis_lib.Redis) and getattr(retry, "_retries", None):
+            raise ValueError(
+                "client= retries failed commands (redis-py's default Retry for redis.Redis(...)): "
+                "a half-open call asking Redis for a probe slot could then wait seconds while "
+                "Redis is down. Build it with retry=redis.retry.Retry(redis.backoff.NoBackoff(), "
+                "0), or pass url= instead"
+            )
         # redis-py types sync and asyncio clients as one union; each path knows which it has.
         self._redis: Any = client
         self._is_async = isinstance(client, aredis.Redis)
@@ -585,7 +599,8 @@ class RedisSharedState:
                 successes += total_s - member.flushed_successes
                 failures += total_f - member.flushed_failures
                 seen.append((member, total_s, total_f))
-            request = self._request(fleet, successes, failures)
+            incarnation = fleet.known[0] if fleet.known else ""
+            request = self._request(fleet, successes, failures, incarnation, _open_ms(fleet))
             commands.append((self._flush_script, request, (None, seen, fleet)))
         return commands
 
@@ -646,18 +661,6 @@ class RedisSharedState:
             return  # a late message from before Redis lost its state
         fresh = known is None or incarnation != known[0] or epoch > known[1]
         breakers = [member.breaker for member in fleet.members]
-        if fresh and known is not None and incarnation != known[0] and epoch == 0:
-            # Redis lost the fleet's state: what we know of it is the best there is.
-            fleet.known = (incarnation, epoch)
-            for breaker in breakers:
-                if breaker.state in (State.OPEN, State.HALF_OPEN):
-                    open_for = breaker.retry_after() or 0.0
-                    self._reports.append(
-                        (fleet.name, "open", open_for, "fleet_restored", fleet.known)
-                    )
-                    self._notify()
-                    break
-            return
         if fresh:
             fleet.known = (incarnation, epoch)
         elif known is not None and epoch < known[1]:
@@ -842,7 +845,6 @@ class RedisSharedState:
             self.channel,
             breaker.name,
             self.origin,
-            uuid.uuid4().hex[:8],
         ]
         return config, args
 
@@ -854,7 +856,8 @@ class RedisSharedState:
                 self._key(fleet.name, "slots"),
                 self._key(fleet.name, "window"),
             ],
-            "args": [now, *fleet.args, *extra],
+            # ARGV[16]: names a fleet record this call may have to create (unique per call).
+            "args": [now, *fleet.args, uuid.uuid4().hex[:12], *extra],
         }
 
     def _fault(self, what: str, error: BaseException) -> None:
@@ -873,6 +876,15 @@ class RedisSharedState:
             "subscriptions": peek(self._subscriptions),
             "mismatched": sum(1 for fleet in self._fleets.values() if fleet.mismatched),
         }
+
+
+def _open_ms(fleet: _Fleet) -> int:
+    """Milliseconds this process's breaker of `fleet` stays open (0: half-open; -1: not open)."""
+    for member in fleet.members:
+        breaker = member.breaker
+        if breaker.state in (State.OPEN, State.HALF_OPEN):
+            return int((breaker.retry_after() or 0.0) * 1000)
+    return -1
 
 
 def _decode(reply: list[Any]) -> list[Any]:

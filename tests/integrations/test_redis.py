@@ -8,15 +8,10 @@ persistence. Locally the tests skip if redis-server is missing; on CI
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -26,71 +21,7 @@ from resilience import State
 redis_lib = pytest.importorskip("redis")
 import resilience.redis as rr  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RedisServer:
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("redis-server is missing on CI: .ci/run must install it")
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis_lib.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
-        give_up = time.monotonic() + 20
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis_lib.RedisError:
-                pass
-            if time.monotonic() > give_up:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
+from .redis_server import RedisServer, free_port  # noqa: E402
 
 WORKER_TRIP = """
 import sys, time
