@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint typecheck pytest docs-check bench clean
+.PHONY: help venv demo test lint typecheck pytest docs-check bench fleet-sim clean
 
 help:
 	@echo "make demo    the cascading-failure lab: plain httpx vs resilience, measured here"
 	@echo "make test    lint, type-check, run the whole test suite and build the docs"
 	@echo "make bench   per-call overhead next to a bare call, a minimal decorator and the peers"
+	@echo "make fleet-sim  the Redis fleet protocol simulation, long run (FLEET_SIM_EXAMPLES)"
 	@echo "make clean   remove the virtualenv and build output"
 
 $(STAMP): pyproject.toml
@@ -49,6 +50,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_retry.py --json benchmarks/results/retry.json
 	$(BIN)/python benchmarks/bench_transport.py --json benchmarks/results/transport.json
 	$(BIN)/python benchmarks/bench_redis.py --json benchmarks/results/redis.json
+
+# The simulation of tests/integrations/test_redis_protocol.py, with many more
+# random schedules than `make test` runs (needs redis-server on PATH).
+FLEET_SIM_EXAMPLES ?= 2000
+FLEET_SIM_STEPS ?= 80
+fleet-sim: $(STAMP)
+	FLEET_SIM_EXAMPLES=$(FLEET_SIM_EXAMPLES) FLEET_SIM_STEPS=$(FLEET_SIM_STEPS) \
+	  $(BIN)/python -m pytest -s -p no:cacheprovider \
+	  tests/integrations/test_redis_protocol.py::test_fleet_protocol_simulation
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -21,7 +21,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -405,3 +405,398 @@ def test_fleet_protocol_simulation(shared_redis_server: RedisServer) -> None:
         "transition: fleet",
     ):
         assert seen[needed] > 0, (needed, dict(seen))
+
+
+# -- each invariant and each defect of the old protocol, on a fake clock -------------------
+
+
+class Fleet:
+    """Members sharing one FakeClock and a fresh key prefix on a real server."""
+
+    def __init__(self, server: RedisServer, count: int, **conf: Any) -> None:
+        self.server = server
+        self.clock = FakeClock(start=1000.0)
+        self.prefix = f"t-{uuid.uuid4().hex[:8]}"
+        defaults: dict[str, Any] = {
+            "consecutive_failures": 2,
+            "failure_rate_threshold": None,
+            "open_duration": OPEN,
+            "half_open_max_calls": 1,
+        }
+        self.conf = defaults | conf
+        self.members = [self.join() for _ in range(count)]
+
+    def join(self) -> Member:
+        return Member(self.server, self.prefix, self.clock, self.conf)
+
+    def flush_all(self) -> None:
+        for member in self.members:
+            assert member.flush()
+
+    def trip(self, member: Member) -> None:
+        """`member` fails until it opens; every member then learns it by a flush."""
+        with contextlib.suppress(CircuitOpenError):
+            for _ in range(10):
+                member.breaker.acquire().record_failure()
+        assert member.breaker.state is State.OPEN
+        self.flush_all()
+
+    def states(self) -> list[State]:
+        return [member.breaker.state for member in self.members]
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+
+
+@pytest.fixture
+def fleet_of(shared_redis_server: RedisServer):
+    made: list[Fleet] = []
+
+    def make(count: int, **conf: Any) -> Fleet:
+        made.append(Fleet(shared_redis_server, count, **conf))
+        return made[-1]
+
+    yield make
+    for fleet in made:
+        fleet.close()
+
+
+@pytest.mark.parametrize("open_duration", [0.1, 0.5, 2.0, 30.0])
+def test_i2_next_probe_after_a_failed_one(fleet_of, open_duration: float) -> None:
+    """I2: after a failed probe the next one runs within open_duration + flush + 50 ms.
+
+    The old protocol never handed the failed probe's slot back: no probe ran again.
+    """
+    fleet = fleet_of(3, open_duration=open_duration)
+    a, b, c = fleet.members
+    fleet.trip(a)
+    assert fleet.states() == [State.OPEN] * 3
+    for attempt in range(3):  # a failed probe, again and again: never a stall
+        fleet.clock.advance(open_duration)
+        probe = b.breaker.acquire()
+        assert probe.grant is not None, attempt
+        with pytest.raises(CircuitOpenError):
+            c.breaker.acquire()  # one probe fleet-wide
+        probe.record_failure()
+        assert b.flush()  # the flush loop is woken by the settled probe
+        failed_at = fleet.clock.monotonic()
+        fleet.clock.advance(FLUSH)
+        fleet.flush_all()  # within one flush interval every member knows
+        assert fleet.states() == [State.OPEN] * 3
+        fleet.clock.advance(open_duration - FLUSH + 0.001)
+        assert fleet.clock.monotonic() - failed_at <= open_duration + FLUSH + 0.05
+        next_probe = c.breaker.acquire()
+        assert next_probe.grant is not None
+        next_probe.release()  # handed back unused
+        assert c.flush()
+    fleet.clock.advance(FLUSH)
+    probe = a.breaker.acquire()
+    probe.record_success()
+    assert a.flush()
+    fleet.flush_all()
+    assert fleet.states() == [State.CLOSED] * 3
+
+
+@pytest.mark.parametrize("how", ["release", "ignored", "cancelled"])
+def test_a_probe_that_settles_without_an_outcome_hands_its_slot_back(fleet_of, how: str) -> None:
+    """IGNORED, released or cancelled: the next member probes at once, not after an expiry."""
+    import asyncio
+
+    fleet = fleet_of(2, record=(ConnectionError,))
+    a, b = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(OPEN)
+    if how == "release":
+        a.breaker.acquire().release()
+    elif how == "ignored":
+
+        @a.breaker
+        def not_recorded() -> None:
+            raise KeyError("outside record=")
+
+        with pytest.raises(KeyError):
+            not_recorded()
+    else:
+
+        async def cancelled() -> None:
+            entered = asyncio.Event()
+
+            @a.breaker
+            async def probe() -> None:
+                entered.set()
+                await asyncio.sleep(3600)
+
+            task = asyncio.create_task(probe())
+            await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(cancelled())
+    assert a.flush()
+    assert fleet_slots(a) == 0
+    probe = b.breaker.acquire()
+    assert probe.grant is not None
+    probe.record_success()
+    assert b.flush()
+    fleet.flush_all()
+    assert fleet.states() == [State.CLOSED, State.CLOSED]
+
+
+def test_half_open_max_calls_means_n_probes_in_the_fleet_and_one_decision(fleet_of) -> None:
+    """Two members, two slots: one probe each, and the fleet closes on both outcomes."""
+    fleet = fleet_of(2, half_open_max_calls=2)
+    a, b = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(OPEN)
+    first, second = a.breaker.acquire(), b.breaker.acquire()
+    assert first.grant is not None
+    assert second.grant is not None
+    with pytest.raises(CircuitOpenError):
+        a.breaker.acquire()  # both fleet slots are out
+    first.record_success()
+    assert a.flush()
+    assert fleet.states() == [State.HALF_OPEN, State.HALF_OPEN]  # one outcome: no decision
+    second.record_success()
+    assert b.flush()
+    fleet.flush_all()
+    assert fleet.states() == [State.CLOSED, State.CLOSED]
+
+
+def test_i3_alternating_traffic_never_trips_on_consecutive_failures(fleet_of) -> None:
+    """I3: success, failure, success... in every member, flushed in any batching: no trip."""
+    fleet = fleet_of(3, consecutive_failures=2)
+    for round_ in range(30):
+        for member in fleet.members:
+            member.breaker.acquire().record_success()
+            member.breaker.acquire().record_failure()
+            if round_ % 3 == 0:
+                assert member.flush()
+    fleet.flush_all()
+    assert fleet.states() == [State.CLOSED] * 3
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(outcomes=st.lists(st.booleans(), min_size=1, max_size=30), flush_every=st.integers(1, 7))
+def test_the_fleet_streak_is_what_a_single_breaker_counts(
+    shared_redis_server: RedisServer, outcomes: list[bool], flush_every: int
+) -> None:
+    """One member and a plain breaker, fed the same outcomes: they trip at the same call."""
+    fleet = Fleet(shared_redis_server, 1, consecutive_failures=3)
+    alone = CircuitBreaker("alone", clock=fleet.clock, **fleet.conf)
+    (member,) = fleet.members
+    try:
+        for number, failed in enumerate(outcomes):
+            for breaker in (member.breaker, alone):
+                with contextlib.suppress(CircuitOpenError):
+                    permit = breaker.acquire()
+                    permit.record_failure() if failed else permit.record_success()
+            if number % flush_every == 0:
+                assert member.flush()
+            assert member.breaker.state is alone.state, number
+    finally:
+        fleet.close()
+
+
+def test_i4_a_trip_during_an_outage_reaches_every_member_after_it(
+    fleet_of, shared_redis_server: RedisServer
+) -> None:
+    """I4: A trips while Redis is down; Redis restarts empty; B and C follow within 2 flushes.
+
+    The old protocol never told B (it admitted 50 of 50 calls while Redis said open).
+    """
+    fleet = fleet_of(3)
+    a, b, _c = fleet.members
+    fleet.flush_all()
+    shared_redis_server.kill()
+    try:
+        with contextlib.suppress(CircuitOpenError):
+            for _ in range(3):
+                a.breaker.acquire().record_failure()
+        assert not a.flush()
+        assert fleet.states() == [State.OPEN, State.CLOSED, State.CLOSED]
+        for _ in range(10):  # I6: a healthy downstream is never rejected because of Redis
+            b.breaker.acquire().record_success()
+    finally:
+        shared_redis_server.start()
+    for member in fleet.members:
+        member.subscribe()
+    for _ in range(2):
+        fleet.flush_all()
+    assert fleet.states() == [State.OPEN] * 3
+
+
+def test_i4_a_restart_while_open_keeps_the_fleet_open(
+    fleet_of, shared_redis_server: RedisServer
+) -> None:
+    """Redis restarts empty while the fleet is open: the members re-seed it, nobody closes."""
+    fleet = fleet_of(3)
+    fleet.trip(fleet.members[0])
+    shared_redis_server.kill()
+    shared_redis_server.start()
+    for _ in range(2):
+        fleet.flush_all()
+    assert fleet.states() == [State.OPEN] * 3
+    status = fleet_status(fleet.members[0])
+    assert status is not None
+    assert status[3] == "open"
+
+
+def test_i5_a_late_joiner_rejects_within_one_flush(fleet_of) -> None:
+    """I5: a member attaching to an open fleet rejects calls after its first flush."""
+    fleet = fleet_of(2)
+    fleet.trip(fleet.members[0])
+    late = fleet.join()
+    fleet.members.append(late)
+    assert late.breaker.state is State.CLOSED
+    assert late.flush()
+    with pytest.raises(CircuitOpenError):
+        late.breaker.acquire()
+
+
+def test_i5_a_resubscribed_member_learns_what_it_missed(fleet_of) -> None:
+    """Messages lost while a member resubscribes: its next flush brings the fleet state."""
+    fleet = fleet_of(2)
+    a, b = fleet.members
+    with contextlib.suppress(CircuitOpenError):
+        for _ in range(3):
+            a.breaker.acquire().record_failure()
+    assert a.flush()
+    b.deliver(drop=True)  # the transition message is lost
+    b.subscribe()
+    assert b.breaker.state is State.CLOSED
+    assert b.flush()
+    assert b.breaker.state is State.OPEN
+
+
+def test_a_refused_member_asks_redis_no_more_in_that_epoch(fleet_of) -> None:
+    """A half-open call that finds no free slot locally costs no Redis command."""
+    fleet = fleet_of(2)
+    a, b = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(OPEN)
+    probe = a.breaker.acquire()
+    asked = []
+    script = b.shared._probe_script
+    b.shared._probe_script = lambda **kw: asked.append(1) or script(**kw)
+    for _ in range(20):
+        with pytest.raises(CircuitOpenError):
+            b.breaker.acquire()
+    assert len(asked) == 1
+    probe.release()
+    assert a.flush()
+    assert b.flush()  # the flush reports a free slot: b may ask again
+    assert b.breaker.acquire().grant is not None
+    assert len(asked) == 2
+
+
+def test_members_with_other_settings_run_locally_and_say_so(
+    fleet_of, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member whose settings differ from the fleet's: an error logged, local state, no counts."""
+    fleet = fleet_of(1)
+    fleet.flush_all()
+    odd = Member(fleet.server, fleet.prefix, fleet.clock, fleet.conf | {"consecutive_failures": 9})
+    fleet.members.append(odd)
+    with caplog.at_level("ERROR", logger="resilience.redis"):
+        assert odd.flush()
+    assert "settings differ" in caplog.text
+    assert '"consecutive_failures":9' in caplog.text
+    assert odd.shared.metrics()["mismatched"] == 1
+    with contextlib.suppress(CircuitOpenError):
+        for _ in range(12):
+            odd.breaker.acquire().record_failure()
+    assert odd.breaker.state is State.OPEN  # its own rule, locally
+    assert odd.flush()
+    assert fleet.members[0].flush()
+    assert fleet.members[0].breaker.state is State.CLOSED  # never told the fleet
+
+
+def test_same_named_breakers_in_one_process_must_agree(shared_redis_server) -> None:
+    shared = rr.RedisSharedState(f"redis://127.0.0.1:{shared_redis_server.port}/0")
+    shared.attach(CircuitBreaker("x", consecutive_failures=3))
+    with pytest.raises(ValueError, match="other settings"):
+        shared.attach(CircuitBreaker("x", consecutive_failures=4))
+
+
+def test_a_sync_client_that_retries_is_refused() -> None:
+    """redis.Redis(...) retries with backoff by default: a probe grant could block for seconds."""
+    with pytest.raises(ValueError, match=r"client= retries"):
+        rr.RedisSharedState(client=redis_lib.Redis(host="127.0.0.1", port=1))
+    rr.RedisSharedState(
+        client=redis_lib.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    )
+
+
+@pytest.mark.parametrize("max_wait", [None, 2.0])
+def test_a_dead_probe_holder_blocks_the_fleet_only_for_its_lease(fleet_of, max_wait) -> None:
+    """A process dies holding the probe: its lease runs out, then the fleet probes again.
+
+    With half_open_max_wait the fleet reopens (as a local breaker does); without
+    it the slot is freed after ten open periods (at least 1 s, at most 60 s).
+    """
+    fleet = fleet_of(2, half_open_max_wait=max_wait)
+    a, b = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(OPEN)
+    assert a.breaker.acquire().grant is not None  # a dies with it
+    lease = max_wait if max_wait is not None else 10 * OPEN
+    fleet.clock.advance(lease - 0.01)
+    with pytest.raises(CircuitOpenError):
+        b.breaker.acquire()
+    fleet.clock.advance(0.01)
+    assert b.flush()
+    if max_wait is None:
+        assert b.breaker.acquire().grant is not None
+    else:
+        assert fleet_status(b)[3:6] == ["open", OPEN * 1000, 2]  # reopened: a second opening
+        assert b.breaker.state is State.OPEN
+
+
+def test_a_fleet_that_closes_starts_with_an_empty_window(fleet_of) -> None:
+    """Failures flushed before the trip do not count against the closed fleet."""
+    fleet = fleet_of(2, consecutive_failures=None, failure_rate_threshold=0.5, minimum_calls=4)
+    a, b = fleet.members
+    for _ in range(4):
+        a.breaker.acquire().record_failure()
+    assert a.flush()
+    fleet.flush_all()
+    assert fleet.states() == [State.OPEN, State.OPEN]
+    fleet.clock.advance(OPEN)
+    a.breaker.acquire().record_success()
+    assert a.flush()
+    fleet.flush_all()
+    assert fleet.states() == [State.CLOSED, State.CLOSED]
+    for member in (a, b):  # three of four would trip an old window again
+        member.breaker.acquire().record_success()
+    a.breaker.acquire().record_failure()
+    fleet.flush_all()
+    assert fleet.states() == [State.CLOSED, State.CLOSED]
+
+
+def test_a_late_message_older_than_what_a_member_knows_is_ignored(fleet_of) -> None:
+    """Messages delivered out of order: the older state never wins."""
+    fleet = fleet_of(2)
+    a, b = fleet.members
+    fleet.trip(a)  # epoch 1: open; b learns it by its flush, the message waits
+    fleet.clock.advance(OPEN)
+    probe = a.breaker.acquire()
+    probe.record_success()
+    assert a.flush()  # epoch 2: closed
+    assert b.flush()
+    assert b.breaker.state is State.CLOSED
+    b.deliver(drop=False)  # both messages, the older first
+    assert b.breaker.state is State.CLOSED
+
+
+def test_a_mismatched_member_joins_once_the_old_record_is_gone(fleet_of) -> None:
+    fleet = fleet_of(1)
+    fleet.flush_all()
+    odd = Member(fleet.server, fleet.prefix, fleet.clock, fleet.conf | {"open_duration": 5.0})
+    fleet.members.append(odd)
+    assert odd.flush()
+    assert odd.shared.metrics()["mismatched"] == 1
+    odd.client.delete(odd.shared._key("sim", "state"))  # what the record's TTL does
+    assert odd.flush()
+    assert odd.shared.metrics()["mismatched"] == 0
