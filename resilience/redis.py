@@ -365,6 +365,7 @@ class RedisSharedState:
         #: This process's identity on the channel.
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
+        self._observing = threading.Lock()
         self._fleets: dict[str, _Fleet] = {}
         # (name, to, open seconds or -1, reason, known) and (name, grant, outcome code, slow):
         # sent in order by the flush loop; kept until Redis has them.
@@ -535,7 +536,8 @@ class RedisSharedState:
             return None
         if code == "granted":
             # Our local half-open is the fleet's: note its epoch, change nothing.
-            fleet.known = (status[1], status[2])
+            with self._observing:
+                fleet.known = max(fleet.known or ("", -1), (status[1], status[2]), key=_order)
             return _Grant(name, slot, status[1], status[2])
         self._observe(fleet, status)
         return code == "closed"  # closed: the call goes ahead; full or open: refused
@@ -639,7 +641,15 @@ class RedisSharedState:
     # -- what the fleet tells the process --------------------------------------------
 
     def _observe(self, fleet: _Fleet, status: list[Any]) -> None:
-        """Apply a fleet state (a script's answer or a pub/sub message) to the local breakers."""
+        """Apply a fleet state (a script's answer or a pub/sub message) to the local breakers.
+
+        The flush and listen threads both apply states: one at a time, so an
+        older state read before a newer one was applied never wins.
+        """
+        with self._observing:
+            self._observe_locked(fleet, status)
+
+    def _observe_locked(self, fleet: _Fleet, status: list[Any]) -> None:
         code = status[0]
         if code == "unknown":
             return
@@ -894,7 +904,16 @@ def _decode(reply: list[Any]) -> list[Any]:
 
 def _older(incarnation: str, than: str) -> bool:
     """Whether fleet incarnation `incarnation` was created before `than` (ms-suffix ids)."""
+    return _created(incarnation) < _created(than)
+
+
+def _created(incarnation: str) -> int:
     try:
-        return int(incarnation.split("-", 1)[0]) < int(than.split("-", 1)[0])
+        return int(incarnation.split("-", 1)[0])
     except ValueError:
-        return False
+        return -1
+
+
+def _order(known: tuple[str, int]) -> tuple[int, str, int]:
+    """Orders fleet (incarnation, epoch) pairs: by creation of the record, then epoch."""
+    return (_created(known[0]), known[0], known[1])
