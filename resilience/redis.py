@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -60,6 +61,10 @@ _log = logging.getLogger("resilience.redis")
 
 #: Open durations sent to Redis, for consecutive fleet openings 1.._OPENINGS (then the last).
 _OPENINGS = 32
+#: A fleet stays open at most this long per opening (seconds): keys need a finite TTL.
+_LONGEST_OPEN = 86_400.0
+#: The most buckets a fleet window may have (each flush with outcomes reads them all).
+_MOST_BUCKETS = 600
 
 _PRELUDE = """
 local S, SLOTS, WINDOW = KEYS[1], KEYS[2], KEYS[3]
@@ -343,14 +348,7 @@ class RedisSharedState:
             )
         if not isinstance(client, redis_lib.Redis | aredis.Redis):
             raise TypeError(f"client= takes a redis.Redis or redis.asyncio.Redis, got {client!r}")
-        retry = client.get_retry() if hasattr(client, "get_retry") else None
-        if isinstance(client, redis_lib.Redis) and getattr(retry, "_retries", None):
-            raise ValueError(
-                "client= retries failed commands (redis-py's default Retry for redis.Redis(...)): "
-                "a half-open call asking Redis for a probe slot could then wait seconds while "
-                "Redis is down. Build it with retry=redis.retry.Retry(redis.backoff.NoBackoff(), "
-                "0), or pass url= instead"
-            )
+        _check_client(client, self.socket_timeout)
         # redis-py types sync and asyncio clients as one union; each path knows which it has.
         self._redis: Any = client
         self._is_async = isinstance(client, aredis.Redis)
@@ -361,15 +359,23 @@ class RedisSharedState:
         self._report_script: Any = client.register_script(_REPORT)
         self._probe_script: Any = client.register_script(_PROBE)
         self._settle_script: Any = client.register_script(_SETTLE)
+        self._scripts = (
+            self._flush_script,
+            self._report_script,
+            self._probe_script,
+            self._settle_script,
+        )
+        self._scripts_loaded = False
         self.channel = f"{self.prefix}:breaker-events"
         #: This process's identity on the channel.
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
-        self._observing = threading.Lock()
+        self._observing = threading.RLock()  # an observer of a transition may call the breaker
         self._fleets: dict[str, _Fleet] = {}
-        # (name, to, open seconds or -1, reason, known) and (name, grant, outcome code, slow):
-        # sent in order by the flush loop; kept until Redis has them.
-        self._reports: deque[tuple[str, str, float, str, tuple[str, int] | None]] = deque()
+        # (name, to, breaker, reason, known) and (name, grant, outcome code, slow): sent in
+        # order by the flush loop; kept until Redis has them. Only a name's latest report
+        # is kept: an older one says what the process no longer holds.
+        self._reports: deque[tuple[str, str, CircuitBreaker, str, tuple[str, int] | None]] = deque()
         self._settles: deque[tuple[str, _Grant, str, bool]] = deque()
         self._slots = itertools.count()
         self._wake = threading.Event()
@@ -392,6 +398,11 @@ class RedisSharedState:
         """
         if not isinstance(breaker, CircuitBreaker):
             raise TypeError(f"attach() takes a CircuitBreaker, got {breaker!r}")
+        if breaker._shared is not None and breaker._shared is not self:
+            raise ValueError(
+                f"breaker {breaker.name!r} is already shared through another backend: "
+                "a breaker belongs to one fleet"
+            )
         config, args = self._fleet_args(breaker)
         with self._lock:
             fleet = self._fleets.get(breaker.name)
@@ -405,8 +416,8 @@ class RedisSharedState:
             if any(member.breaker is breaker for member in fleet.members):
                 return breaker
             fleet.members.append(_Member(breaker))
-        breaker.share(self)
-        breaker.events.subscribe(self._on_event)
+            breaker.share(self)
+            breaker.events.subscribe(functools.partial(self._on_event, breaker))
         self._notify()  # learn the fleet's state now (an open fleet rejects at once)
         return breaker
 
@@ -414,6 +425,9 @@ class RedisSharedState:
         """Start the flush and subscribe threads (daemons); return self."""
         if self._is_async:
             raise TypeError("an asyncio client runs on its event loop: use `await shared.astart()`")
+        if any(thread.is_alive() for thread in self._threads):
+            return self  # already running
+        self._resume()
         for target, name in ((self._flush_loop, "flush"), (self._listen_loop, "listen")):
             thread = threading.Thread(target=target, name=f"resilience-redis-{name}", daemon=True)
             thread.start()
@@ -421,17 +435,34 @@ class RedisSharedState:
         return self
 
     def stop(self) -> None:
-        """Flush what is waiting, then stop the threads."""
+        """Flush what is waiting, stop the threads, and leave the breakers local until `start()`."""
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
+        self._detach()
+
+    def _detach(self) -> None:
+        """Stopped: the breakers decide locally (nobody would settle a fleet slot)."""
+        for fleet in list(self._fleets.values()):
+            for member in fleet.members:
+                member.breaker.share(None)
+                member.breaker.probe_slots_free()
+
+    def _resume(self) -> None:
+        self._stop.clear()
+        for fleet in list(self._fleets.values()):
+            for member in fleet.members:
+                member.breaker.share(self)
 
     async def astart(self) -> RedisSharedState:
         """Start the flush and subscribe tasks on the running loop (asyncio client); return self."""
         if not self._is_async:
             raise TypeError("astart() runs a redis.asyncio client; this one is sync: use start()")
+        if any(not task.done() for task in self._tasks):
+            return self  # already running
+        self._resume()
         self._loop = asyncio.get_running_loop()
         self._awake = asyncio.Event()
         self._tasks = [
@@ -447,6 +478,7 @@ class RedisSharedState:
         tasks, self._tasks = self._tasks, []
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        self._detach()
 
     # -- the breaker's questions ----------------------------------------------------
 
@@ -506,7 +538,11 @@ class RedisSharedState:
         try:
             return future.result(timeout=self.socket_timeout * 2)
         except Exception as error:  # noqa: BLE001  (timeout, loop gone: decide locally)
-            future.cancel()  # the coroutine returns the slot it may hold
+            # Cancelled in time, the coroutine returns the slot it may hold; done
+            # meanwhile, its answer (a slot, maybe) is ours after all.
+            if not future.cancel() and future.done() and not future.cancelled():
+                with contextlib.suppress(Exception):
+                    return future.result(timeout=0)
             self._fault("grant a probe", error)
             return None
 
@@ -549,7 +585,7 @@ class RedisSharedState:
 
     # -- what the process tells the fleet ----------------------------------------------
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, breaker: CircuitBreaker, event: Event) -> None:
         """Local transitions are reported to the fleet (from the flush loop, not here)."""
         if not isinstance(event, StateChanged) or event.reason == "fleet":
             return
@@ -557,14 +593,15 @@ class RedisSharedState:
         if fleet is None:
             return
         if event.to_state is State.OPEN:
-            breaker = fleet.members[0].breaker
-            self._reports.append(
-                (event.name, "open", breaker.retry_after() or 0.0, event.reason, fleet.known)
-            )
+            to = "open"
         elif event.to_state is State.CLOSED and event.from_state is State.HALF_OPEN:
-            self._reports.append((event.name, "closed", -1.0, event.reason, fleet.known))
+            to = "closed"
         else:
             return
+        with self._lock:
+            for queued in [report for report in self._reports if report[0] == event.name]:
+                self._reports.remove(queued)
+            self._reports.append((event.name, to, breaker, event.reason, fleet.known))
         self._notify()
 
     def _notify(self) -> None:
@@ -580,10 +617,12 @@ class RedisSharedState:
         """The commands of one flush: (script, request, what to do with its answer)."""
         commands: list[tuple[Any, dict[str, Any], Any]] = []
         for report in list(self._reports):
-            name, to, open_for, reason, known = report
+            name, to, breaker, reason, known = report
             fleet = self._fleets[name]
             incarnation, epoch = known or ("", -1)
-            open_ms = int(open_for * 1000) if open_for >= 0 else -1
+            open_ms = _open_ms_of(breaker) if to == "open" else -1
+            if to == "open" and open_ms < 0:
+                open_ms = 0  # closed since by an operator: the fleet decides by its probes
             request = self._request(fleet, to, incarnation, epoch, open_ms, reason)
             commands.append((self._report_script, request, (self._reports, report, fleet)))
         for settle in list(self._settles):
@@ -607,36 +646,61 @@ class RedisSharedState:
         return commands
 
     def _done(self, commands: list[tuple[Any, dict[str, Any], Any]], replies: list[Any]) -> None:
-        """The flush landed: drop what was sent, advance the flushed counts, apply the fleet."""
+        """The flush landed: drop what was sent, advance the flushed counts, apply the fleet.
+
+        A script that failed in Redis (a record edited by hand, say) is logged
+        and counted as a fault, and its item is dropped rather than sent again
+        every flush; a script Redis no longer knows (it restarted) is loaded
+        and its item sent again at the next flush.
+        """
         for (_, _, (queue, item, fleet)), reply in zip(commands, replies, strict=True):
+            if isinstance(reply, redis_lib.exceptions.NoScriptError):
+                self._scripts_loaded = False
+                continue
             if queue is not None:
                 with contextlib.suppress(ValueError):
                     queue.remove(item)
             else:
                 for member, total_s, total_f in item:
                     member.flushed_successes, member.flushed_failures = total_s, total_f
+            if isinstance(reply, Exception):
+                self._fault(f"breaker {fleet.name!r}", reply)
+                continue
             self._observe(fleet, _decode(reply))
         next(self._flushes)
 
+    def _pipeline(self, pipeline: Any, commands: list[tuple[Any, dict[str, Any], Any]]) -> None:
+        for script, request, _ in commands:
+            keys, args = request["keys"], request["args"]
+            pipeline.evalsha(script.sha, len(keys), *keys, *args)
+
     def _cycle(self) -> None:
-        """One flush over a sync client (raises RedisError on a fault: nothing is lost)."""
+        """One flush over a sync client: one round trip (raises RedisError on a fault)."""
+        if not self._scripts_loaded:
+            for script in self._scripts:
+                self._redis.script_load(script.script)
+            self._scripts_loaded = True
         commands = self._plan()
         if not commands:
             return
-        pipeline = self._redis.pipeline(transaction=False)
-        for script, request, _ in commands:
-            script(**request, client=pipeline)
-        self._done(commands, pipeline.execute())
+        with self._redis.pipeline(transaction=False) as pipeline:
+            self._pipeline(pipeline, commands)
+            replies = pipeline.execute(raise_on_error=False)
+        self._done(commands, replies)
 
     async def _acycle(self) -> None:
         """`_cycle` over an asyncio client."""
+        if not self._scripts_loaded:
+            for script in self._scripts:
+                await self._redis.script_load(script.script)
+            self._scripts_loaded = True
         commands = self._plan()
         if not commands:
             return
-        pipeline = self._redis.pipeline(transaction=False)
-        for script, request, _ in commands:
-            await script(**request, client=pipeline)
-        self._done(commands, await pipeline.execute())
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            self._pipeline(pipeline, commands)
+            replies = await pipeline.execute(raise_on_error=False)
+        self._done(commands, replies)
 
     # -- what the fleet tells the process --------------------------------------------
 
@@ -647,12 +711,15 @@ class RedisSharedState:
         older state read before a newer one was applied never wins.
         """
         with self._observing:
-            self._observe_locked(fleet, status)
+            try:
+                self._observe_locked(fleet, status)
+            except (ValueError, TypeError, IndexError) as error:  # a record edited by hand
+                self._fault(f"breaker {fleet.name!r}: unreadable fleet state {status!r}", error)
 
     def _observe_locked(self, fleet: _Fleet, status: list[Any]) -> None:
         code = status[0]
-        if code == "unknown":
-            return
+        if code == "unknown" or (code == "event" and fleet.mismatched is not None):
+            return  # a member with other settings follows no fleet state
         if code == "mismatch":
             if fleet.mismatched is None:
                 _log.error(
@@ -664,8 +731,16 @@ class RedisSharedState:
                 )
             fleet.mismatched = str(status[1])
             return
-        fleet.mismatched = None
         _, incarnation, epoch, phase, remaining_ms, openings, free = status
+        if not isinstance(incarnation, str) or phase not in ("closed", "open", "half_open"):
+            raise ValueError("not a fleet state")
+        epoch, remaining_ms, openings, free = (
+            int(epoch),
+            int(remaining_ms),
+            int(openings),
+            int(free),
+        )
+        fleet.mismatched = None
         known = fleet.known
         if known is not None and incarnation != known[0] and _older(incarnation, known[0]):
             return  # a late message from before Redis lost its state
@@ -676,13 +751,16 @@ class RedisSharedState:
         elif known is not None and epoch < known[1]:
             return  # an older epoch (a delayed message)
         for breaker in breakers:
+            state = breaker.state
             if phase == "closed":
                 if fresh:
                     breaker.apply_remote(State.CLOSED)
             elif (
                 fresh
-                or breaker.state is State.OPEN
-                or (phase == "open" and breaker.state is State.HALF_OPEN)
+                # the same fleet period: an open breaker follows it, but only to a later end
+                # (a shorter one would undo a newer local decision, such as a failed probe)
+                or (state is State.OPEN and remaining_ms / 1000 > (breaker.retry_after() or 0))
+                or (phase == "open" and state is State.HALF_OPEN)
             ):
                 breaker.apply_remote(State.OPEN, remaining_ms / 1000, openings=openings)
             if phase == "half_open" and free > 0:
@@ -702,7 +780,7 @@ class RedisSharedState:
                 0,
             ]
             fleet = self._fleets.get(data["name"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             return  # not ours, or garbage on the channel
         if fleet is None or status[3] not in ("closed", "open", "half_open"):
             return
@@ -740,12 +818,12 @@ class RedisSharedState:
                 self._cycle()
                 backoff = 0.0
                 next_flush = now + self.flush_interval
-            except redis_lib.RedisError as error:
+            except Exception as error:  # noqa: BLE001  (the background work never dies)
                 self._fault("flush", error)
                 backoff = self.flush_interval  # try again next interval: rejoin quickly
         try:  # a last flush on the way out
             self._cycle()
-        except redis_lib.RedisError as error:
+        except Exception as error:  # noqa: BLE001
             self._fault("flush at stop", error)
 
     def _listen_loop(self) -> None:
@@ -758,11 +836,11 @@ class RedisSharedState:
                     message = pubsub.get_message(timeout=0.1)
                     if message is not None:
                         self._apply(message)
-            except redis_lib.RedisError as error:
+            except Exception as error:  # noqa: BLE001
                 self._fault("listen", error)
                 self._stop.wait(self.flush_interval)
             finally:
-                with contextlib.suppress(redis_lib.RedisError):
+                with contextlib.suppress(Exception):
                     pubsub.close()
 
     def _subscribed(self) -> None:
@@ -786,12 +864,12 @@ class RedisSharedState:
                 await self._acycle()
                 backoff = 0.0
                 next_flush = now + self.flush_interval
-            except (redis_lib.RedisError, OSError) as error:
+            except Exception as error:  # noqa: BLE001
                 self._fault("flush", error)
                 backoff = self.flush_interval
         try:
             await self._acycle()
-        except (redis_lib.RedisError, OSError) as error:
+        except Exception as error:  # noqa: BLE001
             self._fault("flush at stop", error)
 
     async def _alisten_loop(self) -> None:
@@ -804,11 +882,11 @@ class RedisSharedState:
                     message = await pubsub.get_message(timeout=0.1)
                     if message is not None:
                         self._apply(message)
-            except (redis_lib.RedisError, OSError) as error:
+            except Exception as error:  # noqa: BLE001
                 self._fault("listen", error)
                 await asyncio.sleep(self.flush_interval)
             finally:
-                with contextlib.suppress(redis_lib.RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
     # -- helpers ----------------------------------------------------------------------
@@ -819,9 +897,16 @@ class RedisSharedState:
     def _fleet_args(self, breaker: CircuitBreaker) -> tuple[str, list[Any]]:
         """The settings every member must share, and the script arguments they make."""
         durations = [
-            int(breaker._open_duration(openings) * 1000) for openings in range(1, _OPENINGS + 1)
+            int(min(breaker._open_duration(openings), _LONGEST_OPEN) * 1000)
+            for openings in range(1, _OPENINGS + 1)
         ]
         window_seconds = float(getattr(breaker.window, "seconds", 0.0) or 60.0)
+        if window_seconds / self.bucket_seconds > _MOST_BUCKETS:
+            raise ValueError(
+                f"breaker {breaker.name!r}: a {window_seconds:g} s window in "
+                f"bucket_seconds={self.bucket_seconds:g} buckets is more than {_MOST_BUCKETS} "
+                "buckets for Redis to sum on every flush: raise bucket_seconds"
+            )
         max_wait = breaker.half_open_max_wait
         # A probe that never reports (its process died) holds its slot this long.
         lease = max_wait if max_wait is not None else min(max(10 * durations[0] / 1000, 1.0), 60.0)
@@ -832,7 +917,7 @@ class RedisSharedState:
             "consecutive_failures": breaker.consecutive_failures,
             "slow_call_duration": breaker.slow_call_duration,
             "slow_call_rate_threshold": breaker.slow_call_rate_threshold,
-            "open_duration_ms": durations[:4],
+            "open_duration_ms": durations,
             "half_open_max_calls": breaker.half_open_max_calls,
             "half_open_max_wait": max_wait,
             "bucket_seconds": self.bucket_seconds,
@@ -871,7 +956,15 @@ class RedisSharedState:
         }
 
     def _fault(self, what: str, error: BaseException) -> None:
+        """Count and log (at most every 10 s) a fault; refused members may ask again.
+
+        A member the fleet refused waits for a flush answer to ask again; with
+        Redis unreachable none comes, and its next grant decides locally.
+        """
         next(self._faults)
+        for fleet in list(self._fleets.values()):
+            for member in fleet.members:
+                member.breaker.probe_slots_free()
         now = time.monotonic()
         if now - self._last_fault_log >= 10:  # at most one line per 10 s
             self._last_fault_log = now
@@ -886,6 +979,35 @@ class RedisSharedState:
             "subscriptions": peek(self._subscriptions),
             "mismatched": sum(1 for fleet in self._fleets.values() if fleet.mismatched),
         }
+
+
+def _check_client(client: Any, socket_timeout: float) -> None:
+    """Refuse a client that could make a call wait on Redis: retries, or no socket timeout."""
+    retry = client.get_retry() if hasattr(client, "get_retry") else None
+    if getattr(retry, "_retries", None):
+        raise ValueError(
+            "client= retries failed commands (redis-py's default Retry for redis.Redis(...)): "
+            "a half-open call asking Redis for a probe slot, and the fleet's recovery after an "
+            "outage, would wait for the retries. Build it with "
+            "retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), use Redis.from_url(...), "
+            "or pass url= instead"
+        )
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    timeout = kwargs.get("socket_timeout", kwargs.get("orig_socket_timeout"))
+    if timeout is None or timeout > socket_timeout:
+        raise ValueError(
+            f"client= waits up to socket_timeout={timeout} for a command, more than "
+            f"socket_timeout={socket_timeout}: a call asking a stalled Redis for a probe slot "
+            "would wait that long. Build the client with socket_timeout= at most that, or "
+            "raise socket_timeout= to accept such waits"
+        )
+
+
+def _open_ms_of(breaker: CircuitBreaker) -> int:
+    """Milliseconds `breaker` stays open (0: half-open; -1: not open)."""
+    if breaker.state in (State.OPEN, State.HALF_OPEN):
+        return int((breaker.retry_after() or 0.0) * 1000)
+    return -1
 
 
 def _open_ms(fleet: _Fleet) -> int:

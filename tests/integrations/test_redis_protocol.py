@@ -70,7 +70,7 @@ class Member:
             retry=Retry(NoBackoff(), 0),
         )
         self.shared = rr.RedisSharedState(
-            client=self.client, prefix=prefix, flush_interval=FLUSH, clock=clock
+            client=self.client, prefix=prefix, flush_interval=FLUSH, clock=clock, socket_timeout=0.5
         )
         self.breaker = self.shared.attach(CircuitBreaker("sim", clock=clock, **conf))
         self.clock = clock
@@ -720,83 +720,212 @@ def test_same_named_breakers_in_one_process_must_agree(shared_redis_server) -> N
         shared.attach(CircuitBreaker("x", consecutive_failures=4))
 
 
-def test_a_sync_client_that_retries_is_refused() -> None:
-    """redis.Redis(...) retries with backoff by default: a probe grant could block for seconds."""
+def test_a_client_that_could_make_a_call_wait_is_refused() -> None:
+    """A client that retries, or waits longer than socket_timeout=, could block a probe grant.
+
+    redis-py's `redis.Redis(...)` retries with backoff by default, and waits up to 5 s.
+    """
+    no_retry = Retry(NoBackoff(), 0)
     with pytest.raises(ValueError, match=r"client= retries"):
-        rr.RedisSharedState(client=redis_lib.Redis(host="127.0.0.1", port=1))
+        rr.RedisSharedState(client=redis_lib.Redis(host="127.0.0.1", port=1, socket_timeout=1))
+    with pytest.raises(ValueError, match=r"client= retries"):
+        rr.RedisSharedState(client=redis_lib.asyncio.Redis(port=1, socket_timeout=1))
+    with pytest.raises(ValueError, match=r"socket_timeout=5"):
+        rr.RedisSharedState(client=redis_lib.Redis.from_url("redis://127.0.0.1:1/0"))
+    slow = redis_lib.Redis(host="127.0.0.1", port=1, retry=no_retry, socket_timeout=0.5)
+    with pytest.raises(ValueError, match=r"socket_timeout=0.5 for a command"):
+        rr.RedisSharedState(client=slow)
+    rr.RedisSharedState(client=slow, socket_timeout=0.5)
     rr.RedisSharedState(
-        client=redis_lib.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+        client=redis_lib.Redis(host="127.0.0.1", port=1, retry=no_retry, socket_timeout=0.05)
+    )
+    rr.RedisSharedState(
+        client=redis_lib.asyncio.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.05)
     )
 
 
-@pytest.mark.parametrize("max_wait", [None, 2.0])
-def test_a_dead_probe_holder_blocks_the_fleet_only_for_its_lease(fleet_of, max_wait) -> None:
-    """A process dies holding the probe: its lease runs out, then the fleet probes again.
+# -- what an outside attack found (each failed before its fix) -----------------------------
 
-    With half_open_max_wait the fleet reopens (as a local breaker does); without
-    it the slot is freed after ten open periods (at least 1 s, at most 60 s).
+
+def test_a_local_reopen_is_not_undone_by_the_fleets_half_open_phase(fleet_of) -> None:
+    """A probe decided locally fails: the member stays open for its own period.
+
+    Before: the next flush answer ("half-open") made it half-open again at once,
+    and every call became a probe of the dead downstream.
     """
-    fleet = fleet_of(2, half_open_max_wait=max_wait)
+    fleet = fleet_of(2, open_duration=30.0)
+    a, _ = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(30.0)
+    a.shared.grant_probe = lambda breaker: None  # the grant is unknown: decided locally
+    a.breaker.acquire().record_failure()
+    assert a.breaker.state is State.OPEN
+    assert a.flush()
+    assert a.breaker.state is State.OPEN
+    assert a.breaker.retry_after() == pytest.approx(30.0)
+
+
+def test_a_refused_member_decides_locally_while_redis_is_down(
+    fleet_of, shared_redis_server: RedisServer
+) -> None:
+    """I6: the fleet refused B a probe, then Redis died: B probes locally, not never."""
+    fleet = fleet_of(2)
     a, b = fleet.members
     fleet.trip(a)
     fleet.clock.advance(OPEN)
-    assert a.breaker.acquire().grant is not None  # a dies with it
-    lease = max_wait if max_wait is not None else 10 * OPEN
-    fleet.clock.advance(lease - 0.01)
+    assert a.breaker.acquire().grant is not None
     with pytest.raises(CircuitOpenError):
         b.breaker.acquire()
-    fleet.clock.advance(0.01)
-    assert b.flush()
-    if max_wait is None:
-        assert b.breaker.acquire().grant is not None
-    else:
-        assert fleet_status(b)[3:6] == ["open", OPEN * 1000, 2]  # reopened: a second opening
-        assert b.breaker.state is State.OPEN
+    shared_redis_server.kill()
+    try:
+        assert not b.flush()
+        probe = b.breaker.acquire()
+        assert probe.probe
+        assert getattr(probe, "grant", None) is None
+        probe.record_success()
+        assert b.breaker.state is State.CLOSED
+    finally:
+        shared_redis_server.start()
 
 
-def test_a_fleet_that_closes_starts_with_an_empty_window(fleet_of) -> None:
-    """Failures flushed before the trip do not count against the closed fleet."""
-    fleet = fleet_of(2, consecutive_failures=None, failure_rate_threshold=0.5, minimum_calls=4)
-    a, b = fleet.members
-    for _ in range(4):
-        a.breaker.acquire().record_failure()
-    assert a.flush()
+def test_only_a_members_latest_transition_is_reported_after_a_partition(
+    fleet_of, shared_redis_server: RedisServer
+) -> None:
+    """Cut off, A trips and then closes on a local probe: the fleet must not open afterwards.
+
+    Before: the queued "open" was sent (with the 30 s computed at the trip) and
+    the "closed" failed its compare-and-set: 20 of 20 healthy calls rejected.
+    """
+    fleet = fleet_of(2, open_duration=30.0)
+    a, _b = fleet.members
     fleet.flush_all()
-    assert fleet.states() == [State.OPEN, State.OPEN]
-    fleet.clock.advance(OPEN)
-    a.breaker.acquire().record_success()
-    assert a.flush()
+    shared_redis_server.kill()
+    try:
+        with contextlib.suppress(CircuitOpenError):
+            for _ in range(2):
+                a.breaker.acquire().record_failure()
+        fleet.clock.advance(30.0)
+        a.breaker.acquire().record_success()  # a local probe: the grant fails, decided here
+        assert a.breaker.state is State.CLOSED
+        assert [report[1] for report in a.shared._reports] == ["closed"]
+    finally:
+        shared_redis_server.start()
+    fleet.flush_all()
     fleet.flush_all()
     assert fleet.states() == [State.CLOSED, State.CLOSED]
-    for member in (a, b):  # three of four would trip an old window again
-        member.breaker.acquire().record_success()
-    a.breaker.acquire().record_failure()
-    fleet.flush_all()
-    assert fleet.states() == [State.CLOSED, State.CLOSED]
 
 
-def test_a_late_message_older_than_what_a_member_knows_is_ignored(fleet_of) -> None:
-    """Messages delivered out of order: the older state never wins."""
-    fleet = fleet_of(2)
-    a, b = fleet.members
-    fleet.trip(a)  # epoch 1: open; b learns it by its flush, the message waits
-    fleet.clock.advance(OPEN)
-    probe = a.breaker.acquire()
-    probe.record_success()
-    assert a.flush()  # epoch 2: closed
-    assert b.flush()
-    assert b.breaker.state is State.CLOSED
-    b.deliver(drop=False)  # both messages, the older first
-    assert b.breaker.state is State.CLOSED
-
-
-def test_a_mismatched_member_joins_once_the_old_record_is_gone(fleet_of) -> None:
+def test_a_broken_record_is_a_fault_and_spares_the_other_breakers(fleet_of) -> None:
+    """One record edited by hand: its script fails, the others' flush lands, nothing replays."""
     fleet = fleet_of(1)
-    fleet.flush_all()
-    odd = Member(fleet.server, fleet.prefix, fleet.clock, fleet.conf | {"open_duration": 5.0})
+    (a,) = fleet.members
+    other = a.shared.attach(CircuitBreaker("other", clock=fleet.clock, **fleet.conf))
+    assert a.flush()
+    a.client.hdel(a.shared._key("sim", "state"), "epoch")
+    a.client.set(a.shared._key("other", "state"), "not a hash")
+    faults = a.shared.metrics()["faults"]
+    a.breaker.acquire().record_success()
+    other.acquire().record_failure()
+    assert a.flush()
+    assert a.shared.metrics()["faults"] > faults
+    flushes = a.shared.metrics()["flushes"]
+    assert a.flush()  # not sent again and again
+    assert a.shared.metrics()["flushes"] == flushes + 1
+    window = a.client.keys(a.shared._key("other", "window") + ":*")
+    assert window == []  # the failed script added nothing...
+    assert a.shared._fleets["other"].members[0].flushed_failures == 1  # ...and is not replayed
+
+
+def test_a_member_with_other_settings_ignores_the_fleets_messages(fleet_of) -> None:
+    fleet = fleet_of(1)
+    (a,) = fleet.members
+    assert a.flush()
+    odd = Member(fleet.server, fleet.prefix, fleet.clock, fleet.conf | {"open_duration": 9.0})
     fleet.members.append(odd)
     assert odd.flush()
+    fleet.trip(a)
+    odd.deliver(drop=False)
+    assert odd.breaker.state is State.CLOSED
     assert odd.shared.metrics()["mismatched"] == 1
-    odd.client.delete(odd.shared._key("sim", "state"))  # what the record's TTL does
-    assert odd.flush()
-    assert odd.shared.metrics()["mismatched"] == 0
+
+
+def test_garbage_and_forged_numbers_on_the_channel_are_ignored(fleet_of) -> None:
+    fleet = fleet_of(1)
+    (a,) = fleet.members
+    assert a.flush()
+    for data in (
+        b"\xff\x00",
+        b'{"name": "sim", "inc": "1-x", "epoch": Infinity, "phase": "open", '
+        b'"remaining": 1, "openings": 1}',
+        b'{"name": "sim", "inc": 5, "epoch": 1, "phase": "sideways", "remaining": 1,'
+        b' "openings": 1}',
+    ):
+        a.shared._apply({"data": data})
+    assert a.breaker.state is State.CLOSED
+
+
+def test_a_second_same_named_breaker_reports_its_own_open_period(fleet_of) -> None:
+    fleet = fleet_of(1, open_duration=30.0)
+    (a,) = fleet.members
+    second = a.shared.attach(CircuitBreaker("sim", clock=fleet.clock, **fleet.conf))
+    assert a.flush()
+    with contextlib.suppress(CircuitOpenError):
+        for _ in range(2):
+            second.acquire().record_failure()
+    assert a.flush()
+    status = fleet_status(a)
+    assert status[3:5] == ["open", 30_000]
+
+
+def test_stop_leaves_the_breakers_local_and_start_resumes(shared_redis_server) -> None:
+    shared = rr.RedisSharedState(
+        f"redis://127.0.0.1:{shared_redis_server.port}/0", prefix=uuid.uuid4().hex[:8]
+    ).start()
+    breaker = shared.attach(CircuitBreaker("svc", consecutive_failures=1, open_duration=0.05))
+    assert shared.start() is shared
+    assert len(shared._threads) == 2  # start() twice: still one flush and one listen thread
+    shared.stop()
+    assert breaker._shared is None
+    shared.start()
+    assert breaker._shared is shared
+    shared.stop()
+
+
+def test_a_breaker_belongs_to_one_backend(shared_redis_server) -> None:
+    url = f"redis://127.0.0.1:{shared_redis_server.port}/0"
+    breaker = rr.RedisSharedState(url).attach(CircuitBreaker("x", consecutive_failures=1))
+    with pytest.raises(ValueError, match="another backend"):
+        rr.RedisSharedState(url, prefix="elsewhere").attach(breaker)
+
+
+def test_a_window_too_fine_for_redis_to_sum_is_refused() -> None:
+    shared = rr.RedisSharedState("redis://127.0.0.1:1/0", bucket_seconds=0.01)
+    with pytest.raises(ValueError, match="raise bucket_seconds"):
+        shared.attach(CircuitBreaker("fine", window=resilience.TimeWindow(seconds=60)))
+
+
+def test_an_unbounded_open_duration_is_capped_for_the_fleet(fleet_of) -> None:
+    """open_duration(n) = 10 * 3**n overflows Redis integers by the 32nd opening: capped."""
+    fleet = fleet_of(1, open_duration=lambda openings: 10.0 * 3**openings)
+    (a,) = fleet.members
+    assert a.flush()
+    assert a.shared.metrics()["faults"] == 0
+
+
+def test_one_flush_is_one_round_trip(fleet_of) -> None:
+    """The scripts are loaded once; a flush sends EVALSHA only (no SCRIPT EXISTS each time)."""
+    fleet = fleet_of(1)
+    (a,) = fleet.members
+    assert a.flush()
+
+    def stats() -> dict[str, int]:
+        info = a.client.info("commandstats")
+        return {name: value["calls"] for name, value in info.items()}
+
+    before = stats()
+    for _ in range(5):
+        a.breaker.acquire().record_success()
+        assert a.flush()
+    after = stats()
+    assert after.get("cmdstat_evalsha", 0) - before.get("cmdstat_evalsha", 0) == 5
+    assert after.get("cmdstat_script|exists", 0) == before.get("cmdstat_script|exists", 0)
