@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import json
 import logging
@@ -50,10 +49,10 @@ from ._outcome import Outcome
 from ._state import State
 from ._validate import check_int, check_seconds, check_string
 from .breaker import CircuitBreaker
-from .events import Event, StateChanged
 
 if TYPE_CHECKING:
     from ._clock import Clock
+    from .events import StateChanged
 
 __all__ = ["RedisSharedState"]
 
@@ -417,7 +416,6 @@ class RedisSharedState:
                 return breaker
             fleet.members.append(_Member(breaker))
             breaker.share(self)
-            breaker.events.subscribe(functools.partial(self._on_event, breaker))
         self._notify()  # learn the fleet's state now (an open fleet rejects at once)
         return breaker
 
@@ -585,9 +583,9 @@ class RedisSharedState:
 
     # -- what the process tells the fleet ----------------------------------------------
 
-    def _on_event(self, breaker: CircuitBreaker, event: Event) -> None:
+    def state_changed(self, breaker: CircuitBreaker, event: StateChanged) -> None:
         """Local transitions are reported to the fleet (from the flush loop, not here)."""
-        if not isinstance(event, StateChanged) or event.reason == "fleet":
+        if event.reason == "fleet":
             return
         fleet = self._fleets.get(event.name)
         if fleet is None:
@@ -797,12 +795,14 @@ class RedisSharedState:
         return bool(self._reports or self._settles) or now >= next_flush or self._batch_ready()
 
     def _batch_ready(self) -> bool:
+        """A full batch is waiting, or a failure: the fleet hears of failures within a tick."""
         waiting = 0
         for fleet in list(self._fleets.values()):
             for member in fleet.members:
                 successes, failures = member.breaker.window_totals()
+                if failures > member.flushed_failures:
+                    return True
                 waiting += successes - member.flushed_successes
-                waiting += failures - member.flushed_failures
         return waiting >= self.batch_size
 
     def _flush_loop(self) -> None:

@@ -253,6 +253,7 @@ class CircuitBreaker(Guard[Permit]):
         "_rejections",
         "_shared",
         "_shared_async_grant",
+        "_shared_changed",
         "_slow_calls",
         "_successes",
         "_transitions",
@@ -395,6 +396,7 @@ class CircuitBreaker(Guard[Permit]):
         self._refused_epoch = -1
         self._shared: SharedState | None = None
         self._shared_async_grant: Callable[[CircuitBreaker], Awaitable[bool | None]] | None = None
+        self._shared_changed: Callable[[CircuitBreaker, StateChanged], None] | None = None
         track("breaker", self)
 
     # -- admission ------------------------------------------------------------
@@ -739,7 +741,14 @@ class CircuitBreaker(Guard[Permit]):
         self._mode = (state, self._mode[1] + 1, admits, lockfree)
 
     def _publish(self, events: list[Event]) -> None:
-        if events and self.events.active:
+        if not events:
+            return
+        changed = self._shared_changed
+        if changed is not None:
+            for event in events:
+                if isinstance(event, StateChanged):
+                    changed(self, event)
+        if self.events.active:
             for event in events:
                 self.events.publish(event)
 
@@ -761,10 +770,13 @@ class CircuitBreaker(Guard[Permit]):
         """Attach a shared-state backend (or detach with None): it may refuse probes.
 
         A backend with an `agrant_probe` coroutine method is awaited by async
-        callers instead of blocking the event loop in `grant_probe`.
+        callers instead of blocking the event loop in `grant_probe`; one with
+        a `state_changed(breaker, event)` method is told of every transition
+        (no observer is subscribed, so rejections stay as cheap as unshared).
         """
         self._shared = backend
         self._shared_async_grant = getattr(backend, "agrant_probe", None)
+        self._shared_changed = getattr(backend, "state_changed", None)
 
     def apply_remote(
         self, to: State, open_for: float | None = None, *, openings: int | None = None

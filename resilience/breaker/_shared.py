@@ -17,8 +17,10 @@ class SharedState(Protocol):
     The breaker calls it only around a half-open probe; everything else
     (outcomes, transitions) the backend reads from the breaker's counters and
     events, off the call path, and applies back with `apply_remote`. A
-    backend may also define `async def agrant_probe(breaker)`; async callers
-    then await it instead of calling `grant_probe`.
+    backend may also define `async def agrant_probe(breaker)` (async callers
+    then await it instead of calling `grant_probe`) and
+    `state_changed(breaker, event)` (told of every transition, after the
+    breaker's lock is released).
     """
 
     def grant_probe(self, breaker: CircuitBreaker) -> object:

@@ -929,3 +929,26 @@ def test_one_flush_is_one_round_trip(fleet_of) -> None:
     after = stats()
     assert after.get("cmdstat_evalsha", 0) - before.get("cmdstat_evalsha", 0) == 5
     assert after.get("cmdstat_script|exists", 0) == before.get("cmdstat_script|exists", 0)
+
+
+def test_a_failure_is_flushed_within_a_tick_and_successes_wait_for_a_batch(fleet_of) -> None:
+    """The flush loop flushes early for one failure, for successes only at batch_size."""
+    fleet = fleet_of(1)
+    (a,) = fleet.members
+    assert a.flush()
+    later = float("inf")  # the next periodic flush is not due
+    for _ in range(a.shared.batch_size - 1):
+        a.breaker.acquire().record_success()
+    assert not a.shared._due(0.0, later)
+    a.breaker.acquire().record_failure()
+    assert a.shared._due(0.0, later)
+    assert a.shared._pause(0.0) <= a.shared.flush_interval / 5 + 0.001
+
+
+def test_sharing_subscribes_no_observer(shared_redis_server) -> None:
+    """Transitions reach the backend directly: rejections build no events (as unshared)."""
+    shared = rr.RedisSharedState(f"redis://127.0.0.1:{shared_redis_server.port}/0")
+    breaker = shared.attach(CircuitBreaker("quiet", consecutive_failures=1))
+    assert not breaker.events._observers
+    breaker.acquire().record_failure()
+    assert [report[1] for report in shared._reports] == ["open"]  # still reported
