@@ -144,6 +144,7 @@ end
 # ARGV 17, 18: successes, failures that entered this process's windows since its last flush;
 # 19: the fleet incarnation this process knows; 20: its breaker's open milliseconds left
 # (-1: not open). A record Redis lost and nobody has changed since takes the open state.
+# 21: the batch id: a batch sent again (its reply was lost) is not added twice.
 _FLUSH = (
     _PRELUDE
     + """
@@ -154,7 +155,11 @@ if open_ms >= 0 and redis.call('HGET', S, 'inc') ~= ARGV[19] and num('epoch') ==
 end
 local s, f = tonumber(ARGV[17]), tonumber(ARGV[18])
 local index = math.floor(now / tonumber(ARGV[11]))
+if s + f > 0 and redis.call('HGET', S, 'b:' .. ARGV[15]) == ARGV[21] then
+  s, f = 0, 0
+end
 if s + f > 0 then
+  redis.call('HSET', S, 'b:' .. ARGV[15], ARGV[21])
   local key = WINDOW .. ':' .. index
   if s > 0 then redis.call('HINCRBY', key, 's', s) end
   if f > 0 then redis.call('HINCRBY', key, 'f', f) end
@@ -179,12 +184,15 @@ return status('ok')
 )
 
 # ARGV 17: 'open' | 'closed'; 18, 19: the fleet (incarnation, epoch) the reporter knew;
-# 20: open milliseconds (-1: the fleet's own open_duration); 21: reason.
+# 20: open milliseconds (-1: the fleet's own open_duration); 21: reason; 22: the report id
+# (a report sent again because its reply was lost is applied once).
 _REPORT = (
     _PRELUDE
     + """
 if not ensure() then return {'mismatch', redis.call('HGET', S, 'config')} end
 expire_slots()
+if redis.call('HGET', S, 'r:' .. ARGV[15]) == ARGV[22] then return status('ok') end
+redis.call('HSET', S, 'r:' .. ARGV[15], ARGV[22])
 local state = redis.call('HGET', S, 'state')
 if ARGV[17] == 'open' then
   if state ~= 'open' then transition('open', ARGV[21], tonumber(ARGV[20])) end
@@ -271,20 +279,50 @@ class _Grant:
         return f"<fleet probe {self.name!r} epoch={self.epoch}>"
 
 
+class _Handoff:
+    """A grant asked for by a thread through the event loop: delivered or abandoned, once."""
+
+    __slots__ = ("_lock", "_state", "slot")
+
+    def __init__(self, slot: str) -> None:
+        self.slot = slot
+        self._lock = threading.Lock()
+        self._state = "waiting"
+
+    def deliver(self) -> bool:
+        """The coroutine has an answer: False if the thread gave up (then it keeps none)."""
+        with self._lock:
+            if self._state == "abandoned":
+                return False
+            self._state = "delivered"
+            return True
+
+    def abandon(self) -> bool:
+        """The thread gives up: False if the answer was already delivered."""
+        with self._lock:
+            if self._state == "delivered":
+                return False
+            self._state = "abandoned"
+            return True
+
+
 class _Member:
     """One attached breaker and the window outcomes of it already flushed."""
 
-    __slots__ = ("breaker", "flushed_failures", "flushed_successes")
+    __slots__ = ("breaker", "flushed_failures", "flushed_successes", "opened_here")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.breaker = breaker
+        #: Its breaker opened on a local decision (not the fleet's): the fleet's
+        #: answers may lengthen that open period, never shorten it.
+        self.opened_here = False
         self.flushed_successes, self.flushed_failures = breaker.window_totals()
 
 
 class _Fleet:
     """This process's view of one shared breaker name."""
 
-    __slots__ = ("args", "config", "known", "members", "mismatched", "name")
+    __slots__ = ("args", "config", "known", "members", "mismatched", "name", "pending")
 
     def __init__(self, name: str, config: str, args: list[Any]) -> None:
         self.name = name
@@ -295,6 +333,9 @@ class _Fleet:
         self.known: tuple[str, int] | None = None
         #: The fleet's settings when they differ from ours (we then run locally).
         self.mismatched: str | None = None
+        #: The batch of outcomes sent and not yet acknowledged: (id, successes,
+        #: failures, what each member had then); sent again, as is, until it is.
+        self.pending: tuple[str, int, int, list[tuple[_Member, int, int]]] | None = None
 
 
 class RedisSharedState:
@@ -374,7 +415,10 @@ class RedisSharedState:
         # (name, to, breaker, reason, known) and (name, grant, outcome code, slow): sent in
         # order by the flush loop; kept until Redis has them. Only a name's latest report
         # is kept: an older one says what the process no longer holds.
-        self._reports: deque[tuple[str, str, CircuitBreaker, str, tuple[str, int] | None]] = deque()
+        self._reports: deque[tuple[str, str, CircuitBreaker, str, tuple[str, int] | None, str]] = (
+            deque()
+        )
+        self._resync = False
         self._settles: deque[tuple[str, _Grant, str, bool]] = deque()
         self._slots = itertools.count()
         self._wake = threading.Event()
@@ -416,6 +460,7 @@ class RedisSharedState:
                 return breaker
             fleet.members.append(_Member(breaker))
             breaker.share(self)
+        self._resync = True
         self._notify()  # learn the fleet's state now (an open fleet rejects at once)
         return breaker
 
@@ -433,26 +478,26 @@ class RedisSharedState:
         return self
 
     def stop(self) -> None:
-        """Flush what is waiting, stop the threads, and leave the breakers local until `start()`."""
+        """Flush what is waiting and stop the threads; until `start()`, probes are local.
+
+        The breakers stay attached: a fleet probe still running reports its
+        outcome when the backend starts again (or its slot's lease runs out).
+        """
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
-        self._detach()
+        self._stopped()
 
-    def _detach(self) -> None:
-        """Stopped: the breakers decide locally (nobody would settle a fleet slot)."""
+    def _stopped(self) -> None:
+        """Stopped: probes are decided locally (no grants); outcomes and reports wait here."""
         for fleet in list(self._fleets.values()):
             for member in fleet.members:
-                member.breaker.share(None)
                 member.breaker.probe_slots_free()
 
     def _resume(self) -> None:
         self._stop.clear()
-        for fleet in list(self._fleets.values()):
-            for member in fleet.members:
-                member.breaker.share(self)
 
     async def astart(self) -> RedisSharedState:
         """Start the flush and subscribe tasks on the running loop (asyncio client); return self."""
@@ -476,7 +521,7 @@ class RedisSharedState:
         tasks, self._tasks = self._tasks, []
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-        self._detach()
+        self._stopped()
 
     # -- the breaker's questions ----------------------------------------------------
 
@@ -507,7 +552,10 @@ class RedisSharedState:
         """`grant_probe` for async callers; waits at most `socket_timeout`."""
         if not self._is_async or asyncio.get_running_loop() is not self._loop:
             return self.grant_probe(breaker)
-        request = self._probe_request(breaker)
+        return await self._agrant(breaker, None)
+
+    async def _agrant(self, breaker: CircuitBreaker, handoff: _Handoff | None) -> object:
+        request = self._probe_request(breaker, None if handoff is None else handoff.slot)
         if request is None:
             return None
         try:
@@ -520,7 +568,12 @@ class RedisSharedState:
         except BaseException:  # cancelled: Redis may have granted it; give it back
             self._return_slot(breaker.name, request[0])
             raise
-        return self._granted(breaker.name, request[0], reply)
+        answer = self._granted(breaker.name, request[0], reply)
+        if handoff is not None and not handoff.deliver():
+            # The thread that asked stopped waiting: nobody will use or settle this slot.
+            self._return_slot(breaker.name, request[0])
+            return None
+        return answer
 
     def _grant_from_thread(self, breaker: CircuitBreaker) -> object:
         """A sync call of a breaker shared through an asyncio client: ask via its loop."""
@@ -532,15 +585,15 @@ class RedisSharedState:
                 return None  # sync code on the loop's own thread: waiting would deadlock it
         except RuntimeError:
             pass
-        future = asyncio.run_coroutine_threadsafe(self.agrant_probe(breaker), loop)
+        handoff = _Handoff(f"{self.origin}-{next(self._slots)}")
+        future = asyncio.run_coroutine_threadsafe(self._agrant(breaker, handoff), loop)
         try:
             return future.result(timeout=self.socket_timeout * 2)
         except Exception as error:  # noqa: BLE001  (timeout, loop gone: decide locally)
-            # Cancelled in time, the coroutine returns the slot it may hold; done
-            # meanwhile, its answer (a slot, maybe) is ours after all.
-            if not future.cancel() and future.done() and not future.cancelled():
+            if not handoff.abandon():  # the answer was handed over just now: it is ours
                 with contextlib.suppress(Exception):
-                    return future.result(timeout=0)
+                    return future.result(timeout=self.socket_timeout)
+            future.cancel()  # the coroutine returns the slot if it gets one
             self._fault("grant a probe", error)
             return None
 
@@ -553,11 +606,14 @@ class RedisSharedState:
         self._settles.append((grant.name, grant, _OUTCOME_CODES[outcome], slow))
         self._notify()
 
-    def _probe_request(self, breaker: CircuitBreaker) -> tuple[str, dict[str, Any]] | None:
+    def _probe_request(
+        self, breaker: CircuitBreaker, slot: str | None = None
+    ) -> tuple[str, dict[str, Any]] | None:
         fleet = self._fleets.get(breaker.name)
-        if fleet is None or fleet.mismatched is not None:
-            return None
-        slot = f"{self.origin}-{next(self._slots)}"
+        if fleet is None or fleet.mismatched is not None or self._stop.is_set():
+            return None  # decided locally
+        if slot is None:
+            slot = f"{self.origin}-{next(self._slots)}"
         incarnation, epoch = fleet.known or ("", -1)
         return slot, self._request(fleet, slot, incarnation, epoch)
 
@@ -596,10 +652,14 @@ class RedisSharedState:
             to = "closed"
         else:
             return
+        for member in fleet.members:
+            if member.breaker is breaker:
+                member.opened_here = to == "open"
+        report_id = f"{next(self._slots)}"
         with self._lock:
-            for queued in [report for report in self._reports if report[0] == event.name]:
+            for queued in [report for report in self._reports if report[2] is breaker]:
                 self._reports.remove(queued)
-            self._reports.append((event.name, to, breaker, event.reason, fleet.known))
+            self._reports.append((event.name, to, breaker, event.reason, fleet.known, report_id))
         self._notify()
 
     def _notify(self) -> None:
@@ -614,16 +674,18 @@ class RedisSharedState:
     def _plan(self) -> list[tuple[Any, dict[str, Any], Any]]:
         """The commands of one flush: (script, request, what to do with its answer)."""
         commands: list[tuple[Any, dict[str, Any], Any]] = []
-        for report in list(self._reports):
-            name, to, breaker, reason, known = report
+        with self._lock:
+            reports, settles = list(self._reports), list(self._settles)
+        for report in reports:
+            name, to, breaker, reason, known, report_id = report
             fleet = self._fleets[name]
             incarnation, epoch = known or ("", -1)
             open_ms = _open_ms_of(breaker) if to == "open" else -1
             if to == "open" and open_ms < 0:
                 open_ms = 0  # closed since by an operator: the fleet decides by its probes
-            request = self._request(fleet, to, incarnation, epoch, open_ms, reason)
+            request = self._request(fleet, to, incarnation, epoch, open_ms, reason, report_id)
             commands.append((self._report_script, request, (self._reports, report, fleet)))
-        for settle in list(self._settles):
+        for settle in settles:
             name, grant, code, slow = settle
             fleet = self._fleets[name]
             request = self._request(
@@ -631,16 +693,19 @@ class RedisSharedState:
             )
             commands.append((self._settle_script, request, (self._settles, settle, fleet)))
         for fleet in list(self._fleets.values()):
-            successes = failures = 0
-            seen = []
-            for member in fleet.members:
-                total_s, total_f = member.breaker.window_totals()
-                successes += total_s - member.flushed_successes
-                failures += total_f - member.flushed_failures
-                seen.append((member, total_s, total_f))
+            if fleet.pending is None:
+                successes = failures = 0
+                seen = []
+                for member in fleet.members:
+                    total_s, total_f = member.breaker.window_totals()
+                    successes += total_s - member.flushed_successes
+                    failures += total_f - member.flushed_failures
+                    seen.append((member, total_s, total_f))
+                fleet.pending = (f"{next(self._slots)}", successes, failures, seen)
+            batch, successes, failures, _ = fleet.pending
             incarnation = fleet.known[0] if fleet.known else ""
-            request = self._request(fleet, successes, failures, incarnation, _open_ms(fleet))
-            commands.append((self._flush_script, request, (None, seen, fleet)))
+            request = self._request(fleet, successes, failures, incarnation, _open_ms(fleet), batch)
+            commands.append((self._flush_script, request, (None, fleet.pending, fleet)))
         return commands
 
     def _done(self, commands: list[tuple[Any, dict[str, Any], Any]], replies: list[Any]) -> None:
@@ -648,23 +713,29 @@ class RedisSharedState:
 
         A script that failed in Redis (a record edited by hand, say) is logged
         and counted as a fault, and its item is dropped rather than sent again
-        every flush; a script Redis no longer knows (it restarted) is loaded
-        and its item sent again at the next flush.
+        every flush; an item Redis could not take now (busy, read-only, a
+        script it no longer knows) is sent again at the next flush.
         """
         for (_, _, (queue, item, fleet)), reply in zip(commands, replies, strict=True):
-            if isinstance(reply, redis_lib.exceptions.NoScriptError):
-                self._scripts_loaded = False
+            if isinstance(reply, Exception) and not _fails_again(reply):
+                # Redis could not run it now (busy, read-only, restarted): send it again.
+                if isinstance(reply, redis_lib.exceptions.NoScriptError):
+                    self._scripts_loaded = False
+                else:
+                    self._fault(f"breaker {fleet.name!r}", reply)
                 continue
             if queue is not None:
-                with contextlib.suppress(ValueError):
+                with self._lock, contextlib.suppress(ValueError):
                     queue.remove(item)
-            else:
-                for member, total_s, total_f in item:
+            elif fleet.pending is item:
+                fleet.pending = None
+                for member, total_s, total_f in item[3]:
                     member.flushed_successes, member.flushed_failures = total_s, total_f
             if isinstance(reply, Exception):
                 self._fault(f"breaker {fleet.name!r}", reply)
                 continue
             self._observe(fleet, _decode(reply))
+        self._resync = False
         next(self._flushes)
 
     def _pipeline(self, pipeline: Any, commands: list[tuple[Any, dict[str, Any], Any]]) -> None:
@@ -743,21 +814,28 @@ class RedisSharedState:
         if known is not None and incarnation != known[0] and _older(incarnation, known[0]):
             return  # a late message from before Redis lost its state
         fresh = known is None or incarnation != known[0] or epoch > known[1]
-        breakers = [member.breaker for member in fleet.members]
         if fresh:
             fleet.known = (incarnation, epoch)
         elif known is not None and epoch < known[1]:
             return  # an older epoch (a delayed message)
-        for breaker in breakers:
+        for member in fleet.members:
+            breaker = member.breaker
             state = breaker.state
+            if fresh:
+                member.opened_here = False
             if phase == "closed":
                 if fresh:
                     breaker.apply_remote(State.CLOSED)
             elif (
                 fresh
-                # the same fleet period: an open breaker follows it, but only to a later end
-                # (a shorter one would undo a newer local decision, such as a failed probe)
-                or (state is State.OPEN and remaining_ms / 1000 > (breaker.retry_after() or 0))
+                # The same fleet period: an open breaker follows its end, but one opened
+                # by a local decision (a failed local probe) only to a later end.
+                or (
+                    state is State.OPEN
+                    and (
+                        not member.opened_here or remaining_ms / 1000 > (breaker.retry_after() or 0)
+                    )
+                )
                 or (phase == "open" and state is State.HALF_OPEN)
             ):
                 breaker.apply_remote(State.OPEN, remaining_ms / 1000, openings=openings)
@@ -792,7 +870,12 @@ class RedisSharedState:
         return backoff or min(self.flush_interval, self.flush_interval / 5 + 0.001)
 
     def _due(self, now: float, next_flush: float) -> bool:
-        return bool(self._reports or self._settles) or now >= next_flush or self._batch_ready()
+        return (
+            self._resync
+            or bool(self._reports or self._settles)
+            or now >= next_flush
+            or self._batch_ready()
+        )
 
     def _batch_ready(self) -> bool:
         """A full batch is waiting, or a failure: the fleet hears of failures within a tick."""
@@ -846,6 +929,7 @@ class RedisSharedState:
     def _subscribed(self) -> None:
         """(Re)subscribed: what was published meanwhile is lost, so read the fleet now."""
         next(self._subscriptions)
+        self._resync = True
         self._notify()
 
     async def _aflush_loop(self) -> None:
@@ -993,14 +1077,15 @@ def _check_client(client: Any, socket_timeout: float) -> None:
             "or pass url= instead"
         )
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
-    timeout = kwargs.get("socket_timeout", kwargs.get("orig_socket_timeout"))
-    if timeout is None or timeout > socket_timeout:
-        raise ValueError(
-            f"client= waits up to socket_timeout={timeout} for a command, more than "
-            f"socket_timeout={socket_timeout}: a call asking a stalled Redis for a probe slot "
-            "would wait that long. Build the client with socket_timeout= at most that, or "
-            "raise socket_timeout= to accept such waits"
-        )
+    for option in ("socket_timeout", "socket_connect_timeout"):
+        timeout = kwargs.get(option, kwargs.get(f"orig_{option}"))
+        if timeout is None or timeout > socket_timeout:
+            raise ValueError(
+                f"client= waits up to {option}={timeout} (None: without bound), more than "
+                f"socket_timeout={socket_timeout}: a call asking a stalled or unreachable Redis "
+                f"for a probe slot would wait that long. Build the client with {option}= at "
+                "most that, or raise socket_timeout= to accept such waits"
+            )
 
 
 def _open_ms_of(breaker: CircuitBreaker) -> int:
@@ -1017,6 +1102,12 @@ def _open_ms(fleet: _Fleet) -> int:
         if breaker.state in (State.OPEN, State.HALF_OPEN):
             return int((breaker.retry_after() or 0.0) * 1000)
     return -1
+
+
+def _fails_again(error: Exception) -> bool:
+    """Whether a script's error would recur if sent again (a broken record, our own bug)."""
+    message = str(error)
+    return message.startswith("WRONGTYPE") or "user_script" in message or "script:" in message
 
 
 def _decode(reply: list[Any]) -> list[Any]:

@@ -17,6 +17,7 @@ takes no lock at all (it reads one tuple); settling takes one short lock.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -515,7 +516,8 @@ class CircuitBreaker(Guard[Permit]):
             slow = self._record(permit.epoch, permit.start, True, outcome, fleet=True)
             shared = self._shared
             if shared is not None:
-                shared.probe_settled(self, grant, outcome, slow)
+                with contextlib.suppress(Exception):  # a shared-state fault never fails a call
+                    shared.probe_settled(self, grant, outcome, slow)
             return
         self._record(permit.epoch, permit.start, permit.probe, outcome)
 
@@ -747,7 +749,8 @@ class CircuitBreaker(Guard[Permit]):
         if changed is not None:
             for event in events:
                 if isinstance(event, StateChanged):
-                    changed(self, event)
+                    with contextlib.suppress(Exception):  # never fails the call
+                        changed(self, event)
         if self.events.active:
             for event in events:
                 self.events.publish(event)

@@ -247,3 +247,22 @@ def test_late_lock_free_successes_stay_out_of_the_window_totals() -> None:
     assert breaker.metrics().calls["success"] == 1
     assert breaker.window_totals() == (0, 2)
     assert breaker.metrics().consecutive_failures == 2  # the stale success moved nothing
+
+
+def test_a_failing_backend_never_fails_a_call() -> None:
+    """A backend that raises while told of a transition or a settled probe: the call goes on."""
+
+    class Broken(FleetBackend):
+        def state_changed(self, breaker, event) -> None:
+            raise RuntimeError("deque mutated during iteration")
+
+        def probe_settled(self, breaker, grant, outcome, slow) -> None:
+            raise RuntimeError("broken")
+
+    backend = Broken()
+    breaker, _ = half_open(backend)
+    probe = breaker.acquire()
+    probe.record_failure()  # no exception
+    breaker.apply_remote(State.CLOSED)
+    breaker.acquire().record_failure()  # trips: state_changed raises inside, not here
+    assert breaker.state is State.OPEN

@@ -230,7 +230,7 @@ def test_attach_takes_breakers_only() -> None:
 
 
 def async_state(url: str, prefix: str) -> rr.RedisSharedState:
-    client = redis_lib.asyncio.Redis.from_url(url, socket_timeout=0.5)
+    client = redis_lib.asyncio.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
     return rr.RedisSharedState(
         client=client, prefix=prefix, flush_interval=0.01, socket_timeout=0.5
     )
@@ -326,7 +326,7 @@ def test_asyncio_client_without_redis_runs_locally() -> None:
 
     async def main() -> None:
         client = redis_lib.asyncio.Redis.from_url(
-            f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.05
+            f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.05, socket_connect_timeout=0.05
         )
         shared = await rr.RedisSharedState(client=client, flush_interval=0.01).astart()
         breaker = shared.attach(
@@ -386,7 +386,9 @@ def test_client_kinds_and_start_methods() -> None:
         rr.RedisSharedState(client="redis://127.0.0.1:1/0")
     with pytest.raises(TypeError, match="astart"):
         rr.RedisSharedState(
-            client=redis_lib.asyncio.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.05)
+            client=redis_lib.asyncio.Redis.from_url(
+                "redis://127.0.0.1:1/0", socket_timeout=0.05, socket_connect_timeout=0.05
+            )
         ).start()
     with pytest.raises(TypeError, match=r"use start\(\)"):
         asyncio.run(rr.RedisSharedState("redis://127.0.0.1:1/0").astart())

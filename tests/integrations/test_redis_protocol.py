@@ -723,7 +723,8 @@ def test_same_named_breakers_in_one_process_must_agree(shared_redis_server) -> N
 def test_a_client_that_could_make_a_call_wait_is_refused() -> None:
     """A client that retries, or waits longer than socket_timeout=, could block a probe grant.
 
-    redis-py's `redis.Redis(...)` retries with backoff by default, and waits up to 5 s.
+    redis-py's `redis.Redis(...)` retries with backoff by default, and waits up to
+    5 s for a command and for a connection (also from_url without the options).
     """
     no_retry = Retry(NoBackoff(), 0)
     with pytest.raises(ValueError, match=r"client= retries"):
@@ -732,16 +733,23 @@ def test_a_client_that_could_make_a_call_wait_is_refused() -> None:
         rr.RedisSharedState(client=redis_lib.asyncio.Redis(port=1, socket_timeout=1))
     with pytest.raises(ValueError, match=r"socket_timeout=5"):
         rr.RedisSharedState(client=redis_lib.Redis.from_url("redis://127.0.0.1:1/0"))
-    slow = redis_lib.Redis(host="127.0.0.1", port=1, retry=no_retry, socket_timeout=0.5)
-    with pytest.raises(ValueError, match=r"socket_timeout=0.5 for a command"):
+    with pytest.raises(ValueError, match=r"socket_connect_timeout=5"):
+        rr.RedisSharedState(
+            client=redis_lib.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.05)
+        )
+    slow = redis_lib.Redis(
+        host="127.0.0.1", port=1, retry=no_retry, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    with pytest.raises(ValueError, match=r"socket_timeout=0.5 \(None"):
         rr.RedisSharedState(client=slow)
     rr.RedisSharedState(client=slow, socket_timeout=0.5)
-    rr.RedisSharedState(
-        client=redis_lib.Redis(host="127.0.0.1", port=1, retry=no_retry, socket_timeout=0.05)
-    )
-    rr.RedisSharedState(
-        client=redis_lib.asyncio.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.05)
-    )
+    for client in (
+        redis_lib.Redis(port=1, retry=no_retry, socket_timeout=0.05, socket_connect_timeout=0.05),
+        redis_lib.asyncio.Redis.from_url(
+            "redis://127.0.0.1:1/0", socket_timeout=0.05, socket_connect_timeout=0.05
+        ),
+    ):
+        rr.RedisSharedState(client=client)
 
 
 # -- what an outside attack found (each failed before its fix) -----------------------------
@@ -877,7 +885,29 @@ def test_a_second_same_named_breaker_reports_its_own_open_period(fleet_of) -> No
     assert status[3:5] == ["open", 30_000]
 
 
-def test_stop_leaves_the_breakers_local_and_start_resumes(shared_redis_server) -> None:
+def test_stop_makes_probes_local_and_keeps_what_they_report(fleet_of) -> None:
+    """A fleet probe running across stop() reports when the backend starts again."""
+    fleet = fleet_of(2)
+    a, _b = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(OPEN)
+    probe = a.breaker.acquire()
+    assert probe.grant is not None
+    a.shared._stop.set()  # what stop() does to a started backend
+    a.shared._stopped()
+    probe.record_success()
+    local = a.breaker.acquire()  # stopped: no grant asked, the probe is decided here
+    assert local.probe
+    assert getattr(local, "grant", None) is None
+    local.release()
+    assert [settle[2] for settle in a.shared._settles] == ["s"]  # kept for the restart
+    a.shared._resume()
+    assert a.flush()
+    fleet.flush_all()
+    assert fleet.states() == [State.CLOSED, State.CLOSED]
+
+
+def test_start_and_stop_twice(shared_redis_server) -> None:
     shared = rr.RedisSharedState(
         f"redis://127.0.0.1:{shared_redis_server.port}/0", prefix=uuid.uuid4().hex[:8]
     ).start()
@@ -885,9 +915,10 @@ def test_stop_leaves_the_breakers_local_and_start_resumes(shared_redis_server) -
     assert shared.start() is shared
     assert len(shared._threads) == 2  # start() twice: still one flush and one listen thread
     shared.stop()
-    assert breaker._shared is None
-    shared.start()
+    shared.stop()
     assert breaker._shared is shared
+    shared.start()
+    assert all(thread.is_alive() for thread in shared._threads)
     shared.stop()
 
 
@@ -952,3 +983,126 @@ def test_sharing_subscribes_no_observer(shared_redis_server) -> None:
     assert not breaker.events._observers
     breaker.acquire().record_failure()
     assert [report[1] for report in shared._reports] == ["open"]  # still reported
+
+
+# -- what a second attack found -------------------------------------------------------------
+
+
+def send_and_lose_the_reply(member: Member) -> None:
+    """Redis runs the flush, the reply never arrives (a slow link, a timeout)."""
+    shared = member.shared
+    commands = shared._plan()
+    with member.client.pipeline(transaction=False) as pipeline:
+        shared._pipeline(pipeline, commands)
+        pipeline.execute(raise_on_error=False)
+
+
+def test_a_flush_sent_again_after_a_lost_reply_counts_once(fleet_of) -> None:
+    """Before: each retry re-added everything since the last acknowledged flush (66x)."""
+    fleet = fleet_of(1, consecutive_failures=None, failure_rate_threshold=0.5, minimum_calls=50)
+    (a,) = fleet.members
+    assert a.flush()
+    for _ in range(3):
+        a.breaker.acquire().record_failure()
+    for _ in range(3):
+        send_and_lose_the_reply(a)
+    a.breaker.acquire().record_success()
+    assert a.flush()  # the lost batch, acknowledged now
+    assert a.flush()  # the success, in a batch of its own
+    buckets = a.client.keys(a.shared._key("sim", "window") + ":*")
+    totals = {"s": 0, "f": 0}
+    for key in buckets:
+        for field, value in a.client.hgetall(key).items():
+            totals[field.decode()] += int(value)
+    assert totals == {"s": 1, "f": 3}
+
+
+def test_a_report_sent_again_after_a_lost_reply_is_applied_once(fleet_of) -> None:
+    """Before: a replayed "open" reopened a fleet that had recovered meanwhile."""
+    fleet = fleet_of(2)
+    a, b = fleet.members
+    fleet.flush_all()
+    with contextlib.suppress(CircuitOpenError):
+        for _ in range(2):
+            a.breaker.acquire().record_failure()
+    send_and_lose_the_reply(a)  # the fleet opens; a does not know its report landed
+    assert b.flush()
+    fleet.clock.advance(OPEN)
+    probe = b.breaker.acquire()
+    probe.record_success()
+    assert b.flush()  # the fleet closes
+    assert a.flush()  # a's report goes again: already applied, nothing reopens
+    fleet.flush_all()
+    assert fleet.states() == [State.CLOSED, State.CLOSED]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_lib.exceptions.ResponseError("BUSY Redis is busy running a script"),
+        redis_lib.exceptions.ReadOnlyError("READONLY You can't write against a read only replica"),
+        redis_lib.exceptions.BusyLoadingError("LOADING Redis is loading the dataset in memory"),
+    ],
+)
+def test_a_passing_error_keeps_what_was_sent_for_the_next_flush(fleet_of, error) -> None:
+    """BUSY, READONLY, LOADING: probe outcomes, reports and counts are sent again, not dropped."""
+    fleet = fleet_of(2)
+    a, _ = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(OPEN)
+    a.breaker.acquire().record_failure()  # a fleet probe fails
+    commands = a.shared._plan()
+    a.shared._done(commands, [error] * len(commands))
+    assert [settle[2] for settle in a.shared._settles] == ["f"]
+    assert a.flush()
+    assert a.shared._settles == collections.deque()
+    status = fleet_status(a)
+    assert status[3] == "open"  # the failed probe reopened the fleet
+    assert status[5] == 2
+
+
+def test_a_broken_record_error_is_dropped_not_replayed() -> None:
+    for message in ("WRONGTYPE Operation against a key", "ERR user_script:12: bad", "script: x"):
+        assert rr._fails_again(redis_lib.exceptions.ResponseError(message))
+    assert not rr._fails_again(redis_lib.exceptions.ResponseError("BUSY busy"))
+
+
+def test_a_late_message_does_not_hold_a_member_open_past_the_fleet(fleet_of) -> None:
+    """A member hears of an opening late: the next flush answer brings the fleet's end.
+
+    Before: it stayed open for the message's whole stale remainder (30 s by default).
+    """
+    fleet = fleet_of(2, open_duration=2.0)
+    a, b = fleet.members
+    fleet.flush_all()
+    with contextlib.suppress(CircuitOpenError):
+        for _ in range(2):
+            a.breaker.acquire().record_failure()
+    assert a.flush()
+    fleet.clock.advance(2.0)  # the fleet is half-open; b never heard of the opening...
+    b.deliver(drop=False)  # ...until now: the message says "2 s left"
+    assert b.breaker.state is State.OPEN
+    assert b.flush()
+    assert b.breaker.state is State.HALF_OPEN
+
+
+def test_two_same_named_breakers_keep_their_own_reports(fleet_of) -> None:
+    fleet = fleet_of(1)
+    (a,) = fleet.members
+    other = a.shared.attach(CircuitBreaker("sim", clock=fleet.clock, **fleet.conf))
+    with contextlib.suppress(CircuitOpenError):
+        for _ in range(2):
+            other.acquire().record_failure()
+    a.breaker.force_open()
+    a.breaker.reset()
+    assert [(report[1], report[2] is other) for report in a.shared._reports] == [("open", True)]
+
+
+def test_a_grant_a_thread_gave_up_on_is_handed_back() -> None:
+    """The loop answers after the thread stopped waiting: the slot goes back, once."""
+    handoff = rr._Handoff("slot-1")
+    assert handoff.abandon()
+    assert not handoff.deliver()  # the coroutine then returns the slot itself
+    late = rr._Handoff("slot-2")
+    assert late.deliver()
+    assert not late.abandon()  # delivered first: the thread takes the answer
