@@ -549,6 +549,7 @@ def main() -> None:
         half_open = half_open_commands(url, min(number, 20_000))
         recovery = fleet_recovery(url, runs)
         trips = failures_before_trip(url, runs)
+        idle = [idle_load(url, names) for names in (1, 10, 200)]
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -558,6 +559,12 @@ def main() -> None:
     for name, ns in flush_ns.items():
         print(f"  {name:<44} {ns / 1000:>9.1f} us")
     print_fleet(recovery, trips, half_open, runs)
+    print("\nidle load of one process (default flush_interval 50 ms, no calls)")
+    for row in idle:
+        print(
+            f"  {row['names']:>4} shared names: {row['scripts_per_second']:>7.0f} scripts/s, "
+            f"{row['redis_core_share'] * 100:5.1f}% of a Redis core"
+        )
     if args.json:
         write_json(
             args.json,
@@ -568,9 +575,37 @@ def main() -> None:
                 "fleet_recovery": recovery,
                 "failures_before_trip": trips,
                 "half_open_commands": half_open,
+                "idle_load": idle,
             },
             number=number,
         )
+
+
+def idle_load(url: str, names: int, seconds: float = 2.0) -> dict[str, float]:
+    """One process sharing `names` idle breakers: scripts and Redis CPU per second."""
+    info = redis_lib.Redis.from_url(url, socket_timeout=1)
+    state = rr.RedisSharedState(url, prefix=f"bench-idle-{names}")
+    for i in range(names):
+        state.attach(resilience.CircuitBreaker(f"idle{i}"))
+    state.start()
+    time.sleep(0.3)  # scripts loaded, first flushes done
+
+    def reading() -> tuple[float, int, float]:
+        stats = info.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        cpu = info.info("cpu")
+        return time.monotonic(), stats, cpu["used_cpu_sys"] + cpu["used_cpu_user"]
+
+    start = reading()
+    time.sleep(seconds)
+    end = reading()
+    state.stop()
+    info.close()
+    elapsed = end[0] - start[0]
+    return {
+        "names": names,
+        "scripts_per_second": (end[1] - start[1]) / elapsed,
+        "redis_core_share": (end[2] - start[2]) / elapsed,
+    }
 
 
 def _row(case: str, measured: str, span: str = "", target: str = "") -> None:
