@@ -47,7 +47,7 @@ import resilience.redis as rr  # noqa: E402
 FLUSH = 0.05  # the simulated flush interval
 OPEN = 1.0  # open_duration
 THRESHOLD = 3  # consecutive_failures
-EXAMPLES = int(os.environ.get("FLEET_SIM_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("FLEET_SIM_EXAMPLES", "150"))
 STEPS = int(os.environ.get("FLEET_SIM_STEPS", "40"))
 
 #: What the schedules exercised, over all examples (printed, and checked below).
