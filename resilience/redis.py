@@ -679,6 +679,11 @@ class RedisSharedState:
         for report in reports:
             name, to, breaker, reason, known, report_id = report
             fleet = self._fleets[name]
+            if to == "closed" and breaker.state is not State.CLOSED:
+                # The fleet moved it since (a newer epoch applied): the report is stale.
+                with self._lock, contextlib.suppress(ValueError):
+                    self._reports.remove(report)
+                continue
             incarnation, epoch = known or ("", -1)
             open_ms = _open_ms_of(breaker) if to == "open" else -1
             if to == "open" and open_ms < 0:

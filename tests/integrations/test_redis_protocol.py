@@ -1106,3 +1106,22 @@ def test_a_grant_a_thread_gave_up_on_is_handed_back() -> None:
     late = rr._Handoff("slot-2")
     assert late.deliver()
     assert not late.abandon()  # delivered first: the thread takes the answer
+
+
+def test_a_closed_report_made_stale_by_a_newer_fleet_state_is_not_sent(fleet_of) -> None:
+    """A local close, then the fleet's newer reopen applied before the report left: dropped.
+
+    Otherwise the report would carry the newer epoch and close the reopened fleet.
+    """
+    fleet = fleet_of(2)
+    a, _ = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(OPEN)
+    a.shared.grant_probe = lambda breaker: None  # decided locally
+    a.breaker.acquire().record_success()
+    assert [report[1] for report in a.shared._reports] == ["closed"]
+    a.breaker.apply_remote(State.OPEN, OPEN)  # the fleet's newer state arrives first
+    assert a.flush()
+    assert a.shared._reports == collections.deque()
+    status = fleet_status(a)
+    assert status[3] != "closed"
