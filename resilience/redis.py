@@ -412,9 +412,9 @@ class RedisSharedState:
         self._lock = threading.Lock()
         self._observing = threading.RLock()  # an observer of a transition may call the breaker
         self._fleets: dict[str, _Fleet] = {}
-        # (name, to, breaker, reason, known) and (name, grant, outcome code, slow): sent in
-        # order by the flush loop; kept until Redis has them. Only a name's latest report
-        # is kept: an older one says what the process no longer holds.
+        # (name, to, breaker, reason, known, report id) and (name, grant, outcome code,
+        # slow): sent in order by the flush loop; kept until Redis has them. Only a
+        # breaker's latest report is kept: an older one says what it no longer holds.
         self._reports: deque[tuple[str, str, CircuitBreaker, str, tuple[str, int] | None, str]] = (
             deque()
         )
@@ -470,7 +470,7 @@ class RedisSharedState:
             raise TypeError("an asyncio client runs on its event loop: use `await shared.astart()`")
         if any(thread.is_alive() for thread in self._threads):
             return self  # already running
-        self._resume()
+        self._stop.clear()
         for target, name in ((self._flush_loop, "flush"), (self._listen_loop, "listen")):
             thread = threading.Thread(target=target, name=f"resilience-redis-{name}", daemon=True)
             thread.start()
@@ -496,16 +496,13 @@ class RedisSharedState:
             for member in fleet.members:
                 member.breaker.probe_slots_free()
 
-    def _resume(self) -> None:
-        self._stop.clear()
-
     async def astart(self) -> RedisSharedState:
         """Start the flush and subscribe tasks on the running loop (asyncio client); return self."""
         if not self._is_async:
             raise TypeError("astart() runs a redis.asyncio client; this one is sync: use start()")
         if any(not task.done() for task in self._tasks):
             return self  # already running
-        self._resume()
+        self._stop.clear()
         self._loop = asyncio.get_running_loop()
         self._awake = asyncio.Event()
         self._tasks = [
@@ -1101,12 +1098,8 @@ def _open_ms_of(breaker: CircuitBreaker) -> int:
 
 
 def _open_ms(fleet: _Fleet) -> int:
-    """Milliseconds this process's breaker of `fleet` stays open (0: half-open; -1: not open)."""
-    for member in fleet.members:
-        breaker = member.breaker
-        if breaker.state in (State.OPEN, State.HALF_OPEN):
-            return int((breaker.retry_after() or 0.0) * 1000)
-    return -1
+    """Milliseconds the longest-open of this process's breakers of `fleet` stays open (-1: none)."""
+    return max((_open_ms_of(member.breaker) for member in fleet.members), default=-1)
 
 
 def _fails_again(error: Exception) -> bool:

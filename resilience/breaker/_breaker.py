@@ -724,17 +724,18 @@ class CircuitBreaker(Guard[Permit]):
         self._probe_calls = self._probe_failures = self._probe_slow = 0
         self._refused_epoch = -1
         previous = self._mode[0]
-        if previous is _CLOSED or previous is _METRICS_ONLY:
-            # The recording period ends: a late lock-free success (admitted
-            # before now) counts into the orphaned counter, never the window.
+        was_recording = previous is _CLOSED or previous is _METRICS_ONLY
+        recording = state is _CLOSED or state is _METRICS_ONLY
+        if was_recording:
             recorded = peek(self._outcomes)
             self._window_base += recorded
             self._recorded_frozen = recorded
+        if was_recording or recording:
+            # A new outcome counter: a late lock-free success (admitted before
+            # now) counts into the orphaned one, never into the window.
             self._outcomes = itertools.count()
-        recording = state is _CLOSED or state is _METRICS_ONLY
         if recording:
             self._window.reset()
-            self._outcomes = itertools.count()
             self._consecutive = 0
             self._last_failure = -2
             self._rate_above = frozenset()

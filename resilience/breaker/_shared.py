@@ -14,13 +14,13 @@ __all__ = ["SharedState"]
 class SharedState(Protocol):
     """A backend that lets breakers of the same name in many processes act as one.
 
-    The breaker calls it only around a half-open probe; everything else
-    (outcomes, transitions) the backend reads from the breaker's counters and
-    events, off the call path, and applies back with `apply_remote`. A
-    backend may also define `async def agrant_probe(breaker)` (async callers
-    then await it instead of calling `grant_probe`) and
-    `state_changed(breaker, event)` (told of every transition, after the
-    breaker's lock is released).
+    The breaker calls it around a half-open probe, and (if the backend has
+    it) `state_changed(breaker, event)` after every transition, outside the
+    breaker's lock; outcomes the backend reads off the call path from
+    `breaker.window_totals()`, and the fleet's decisions it applies back with
+    `apply_remote`. A backend may also define `async def
+    agrant_probe(breaker)`: async callers then await it instead of calling
+    `grant_probe`.
     """
 
     def grant_probe(self, breaker: CircuitBreaker) -> object:

@@ -36,7 +36,7 @@ from resilience import CircuitBreaker, CircuitOpenError, State
 from resilience.events import StateChanged
 from resilience.testing import FakeClock
 
-from .redis_server import RedisServer
+from .redis_server import RedisServer, free_port
 
 redis_lib = pytest.importorskip("redis")
 from redis.backoff import NoBackoff  # noqa: E402
@@ -1125,3 +1125,76 @@ def test_a_closed_report_made_stale_by_a_newer_fleet_state_is_not_sent(fleet_of)
     assert a.shared._reports == collections.deque()
     status = fleet_status(a)
     assert status[3] != "closed"
+
+
+# -- the guide's remaining promises ----------------------------------------------------------
+
+
+def test_a_probe_lease_is_ten_open_periods_between_1_and_60_s() -> None:
+    shared = rr.RedisSharedState("redis://127.0.0.1:1/0")
+    leases = {}
+    for open_duration in (0.05, 2.0, 30.0):
+        breaker = CircuitBreaker(f"lease{open_duration}", open_duration=open_duration)
+        leases[open_duration] = shared._fleet_args(breaker)[1][4]  # ARGV[6]: lease ms
+    assert leases == {0.05: 1_000, 2.0: 20_000, 30.0: 60_000}
+    waits = CircuitBreaker("waits", half_open_max_wait=3.0)
+    assert shared._fleet_args(waits)[1][4] == 3_000  # half_open_max_wait is the lease
+
+
+def test_every_key_the_fleet_writes_expires(fleet_of) -> None:
+    fleet = fleet_of(2)
+    a, _ = fleet.members
+    fleet.trip(a)
+    fleet.clock.advance(OPEN)
+    probe = a.breaker.acquire()  # a slot in the zset
+    assert probe.grant is not None
+    keys = a.client.keys(f"{fleet.prefix}:*")
+    assert {key.decode().rsplit(":", 2)[-1] for key in keys} >= {"state", "slots"}
+    assert any(":window:" in key.decode() for key in keys)
+    assert all(a.client.pttl(key) > 0 for key in keys)
+
+
+def test_the_background_work_retries_every_flush_interval() -> None:
+    """With nothing listening, the flush is tried again every interval (no growing backoff)."""
+    import time
+
+    shared = rr.RedisSharedState(
+        f"redis://127.0.0.1:{free_port()}/0", flush_interval=0.02, socket_timeout=0.02
+    )
+    shared.attach(CircuitBreaker("alone", consecutive_failures=1))
+    shared.start()
+    try:
+        time.sleep(0.5)
+    finally:
+        shared.stop()
+    assert shared.metrics()["faults"] >= 10  # flush and listen, each every 20 ms or so
+
+
+@pytest.mark.slow
+def test_a_stalled_redis_delays_a_half_open_call_by_socket_timeout_at_most(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stops answering (SIGSTOP): a probe grant gives up after socket_timeout."""
+    import signal
+    import time
+
+    shared = rr.RedisSharedState(redis_server.url, prefix=uuid.uuid4().hex[:8]).start()
+    breaker = shared.attach(CircuitBreaker("stall", consecutive_failures=1, open_duration=0.05))
+    try:
+        breaker.acquire().record_failure()
+        time.sleep(0.1)
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            probe = breaker.acquire()  # half-open: asks Redis, which does not answer
+            waited = time.monotonic() - started
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert probe.probe
+        assert getattr(probe, "grant", None) is None  # decided locally
+        assert waited <= shared.socket_timeout + 0.03  # the command's timeout, plus scheduling
+        probe.record_success()
+        assert breaker.state is State.CLOSED
+    finally:
+        shared.stop()
