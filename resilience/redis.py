@@ -184,15 +184,16 @@ return status('ok')
 )
 
 # ARGV 17: 'open' | 'closed'; 18, 19: the fleet (incarnation, epoch) the reporter knew;
-# 20: open milliseconds (-1: the fleet's own open_duration); 21: reason; 22: the report id
-# (a report sent again because its reply was lost is applied once).
+# 20: open milliseconds (-1: the fleet's own open_duration); 21: reason; 22: the report id,
+# 23: the reporting breaker (a report sent again because its reply was lost is applied once).
 _REPORT = (
     _PRELUDE
     + """
 if not ensure() then return {'mismatch', redis.call('HGET', S, 'config')} end
 expire_slots()
-if redis.call('HGET', S, 'r:' .. ARGV[15]) == ARGV[22] then return status('ok') end
-redis.call('HSET', S, 'r:' .. ARGV[15], ARGV[22])
+local report = 'r:' .. ARGV[15] .. ':' .. ARGV[23]
+if redis.call('HGET', S, report) == ARGV[22] then return status('ok') end
+redis.call('HSET', S, report, ARGV[22])
 local state = redis.call('HGET', S, 'state')
 if ARGV[17] == 'open' then
   if state ~= 'open' then transition('open', ARGV[21], tonumber(ARGV[20])) end
@@ -685,7 +686,9 @@ class RedisSharedState:
             open_ms = _open_ms_of(breaker) if to == "open" else -1
             if to == "open" and open_ms < 0:
                 open_ms = 0  # closed since by an operator: the fleet decides by its probes
-            request = self._request(fleet, to, incarnation, epoch, open_ms, reason, report_id)
+            request = self._request(
+                fleet, to, incarnation, epoch, open_ms, reason, report_id, f"{id(breaker):x}"
+            )
             commands.append((self._report_script, request, (self._reports, report, fleet)))
         for settle in settles:
             name, grant, code, slow = settle
@@ -1103,9 +1106,33 @@ def _open_ms(fleet: _Fleet) -> int:
 
 
 def _fails_again(error: Exception) -> bool:
-    """Whether a script's error would recur if sent again (a broken record, our own bug)."""
+    """Whether a script's error would recur if sent again (a broken record, our own bug).
+
+    Judged by the error's code: Redis appends "script: ..." to every error
+    raised inside a script, READONLY during a failover included.
+    """
     message = str(error)
+    if isinstance(
+        error, redis_lib.exceptions.ReadOnlyError | redis_lib.exceptions.BusyLoadingError
+    ):
+        return False
+    if message.startswith(_PASSING_ERRORS):
+        return False
     return message.startswith("WRONGTYPE") or "user_script" in message or "script:" in message
+
+
+#: Error codes that pass: Redis answers them while failing over, loading or out of memory.
+_PASSING_ERRORS = (
+    "READONLY",
+    "You can't write against a read only replica",
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+)
 
 
 def _decode(reply: list[Any]) -> list[Any]:

@@ -901,7 +901,7 @@ def test_stop_makes_probes_local_and_keeps_what_they_report(fleet_of) -> None:
     assert getattr(local, "grant", None) is None
     local.release()
     assert [settle[2] for settle in a.shared._settles] == ["s"]  # kept for the restart
-    a.shared._resume()
+    a.shared._stop.clear()  # what start() does
     assert a.flush()
     fleet.flush_all()
     assert fleet.states() == [State.CLOSED, State.CLOSED]
@@ -1065,6 +1065,37 @@ def test_a_broken_record_error_is_dropped_not_replayed() -> None:
     for message in ("WRONGTYPE Operation against a key", "ERR user_script:12: bad", "script: x"):
         assert rr._fails_again(redis_lib.exceptions.ResponseError(message))
     assert not rr._fails_again(redis_lib.exceptions.ResponseError("BUSY busy"))
+    # Raised inside a script, a passing error carries "script: ..." too (found by an attack).
+    for passing in (
+        redis_lib.exceptions.ReadOnlyError(
+            "You can't write against a read only replica. script: bd5b, on @user_script:26."
+        ),
+        redis_lib.exceptions.ResponseError(
+            "OOM command not allowed. script: bd5b, on @user_script:9."
+        ),
+    ):
+        assert not rr._fails_again(passing)
+
+
+def test_a_trip_sent_while_redis_is_a_read_only_replica_is_sent_again(fleet_of) -> None:
+    """A failover demotes Redis: the scripts fail with READONLY; the trip and counts wait."""
+    fleet = fleet_of(1, consecutive_failures=3)
+    (a,) = fleet.members
+    assert a.flush()
+    for _ in range(3):
+        a.breaker.acquire().record_failure()
+    a.client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        assert a.flush()
+        assert [report[1] for report in a.shared._reports] == ["open"]
+        assert a.shared._fleets["sim"].pending is not None
+    finally:
+        a.client.execute_command("REPLICAOF", "NO", "ONE")
+    assert a.flush()
+    status = fleet_status(a)
+    assert status[3] == "open"
+    window = a.client.keys(a.shared._key("sim", "window") + ":*")
+    assert sum(int(a.client.hget(key, "f") or 0) for key in window) == 3
 
 
 def test_a_late_message_does_not_hold_a_member_open_past_the_fleet(fleet_of) -> None:
