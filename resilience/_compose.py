@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, c
 if TYPE_CHECKING:
     from types import FrameType, TracebackType
 
-__all__ = ["Guard", "Pipeline", "Policy", "compose"]
+__all__ = ["Guard", "Pipeline", "Policy", "compose", "returned_awaitable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -106,6 +106,28 @@ def is_async_callable(fn: object) -> bool:
     return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
 
 
+def returned_awaitable(policy: object, fn: object, result: object) -> TypeError:
+    """The error for a sync entry point whose call returned an awaitable.
+
+    A sync policy cannot see how a coroutine (or future) ends: counting it as
+    a success would hide every failure it later raises. A coroutine that was
+    never started is closed, so no "never awaited" warning follows the error.
+    Call sites test `hasattr(type(result), "__await__")` first (one cached
+    type lookup), and build this error only on misuse.
+    """
+    close = getattr(result, "close", None)
+    if type(result).__name__ == "coroutine" and close is not None:
+        close()
+    kind = type(policy).__name__
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return TypeError(
+        f"{kind}: {name} returned an awaitable ({type(result).__name__}) to a sync entry point, "
+        f"which cannot see how it ends. Await it through the async API instead: "
+        f"`await policy.acall(fn, ...)`, `async with policy:`, or decorate the "
+        f"coroutine function itself (`@policy` on an `async def`)."
+    )
+
+
 def refuse_generators(fn: object, policy: Policy) -> None:
     import inspect
 
@@ -183,6 +205,18 @@ class Guard(Policy, Generic[Token]):
         """Settle a call that returned `result`; defaults to `_on_exit`."""
         self._on_exit(token)
 
+    def _on_misuse(self, token: Token) -> None:
+        """Settle a call that says nothing about the downstream (an awaitable
+        returned to a sync entry point); defaults to `_on_exit`."""
+        self._on_exit(token)
+
+    def _returned(self, token: Token, fn: object, result: object) -> None:
+        """Settle a sync call that returned `result`; an awaitable is misuse."""
+        if hasattr(type(result), "__await__"):
+            self._on_misuse(token)
+            raise returned_awaitable(self, fn, result)
+        self._on_return(token, result)
+
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run `fn(*args, **kwargs)` inside this guard."""
         token = self._enter()
@@ -191,7 +225,7 @@ class Guard(Policy, Generic[Token]):
         except BaseException as exc:
             self._on_error(token, exc)
             raise
-        self._on_return(token, result)
+        self._returned(token, fn, result)
         return result
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -208,7 +242,7 @@ class Guard(Policy, Generic[Token]):
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         # The body of `call`, inlined: one Python frame less per decorated call.
         refuse_generators(fn, self)
-        enter, on_error, on_return = self._enter, self._on_error, self._on_return
+        enter, on_error, returned = self._enter, self._on_error, self._returned
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             token = enter()
@@ -217,7 +251,7 @@ class Guard(Policy, Generic[Token]):
             except BaseException as exc:
                 on_error(token, exc)
                 raise
-            on_return(token, result)
+            returned(token, fn, result)
             return result
 
         return wrapper

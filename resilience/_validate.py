@@ -6,24 +6,44 @@ never a silent default.
 
 from __future__ import annotations
 
+import datetime
 import math
 
-__all__ = ["check_int", "check_seconds", "check_string"]
+__all__ = ["check_int", "check_ratio", "check_seconds", "check_string"]
 
 
 def check_seconds(
     value: object, param: str, *, allow_zero: bool = False, allow_inf: bool = False
 ) -> float:
-    """Return `value` as float seconds; it must be a real number > 0 (or >= 0)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{param}= must be a number of seconds, got {value!r}")
-    seconds = float(value)
+    """Return `value` as float seconds; it must be a real number > 0 (or >= 0).
+
+    A `datetime.timedelta` is taken as its total seconds (as stamina does).
+    """
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{param}= must be a number of seconds or a datetime.timedelta, got {value!r}"
+        )
+    else:
+        seconds = float(value)
     if math.isnan(seconds) or (math.isinf(seconds) and not allow_inf):
         raise ValueError(f"{param}= must be a finite number of seconds, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{param}= must be {bound} seconds, got {value!r}")
     return seconds
+
+
+def check_ratio(value: object, param: str, *, allow_zero: bool = False) -> float:
+    """Return `value` as a float ratio in (0, 1] (or [0, 1] with `allow_zero`)."""
+    bounds = "[0, 1]" if allow_zero else "(0, 1]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{param}= must be a ratio in {bounds}, got {value!r}")
+    ratio = float(value)
+    if not (0 <= ratio <= 1) or (ratio == 0 and not allow_zero):
+        raise ValueError(f"{param}= must be a ratio in {bounds} (0.5 means 50%), got {value!r}")
+    return ratio
 
 
 def check_int(value: object, param: str, *, minimum: int = 1) -> int:

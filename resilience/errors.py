@@ -148,13 +148,19 @@ class DeadlineExceededError(ResilienceError, TimeoutError):
     Attributes:
         name: What ran out of time (a policy name or an operation), or `None`.
         budget: The time that was allowed, in seconds, or `None` if unknown.
+        before_call: True when the deadline was already spent before the call
+            started: nothing was sent, so it says nothing about the downstream
+            (a breaker ignores it by default).
     """
 
-    def __init__(self, name: str | None = None, budget: float | None = None) -> None:
+    def __init__(
+        self, name: str | None = None, budget: float | None = None, *, before_call: bool = False
+    ) -> None:
         # OSError.__init__ would read two positional args as (errno, strerror).
         ResilienceError.__init__(self, name, budget)
         self.name = name
         self.budget = budget
+        self.before_call = before_call
 
     def __reduce__(
         self,
