@@ -6,6 +6,10 @@ The rules (DESIGN section 4):
 - a `BaseException` that is not an `Exception` (cancellation,
   KeyboardInterrupt, SystemExit, GeneratorExit) is IGNORED, always;
 - an exception matching `ignore=` is IGNORED, even when `record=` matches too;
+- the library's own rejections (`CircuitOpenError`, `BulkheadFullError`,
+  `RetryBudgetExhaustedError`, and a `DeadlineExceededError` whose deadline
+  was spent before the call started) are IGNORED: nothing reached the
+  downstream. Naming one of their classes in `record=` counts it again;
 - an exception matching `record=` is a FAILURE;
 - any other exception is IGNORED: it says nothing about the downstream's
   health, and counting it as a success would reset failure counts by accident.
@@ -17,7 +21,22 @@ import enum
 from collections.abc import Callable, Iterable
 from typing import TypeAlias
 
-__all__ = ["Classifier", "ExceptionFilter", "ExceptionSpec", "Outcome", "ResultPredicate"]
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    ResilienceError,
+    RetryBudgetExhaustedError,
+)
+
+__all__ = [
+    "Classifier",
+    "ExceptionFilter",
+    "ExceptionSpec",
+    "Outcome",
+    "ResultPredicate",
+    "is_rejection",
+]
 
 
 class Outcome(enum.Enum):
@@ -128,12 +147,35 @@ class Classifier:
         """Classify a call that raised `exc`."""
         if not isinstance(exc, Exception) or self.ignore.matches(exc):
             return Outcome.IGNORED
+        if is_rejection(exc) and not self._names_rejection(exc):
+            return Outcome.IGNORED
         if self.record.matches(exc):
             return Outcome.FAILURE
         return Outcome.IGNORED
+
+    def _names_rejection(self, exc: Exception) -> bool:
+        """Whether `record=` names a resilience error class that `exc` is an instance of."""
+        return any(
+            issubclass(kind, ResilienceError) and isinstance(exc, kind)
+            for kind in self.record.types
+        )
 
     def classify_result(self, result: object) -> Outcome:
         """Classify a call that returned `result`."""
         if self.failure_if is not None and self.failure_if(result):
             return Outcome.FAILURE
         return Outcome.SUCCESS
+
+
+_REJECTIONS = (CircuitOpenError, BulkheadFullError, RetryBudgetExhaustedError)
+
+
+def is_rejection(exc: BaseException) -> bool:
+    """Whether `exc` is the library refusing a call it never started.
+
+    A breaker, bulkhead or budget that said no, or a deadline already spent
+    before the call began: none of them says anything about the downstream.
+    """
+    if isinstance(exc, _REJECTIONS):
+        return True
+    return isinstance(exc, DeadlineExceededError) and exc.before_call

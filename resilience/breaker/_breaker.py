@@ -24,8 +24,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from .._awaitable import PLAIN_TYPES, is_awaitable_type
 from .._clock import Clock, resolve_clock
-from .._compose import Guard, refuse_generators
+from .._compose import Guard, refuse_generators, returned_awaitable
 from .._counter import peek
 from .._histogram import DurationHistogram
 from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
@@ -232,7 +233,6 @@ class CircuitBreaker(Guard[Permit]):
         "_consecutive",
         "_durations",
         "_failures",
-        "_half_open_since",
         "_ignored",
         "_last_failure",
         "_lock",
@@ -247,7 +247,8 @@ class CircuitBreaker(Guard[Permit]):
         "_probe_calls",
         "_probe_failures",
         "_probe_slow",
-        "_probes_in_flight",
+        "_probe_starts",
+        "_probe_streak",
         "_rate_above",
         "_recorded_frozen",
         "_refused_epoch",
@@ -376,9 +377,11 @@ class CircuitBreaker(Guard[Permit]):
         self._open_until = 0.0
         self._openings = 0
         self._consecutive = 0
-        self._half_open_since = 0.0
-        self._probes_in_flight = 0
+        # When each half-open probe still out was admitted: half_open_max_wait
+        # runs from the oldest of them.
+        self._probe_starts: list[float] = []
         self._probe_calls = self._probe_failures = self._probe_slow = 0
+        self._probe_streak = 0
         self._rate_above: frozenset[str] = frozenset()
         self._successes: itertools.count[int] = itertools.count()  # lock-free, like _outcomes
         self._rejections: itertools.count[int] = itertools.count()  # lock-free too
@@ -423,12 +426,10 @@ class CircuitBreaker(Guard[Permit]):
             state, epoch, admits, _ = self._mode
             if (
                 state is _HALF_OPEN
-                and self._probes_in_flight + self._probe_calls < self.half_open_max_calls
+                and len(self._probe_starts) + self._probe_calls < self.half_open_max_calls
                 and self._refused_epoch != epoch
             ):
-                if self._probes_in_flight == 0:
-                    self._half_open_since = now  # the wait runs from the oldest unreported probe
-                self._probes_in_flight += 1
+                self._probe_starts.append(now)
                 permit = Permit(self, epoch, now, True)
             elif not admits:
                 next(self._rejections)
@@ -529,7 +530,13 @@ class CircuitBreaker(Guard[Permit]):
         permit.settled = True
         with self._lock:
             if permit.epoch == self._mode[1] and self._mode[0] is _HALF_OPEN:
-                self._probes_in_flight -= 1
+                self._probe_back(permit.start)
+
+    def _probe_back(self, start: float) -> None:
+        """A probe of the current half-open period reported (under the lock)."""
+        starts = self._probe_starts
+        if start in starts:
+            starts.remove(start)
 
     def _record(
         self, epoch: int, start: float, probe: bool, outcome: Outcome, fleet: bool = False
@@ -585,11 +592,12 @@ class CircuitBreaker(Guard[Permit]):
                     events = []
                     self._check_thresholds(now, events)
             elif state is _HALF_OPEN:
-                self._probes_in_flight -= 1
+                self._probe_back(start)
                 if outcome is not _IGNORED and not fleet:
                     self._probe_calls += 1
                     self._probe_failures += failed
                     self._probe_slow += slow
+                    self._probe_streak = self._probe_streak + 1 if failed else 0
                     if self._probe_calls >= self.half_open_max_calls:
                         events = []
                         self._decide_half_open(now, events)
@@ -691,8 +699,8 @@ class CircuitBreaker(Guard[Permit]):
         elif (
             state is _HALF_OPEN
             and self.half_open_max_wait is not None
-            and self._probes_in_flight > 0
-            and now - self._half_open_since >= self.half_open_max_wait
+            and self._probe_starts
+            and now - min(self._probe_starts) >= self.half_open_max_wait
         ):
             self._open(now, "half_open_max_wait", events)
 
@@ -707,9 +715,7 @@ class CircuitBreaker(Guard[Permit]):
         from_state = self._mode[0]
         key = (from_state, to)
         self._transitions[key] = self._transitions.get(key, 0) + 1
-        if to is _HALF_OPEN:
-            self._half_open_since = now
-        elif to is _CLOSED:
+        if to is _CLOSED:
             self._openings = 0
         self._begin(to)
         events.append(
@@ -720,8 +726,8 @@ class CircuitBreaker(Guard[Permit]):
 
     def _begin(self, state: State) -> None:
         """Enter `state` with a new epoch; a recording state starts a fresh window."""
-        self._probes_in_flight = 0
-        self._probe_calls = self._probe_failures = self._probe_slow = 0
+        self._probe_starts = []
+        self._probe_calls = self._probe_failures = self._probe_slow = self._probe_streak = 0
         self._refused_epoch = -1
         previous = self._mode[0]
         was_recording = previous is _CLOSED or previous is _METRICS_ONLY
@@ -739,7 +745,9 @@ class CircuitBreaker(Guard[Permit]):
             self._consecutive = 0
             self._last_failure = -2
             self._rate_above = frozenset()
-        lockfree = self._outcomes if recording and self._lockfree else None
+        # METRICS_ONLY takes every success under the lock: a success can end a
+        # threshold crossing there, and the next crossing is a new event.
+        lockfree = self._outcomes if state is _CLOSED and self._lockfree else None
         admits = recording or state is _DISABLED
         self._mode = (state, self._mode[1] + 1, admits, lockfree)
 
@@ -867,16 +875,30 @@ class CircuitBreaker(Guard[Permit]):
         return 0.0
 
     def metrics(self) -> BreakerMetrics:
-        """A consistent snapshot of the counters (cheap; no per-call cost)."""
+        """A consistent snapshot of the counters (cheap; no per-call cost).
+
+        The window figures are those the state machine decides on: in
+        CLOSED and METRICS_ONLY the sliding window; in OPEN the window as it
+        was at the trip (outcomes of calls admitted before it never enter);
+        in HALF_OPEN the probes' outcomes so far (rates NaN until all
+        `half_open_max_calls` are in, as resilience4j reports them).
+        """
         now = self.clock.monotonic()
         with self._lock:
-            window = self._window
-            window.refresh(self._recorded(), now)
-            calls = window.calls
-            enough = calls >= self.minimum_calls
+            state = self._mode[0]
+            if state is _HALF_OPEN:
+                calls, failures, slow = self._probe_calls, self._probe_failures, self._probe_slow
+                enough = calls >= self.half_open_max_calls
+                streak = self._probe_streak
+            else:
+                window = self._window
+                window.refresh(self._recorded(), now)
+                calls, failures, slow = window.calls, window.failures, window.slow
+                enough = calls >= self.minimum_calls
+                streak = self._streak()
             return BreakerMetrics(
                 name=self.name,
-                state=self._mode[0],
+                state=state,
                 calls={
                     "success": peek(self._successes),
                     "failure": self._failures,
@@ -885,12 +907,12 @@ class CircuitBreaker(Guard[Permit]):
                 },
                 slow_calls=self._slow_calls,
                 transitions=dict(self._transitions),
-                failure_rate=window.failures / calls if enough else math.nan,
-                slow_call_rate=window.slow / calls if enough else math.nan,
+                failure_rate=failures / calls if enough else math.nan,
+                slow_call_rate=slow / calls if enough else math.nan,
                 window_calls=calls,
-                window_failures=window.failures,
-                window_slow=window.slow,
-                consecutive_failures=self._streak(),
+                window_failures=failures,
+                window_slow=slow,
+                consecutive_failures=streak,
                 durations={} if self._durations is None else self._durations.snapshot(),
                 openings=self._openings,
             )
@@ -930,6 +952,15 @@ class CircuitBreaker(Guard[Permit]):
         if not token.settled:  # `with breaker as permit:` may have settled it by hand
             self._settle(token, _SUCCESS)
 
+    def _on_misuse(self, token: Permit) -> None:
+        if not token.settled:
+            self._settle(token, _IGNORED)
+
+    def _misused(self, permit: Permit, fn: object, result: object) -> TypeError:
+        """Settle a sync call that returned an awaitable as IGNORED; return the error."""
+        self._on_misuse(permit)
+        return returned_awaitable(self, fn, result)
+
     def _settle_result(self, epoch: int, start: float, result: object) -> None:
         """Settle a decorated call that returned, when the lock-free path does not apply."""
         if self._classifier.failure_if is None:
@@ -968,6 +999,7 @@ class CircuitBreaker(Guard[Permit]):
             successes,
             warmup,
         ) = self._wrapper_locals()
+        plain = PLAIN_TYPES
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             state, epoch, admits, lockfree = breaker._mode
@@ -978,6 +1010,8 @@ class CircuitBreaker(Guard[Permit]):
                 except BaseException as exc:
                     on_error(Permit(breaker, epoch, start, False), exc)
                     raise
+                if type(result) not in plain and is_awaitable_type(type(result)):
+                    raise breaker._misused(Permit(breaker, epoch, start, False), fn, result)
                 if (
                     failure_if is None
                     and lockfree is not None
@@ -999,6 +1033,8 @@ class CircuitBreaker(Guard[Permit]):
             except BaseException as exc:
                 on_error(permit, exc)
                 raise
+            if type(result) not in plain and is_awaitable_type(type(result)):
+                raise breaker._misused(permit, fn, result)
             breaker._on_return(permit, result)
             return result
 

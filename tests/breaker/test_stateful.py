@@ -3,7 +3,11 @@
 The model is the specification written as plainly as possible: lists instead
 of rings, no locks, no fast paths. Any sequence of admissions, outcomes,
 cancellations, time steps and operator actions must leave the breaker and the
-model in the same state with the same counts.
+model in the same state with the same counts, the same figures in `metrics()`
+(the window in CLOSED and METRICS_ONLY, the window as it was at the trip in
+OPEN, the probes in HALF_OPEN) and the same `ThresholdCrossed` events. Calls
+that finish after the state they were admitted in has ended (stale outcomes,
+through the permit and the lock-free decorator path) never move a figure.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from resilience import CircuitBreaker, CircuitOpenError, CountWindow, Permit, State, TimeWindow
+from resilience.events import ThresholdCrossed
 from resilience.testing import FakeClock
 
 WINDOW = 5
@@ -33,6 +38,7 @@ BUCKETS = 5
 class ModelPermit:
     epoch: int
     probe: bool
+    start: float = 0.0
 
 
 @dataclass
@@ -42,9 +48,10 @@ class Model:
     outcomes: list[bool] = field(default_factory=list)  # failed?, this closed period
     open_until: float = 0.0
     openings: int = 0
-    half_open_since: float = 0.0
-    in_flight: int = 0
+    probe_starts: list[float] = field(default_factory=list)  # the probes still out
     probe_results: list[bool] = field(default_factory=list)
+    above: set[str] = field(default_factory=set)  # thresholds crossed, not yet dipped below
+    crossings: list[str] = field(default_factory=list)  # every ThresholdCrossed, in order
     counts: dict[str, int] = field(
         default_factory=lambda: {"success": 0, "failure": 0, "ignored": 0, "rejected": 0}
     )
@@ -65,15 +72,14 @@ class Model:
     def enter(self, state: State, now: float) -> None:
         self.state = state
         self.epoch += 1
-        self.in_flight = 0
+        self.probe_starts = []
         self.probe_results = []
         if state in (State.CLOSED, State.METRICS_ONLY):
             self.outcomes = []
             self.stamps = []
+            self.above = set()
         if state is State.CLOSED:
             self.openings = 0
-        if state is State.HALF_OPEN:
-            self.half_open_since = now
 
     def open(self, now: float) -> None:
         self.openings += 1
@@ -85,8 +91,8 @@ class Model:
             self.enter(State.HALF_OPEN, now)
         elif (
             self.state is State.HALF_OPEN
-            and self.in_flight > 0
-            and now - self.half_open_since >= PROBE_WAIT
+            and self.probe_starts
+            and now - min(self.probe_starts) >= PROBE_WAIT  # the oldest probe still out
         ):
             self.open(now)
 
@@ -94,23 +100,50 @@ class Model:
         self.advance(now)
         if self.state in (State.CLOSED, State.METRICS_ONLY, State.DISABLED):
             return ModelPermit(self.epoch, probe=False)
-        if self.state is State.HALF_OPEN and self.in_flight + len(self.probe_results) < PROBES:
-            if self.in_flight == 0:
-                self.half_open_since = now  # the wait runs from the oldest probe still out
-            self.in_flight += 1
-            return ModelPermit(self.epoch, probe=True)
+        if (
+            self.state is State.HALF_OPEN
+            and len(self.probe_starts) + len(self.probe_results) < PROBES
+        ):
+            self.probe_starts.append(now)
+            return ModelPermit(self.epoch, probe=True, start=now)
         self.counts["rejected"] += 1
         return None
 
-    def trips(self, now: float) -> bool:
+    def streak(self) -> int:
+        """Failures in a row at the end of the recorded outcomes."""
         streak = 0
         for failed in reversed(self.outcomes):
             if not failed:
                 break
             streak += 1
+        return streak
+
+    def crossed(self, now: float) -> set[str]:
+        """The thresholds the recorded outcomes are at or above; new ones are published."""
         window = self.window(now)
-        rate_trips = len(window) >= MINIMUM and sum(window) / len(window) >= RATE
-        return streak >= STREAK or rate_trips
+        crossed = set()
+        if self.streak() >= STREAK:
+            crossed.add("consecutive_failures")
+        if len(window) >= MINIMUM and sum(window) / len(window) >= RATE:
+            crossed.add("failure_rate")
+        for metric in sorted(
+            crossed - self.above, key=["consecutive_failures", "failure_rate"].index
+        ):
+            self.crossings.append(metric)
+        self.above = crossed
+        return crossed
+
+    def figures(self, now: float) -> tuple[int, int, int]:
+        """(window calls, window failures, consecutive failures), as metrics() shows them."""
+        if self.state is State.HALF_OPEN:
+            streak = 0
+            for failed in reversed(self.probe_results):
+                if not failed:
+                    break
+                streak += 1
+            return len(self.probe_results), sum(self.probe_results), streak
+        window = self.window(now)
+        return len(window), sum(window), self.streak()
 
     def settle(self, permit: ModelPermit, outcome: str, now: float) -> None:
         self.counts[outcome] += 1
@@ -119,10 +152,10 @@ class Model:
         if self.state in (State.CLOSED, State.METRICS_ONLY):
             self.outcomes.append(outcome == "failure")
             self.stamps.append(math.floor(now / (WINDOW_SECONDS / BUCKETS)))
-            if self.state is State.CLOSED and self.trips(now):
+            if self.crossed(now) and self.state is State.CLOSED:
                 self.open(now)
         elif self.state is State.HALF_OPEN:
-            self.in_flight -= 1
+            self.probe_starts.remove(permit.start)
             if outcome != "ignored":
                 self.probe_results.append(outcome == "failure")
                 if len(self.probe_results) == PROBES:
@@ -162,6 +195,12 @@ class BreakerMachine(RuleBasedStateMachine):
         self.permits: list[tuple[Permit, ModelPermit]] = []
         self.guarded_ok = self.breaker(lambda: "ok")
         self.guarded_interrupt = self.breaker(_interrupt)
+        self.crossings: list[str] = []
+        self.breaker.events.subscribe(self._on_event)
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, ThresholdCrossed):
+            self.crossings.append(event.metric)
 
     @rule()
     def acquire(self) -> None:
@@ -208,6 +247,36 @@ class BreakerMachine(RuleBasedStateMachine):
             assert expected is not None
             self.model.settle(expected, "success", now)
 
+    @rule(failures=st.integers(0, 4), decorated=st.booleans())
+    def late_success(self, failures: int, decorated: bool) -> None:
+        """A success admitted before `failures` other calls fail (and may trip the breaker).
+
+        Its outcome is stale when the state it was admitted in has ended.
+        """
+        now = self.clock.monotonic()
+        expected = self.model.acquire(now)
+
+        def body() -> str:
+            self.burst("failure", failures) if failures else None
+            return "ok"
+
+        if decorated:
+            try:
+                assert self.breaker(body)() == "ok"
+            except CircuitOpenError:
+                assert expected is None
+                return
+        else:
+            try:
+                permit = self.breaker.acquire()
+            except CircuitOpenError:
+                assert expected is None
+                return
+            body()
+            permit.record_success()
+        assert expected is not None
+        self.model.settle(expected, "success", self.clock.monotonic())
+
     @rule()
     def interrupted_call(self) -> None:
         """A decorated call cancelled by a BaseException: admitted, then IGNORED."""
@@ -243,10 +312,12 @@ class BreakerMachine(RuleBasedStateMachine):
         assert self.breaker.state is self.model.state
         metrics = self.breaker.metrics()
         assert metrics.calls == self.model.counts
-        if self.model.state in (State.CLOSED, State.METRICS_ONLY):
-            window = self.model.window(self.clock.monotonic())
-            assert metrics.window_calls == len(window)
-            assert metrics.window_failures == sum(window)
+        if self.model.state not in (State.FORCED_OPEN, State.DISABLED):
+            calls, failures, streak = self.model.figures(self.clock.monotonic())
+            assert metrics.window_calls == calls
+            assert metrics.window_failures == failures
+            assert metrics.consecutive_failures == streak
+        assert self.crossings == self.model.crossings
 
 
 class TimeWindowBreakerMachine(BreakerMachine):
