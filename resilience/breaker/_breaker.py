@@ -32,7 +32,7 @@ from .._histogram import DurationHistogram
 from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
 from .._state import State
 from .._tracking import track
-from .._validate import check_int, check_seconds, check_string
+from .._validate import check_int, check_ratio, check_seconds, check_string
 from ..errors import CircuitOpenError
 from ..events import (
     CallRejected,
@@ -298,7 +298,7 @@ class CircuitBreaker(Guard[Permit]):
         self.failure_rate_threshold = (
             None
             if failure_rate_threshold is None
-            else _check_ratio(failure_rate_threshold, "failure_rate_threshold")
+            else check_ratio(failure_rate_threshold, "failure_rate_threshold")
         )
         self.minimum_calls = check_int(minimum_calls, "minimum_calls")
         if window is None:
@@ -324,7 +324,7 @@ class CircuitBreaker(Guard[Permit]):
             if slow_call_duration is None
             else check_seconds(slow_call_duration, "slow_call_duration")
         )
-        self.slow_call_rate_threshold = _check_ratio(
+        self.slow_call_rate_threshold = check_ratio(
             slow_call_rate_threshold, "slow_call_rate_threshold"
         )
         if (
@@ -1088,14 +1088,6 @@ class CircuitBreaker(Guard[Permit]):
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} state={self._mode[0]}>"
-
-
-def _check_ratio(value: object, param: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{param}= must be a ratio in (0, 1], got {value!r}")
-    if not 0 < value <= 1:
-        raise ValueError(f"{param}= must be a ratio in (0, 1] (0.5 means 50%), got {value!r}")
-    return float(value)
 
 
 def _check_open_duration(value: object) -> Callable[[int], float]:

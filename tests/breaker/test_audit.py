@@ -6,8 +6,11 @@ Each test failed on the code before its fix.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import math
 import threading
 import warnings
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 
 import resilience
 from resilience import (
+    BreakerRegistry,
     Bulkhead,
     BulkheadFullError,
     CircuitBreaker,
@@ -24,6 +28,8 @@ from resilience import (
     Outcome,
     RetryBudgetExhaustedError,
     State,
+    TimeWindow,
+    exponential_open_duration,
 )
 from resilience.events import Event, ThresholdCrossed
 from resilience.testing import FakeClock
@@ -410,3 +416,105 @@ def test_stale_outcomes_never_move_an_open_breakers_figures(
             permit.record_success()
         assert _figures(breaker) == snapshot[0]
     assert breaker.state is State.OPEN
+
+
+# -- every parameter: wrong types, bools, NaN, inf, negatives; timedelta accepted ------
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "error"),
+    [
+        (param, value, error)
+        for param, values in {
+            "failure_rate_threshold": [
+                (True, TypeError),
+                (math.nan, ValueError),
+                (math.inf, ValueError),
+                (-0.5, ValueError),
+                (0, ValueError),
+                (1.01, ValueError),
+                ("0.5", TypeError),
+            ],
+            "minimum_calls": [(True, TypeError), (1.0, TypeError), (-1, ValueError)],
+            "consecutive_failures": [(True, TypeError), (2.5, TypeError), (-3, ValueError)],
+            "slow_call_duration": [
+                (True, TypeError),
+                (math.nan, ValueError),
+                (math.inf, ValueError),
+                (-1, ValueError),
+                (dt.timedelta(seconds=-1), ValueError),
+            ],
+            "slow_call_rate_threshold": [
+                (False, TypeError),
+                (math.nan, ValueError),
+                (2, ValueError),
+            ],
+            "open_duration": [
+                (True, TypeError),
+                (math.inf, ValueError),
+                (-1, ValueError),
+                (dt.timedelta(0), ValueError),
+                ("30s", TypeError),
+            ],
+            "half_open_max_calls": [(True, TypeError), (0, ValueError), (1.5, TypeError)],
+            "half_open_max_wait": [(True, TypeError), (math.nan, ValueError), (-2, ValueError)],
+            "record_durations": [(1, TypeError), (None, TypeError)],
+            "window": [(CountWindow, TypeError), ("100", TypeError)],
+        }.items()
+        for value, error in values
+    ],
+)
+def test_every_breaker_parameter_rejects_bad_values(
+    param: str, value: object, error: type[Exception]
+) -> None:
+    """The error is raised at construction and its message names the parameter."""
+    with pytest.raises(error, match=f"{param}"):
+        CircuitBreaker("payments", **{param: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("factory", "error", "match"),
+    [
+        (lambda: CountWindow(True), TypeError, "size="),
+        (lambda: CountWindow(0), ValueError, "size="),
+        (lambda: TimeWindow(seconds=math.nan), ValueError, "seconds="),
+        (lambda: TimeWindow(seconds=-1), ValueError, "seconds="),
+        (lambda: TimeWindow(seconds=10, buckets=True), TypeError, "buckets="),
+        (lambda: TimeWindow(seconds=10, buckets=0), ValueError, "buckets="),
+        (lambda: exponential_open_duration(math.inf), ValueError, "initial="),
+        (lambda: exponential_open_duration(1, multiplier=math.nan), ValueError, "multiplier="),
+        (lambda: exponential_open_duration(1, multiplier=True), TypeError, "multiplier="),
+        (lambda: exponential_open_duration(1, maximum=-1), ValueError, "maximum="),
+        (lambda: BreakerRegistry(max_size=0), ValueError, "max_size="),
+        (lambda: BreakerRegistry(max_size=True), TypeError, "max_size="),
+        (lambda: BreakerRegistry(minimum_calls=0), ValueError, "minimum_calls="),
+        (lambda: BreakerRegistry(name="x"), TypeError, "name="),
+    ],
+)
+def test_windows_helpers_and_registry_reject_bad_values(
+    factory: Callable[[], object], error: type[Exception], match: str
+) -> None:
+    """Windows, exponential_open_duration and the registry name the bad parameter too."""
+    with pytest.raises(error, match=match):
+        factory()
+
+
+def test_seconds_parameters_take_a_timedelta() -> None:
+    """Every seconds parameter accepts a datetime.timedelta, as stamina does."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        "payments",
+        consecutive_failures=1,
+        open_duration=dt.timedelta(seconds=30),
+        half_open_max_wait=dt.timedelta(seconds=5),
+        slow_call_duration=dt.timedelta(milliseconds=500),
+        window=TimeWindow(seconds=dt.timedelta(minutes=1)),
+        clock=clock,
+    )
+    assert breaker.half_open_max_wait == 5.0
+    assert breaker.slow_call_duration == 0.5
+    assert breaker.window.seconds == 60.0
+    breaker.acquire().record_failure()
+    assert breaker.retry_after() == 30.0
+    growing = exponential_open_duration(dt.timedelta(seconds=1), maximum=dt.timedelta(minutes=1))
+    assert [growing(n) for n in (1, 2, 10)] == [1.0, 2.0, 60.0]
