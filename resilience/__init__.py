@@ -33,6 +33,7 @@ from .errors import (
     BulkheadFullError,
     CircuitOpenError,
     DeadlineExceededError,
+    MisuseError,
     ResilienceError,
     RetryBudgetExhaustedError,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Fallback",
     "HTTPCircuitOpenError",
     "HTTPDeadlineExceededError",
+    "MisuseError",
     "Outcome",
     "Permit",
     "Pipeline",

@@ -13,7 +13,7 @@ from ._compose import Guard
 from ._counter import peek
 from ._tracking import track
 from ._validate import check_int, check_seconds, check_string
-from .errors import BulkheadFullError
+from .errors import BulkheadFullError, MisuseError
 from .events import BulkheadRejected, ObserverHub, global_hub
 
 __all__ = ["Bulkhead"]
@@ -44,11 +44,15 @@ class Bulkhead(Guard[None]):
     `BulkheadFullError`. A released slot goes straight to the longest waiter,
     so waiters are never overtaken by newcomers. One bulkhead can be shared
     by threads and by asyncio or trio tasks at the same time; waiting never
-    blocks an event loop. Waits are measured in real time.
+    blocks an event loop: a sync entry (`with bulkhead:`, `call`, a decorated
+    `def`) that would wait in the thread of a running asyncio or trio loop
+    raises `resilience.MisuseError` at once instead, taking no slot and
+    leaving no queue entry. Waits are measured in real time.
 
     Args:
         max_concurrent: Calls allowed at once (>= 1).
-        max_wait: Seconds a call may wait for a slot (>= 0).
+        max_wait: Seconds a call may wait for a slot (>= 0; a number or a
+            `datetime.timedelta`).
         max_queue: Callers allowed to wait at once; more are rejected at
             once (default: no limit beyond `max_wait`).
         name: Names the bulkhead in errors, events and metrics.
@@ -105,18 +109,20 @@ class Bulkhead(Guard[None]):
         return self.max_queue is not None and len(self._waiters) >= self.max_queue
 
     def _enter(self) -> None:
-        event = threading.Event()
         with self._lock:
             if self._try_take():
                 return
-            if self.max_wait == 0 or self._queue_full():
-                refused = self._refuse(0.0)
-            else:
-                refused = None
-                waiter = _Waiter(event.set)
-                self._waiters.append(waiter)
+            refused = self._refuse(0.0) if self.max_wait == 0 or self._queue_full() else None
         if refused is not None:
             raise self._announce(refused)  # observers run outside the lock
+        # About to block this thread: never the thread of a running event loop.
+        loop = _event_loop_here()
+        if loop is not None:
+            raise self._blocks_loop(loop)
+        event = threading.Event()
+        waiter = self._enqueue(event.set)
+        if waiter.granted:
+            return
         start = time.monotonic()
         try:
             event.wait(self.max_wait)
@@ -124,6 +130,16 @@ class Bulkhead(Guard[None]):
             self._abandon(waiter)  # interrupted while queued: never strand a slot
             raise
         self._settle_wait(waiter, time.monotonic() - start)
+
+    def _blocks_loop(self, loop: str) -> MisuseError:
+        return MisuseError(
+            f"Bulkhead {self.name!r} is full and a sync `with bulkhead:` / `bulkhead.call()` "
+            f"would block the running {loop} event loop for up to {self.max_wait:g}s waiting "
+            f"for a slot (every other task would stall with it). In async code use "
+            f"`async with bulkhead:`, `await bulkhead.acall(fn)` or decorate the `async def`; "
+            f"run blocking code in a worker thread (`asyncio.to_thread`, "
+            f"`trio.to_thread.run_sync`)."
+        )
 
     async def _aenter(self) -> None:
         with self._lock:
@@ -270,3 +286,22 @@ def _asyncio_loop(asyncio: Any) -> Any:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _event_loop_here() -> str | None:
+    """The event loop running in this thread ("asyncio" or "trio"), or None.
+
+    Looks only at libraries already imported: code that never imported one
+    cannot be running its loop.
+    """
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and _asyncio_loop(asyncio) is not None:
+        return "asyncio"
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            return None
+        return "trio"
+    return None

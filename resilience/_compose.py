@@ -16,10 +16,21 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, cast, overload
 
+from ._awaitable import PLAIN_TYPES, is_awaitable_type
+from .errors import MisuseError
+
 if TYPE_CHECKING:
     from types import FrameType, TracebackType
 
-__all__ = ["Guard", "Pipeline", "Policy", "compose", "returned_awaitable"]
+__all__ = [
+    "Guard",
+    "MisuseError",
+    "Pipeline",
+    "Policy",
+    "compose",
+    "not_awaitable",
+    "returned_awaitable",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -91,6 +102,11 @@ class Policy(abc.ABC):
         return wrapper
 
 
+# Stands for "the callable has not returned yet" in the async entry points: a
+# TypeError raised while this is still the pending value came from the call itself.
+_NOTHING: Any = object()
+
+
 def is_async_callable(fn: object) -> bool:
     """Return whether calling `fn` returns a coroutine, as far as can be known.
 
@@ -106,25 +122,48 @@ def is_async_callable(fn: object) -> bool:
     return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
 
 
-def returned_awaitable(policy: object, fn: object, result: object) -> TypeError:
+def returned_awaitable(policy: object, fn: object, result: object) -> MisuseError:
     """The error for a sync entry point whose call returned an awaitable.
 
     A sync policy cannot see how a coroutine (or future) ends: counting it as
     a success would hide every failure it later raises. A coroutine that was
     never started is closed, so no "never awaited" warning follows the error.
-    Call sites test `hasattr(type(result), "__await__")` first (one cached
-    type lookup), and build this error only on misuse.
+    Call sites test `type(result) not in PLAIN_TYPES and is_awaitable_type(type(result))`
+    first (one set lookup for the usual types), and build this error only on misuse.
     """
     close = getattr(result, "close", None)
     if type(result).__name__ == "coroutine" and close is not None:
         close()
     kind = type(policy).__name__
     name = getattr(fn, "__qualname__", None) or repr(fn)
-    return TypeError(
+    return MisuseError(
         f"{kind}: {name} returned an awaitable ({type(result).__name__}) to a sync entry point, "
         f"which cannot see how it ends. Await it through the async API instead: "
         f"`await policy.acall(fn, ...)`, `async with policy:`, or decorate the "
         f"coroutine function itself (`@policy` on an `async def`)."
+    )
+
+
+def not_awaitable(policy: object, fn: object, pending: object) -> MisuseError | None:
+    """The error for an async entry point whose call returned a plain value, or None.
+
+    Call sites keep the call's return value in `pending` (initially `_NOTHING`)
+    and, only when `await pending` raised a TypeError, ask this whether the
+    value was not awaitable at all: the success path pays nothing. None means
+    the TypeError is the call's own (raised by the function or the coroutine).
+    """
+    import inspect
+
+    # inspect.isawaitable also knows generator-based coroutines (@types.coroutine).
+    if pending is _NOTHING or inspect.isawaitable(pending):
+        return None
+    kind = type(policy).__name__
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return MisuseError(
+        f"{kind}: {name} returned {type(pending).__name__}, not an awaitable, to an async "
+        f"entry point: it ran as a plain function and its result was dropped. Run sync "
+        f"functions through the sync API instead: `policy.call(fn, ...)`, `with policy:`, "
+        f"or decorate the plain function (`@policy` on a `def`)."
     )
 
 
@@ -171,9 +210,11 @@ class Guard(Policy, Generic[Token]):
 
     Subclasses implement `_enter` (admit, or raise to reject; returns a token
     such as a permit) and `_on_error` / `_on_return` / `_on_exit` (settle the
-    token). Exactly one settle method runs per admitted call, whatever the call
-    does, including cancellation and KeyboardInterrupt. The settle methods must
-    not block and must settle the token even if they fail part-way.
+    token), and may override `_on_misuse` (a call that says nothing about the
+    downstream: the wrong entry point, see `resilience.MisuseError`). Exactly
+    one settle method runs per admitted call, whatever the call does,
+    including cancellation and KeyboardInterrupt. The settle methods must not
+    block and must settle the token even if they fail part-way.
 
     `with guard as token:` and `async with guard as token:` work from any
     number of threads and tasks at once: the token is kept per context.
@@ -206,13 +247,33 @@ class Guard(Policy, Generic[Token]):
         self._on_exit(token)
 
     def _on_misuse(self, token: Token) -> None:
-        """Settle a call that says nothing about the downstream (an awaitable
-        returned to a sync entry point); defaults to `_on_exit`."""
+        """Settle a call that says nothing about the downstream; defaults to `_on_exit`.
+
+        That is a misuse (`resilience.MisuseError`): an awaitable returned to a
+        sync entry point, a plain value to an async one, or a misuse error
+        raised by a policy nested inside this one.
+        """
         self._on_exit(token)
+
+    def _raised(self, token: Token, exc: BaseException) -> None:
+        """Settle a call that raised: a misuse error (also from a nested policy) learns nothing."""
+        if isinstance(exc, MisuseError):
+            self._on_misuse(token)
+        else:
+            self._on_error(token, exc)
+
+    def _failed(self, token: Token, exc: BaseException, fn: object, pending: object) -> None:
+        """Settle an async call that raised; raise the misuse error for a plain value."""
+        if isinstance(exc, TypeError):
+            misuse = not_awaitable(self, fn, pending)
+            if misuse is not None:
+                self._on_misuse(token)
+                raise misuse from None
+        self._raised(token, exc)
 
     def _returned(self, token: Token, fn: object, result: object) -> None:
         """Settle a sync call that returned `result`; an awaitable is misuse."""
-        if hasattr(type(result), "__await__"):
+        if type(result) not in PLAIN_TYPES and is_awaitable_type(type(result)):
             self._on_misuse(token)
             raise returned_awaitable(self, fn, result)
         self._on_return(token, result)
@@ -223,7 +284,7 @@ class Guard(Policy, Generic[Token]):
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._on_error(token, exc)
+            self._raised(token, exc)
             raise
         self._returned(token, fn, result)
         return result
@@ -231,10 +292,12 @@ class Guard(Policy, Generic[Token]):
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await `fn(*args, **kwargs)` inside this guard."""
         token = await self._aenter() if self._enter_may_wait() else self._enter()
+        pending: Any = _NOTHING
         try:
-            result = await fn(*args, **kwargs)
+            pending = fn(*args, **kwargs)
+            result: R = await pending
         except BaseException as exc:
-            self._on_error(token, exc)
+            self._failed(token, exc, fn, pending)
             raise
         self._on_return(token, result)
         return result
@@ -242,14 +305,14 @@ class Guard(Policy, Generic[Token]):
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         # The body of `call`, inlined: one Python frame less per decorated call.
         refuse_generators(fn, self)
-        enter, on_error, returned = self._enter, self._on_error, self._returned
+        enter, raised, returned = self._enter, self._raised, self._returned
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             token = enter()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                on_error(token, exc)
+                raised(token, exc)
                 raise
             returned(token, fn, result)
             return result
@@ -259,15 +322,19 @@ class Guard(Policy, Generic[Token]):
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         # The body of `acall`, inlined: one coroutine less per decorated call.
         enter, aenter = self._enter, self._aenter
-        on_error, on_return = self._on_error, self._on_return
+        failed, on_return = self._failed, self._on_return
         enter_may_wait = self._enter_may_wait()
+        nothing = _NOTHING
 
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             token = await aenter() if enter_may_wait else enter()
+            pending: Any = nothing
             try:
-                result = await fn(*args, **kwargs)
+                pending = fn(*args, **kwargs)
+                result: R = await pending
             except BaseException as exc:
-                on_error(token, exc)
+                # A plain value (a sync function) fails the await: misuse, checked only here.
+                failed(token, exc, fn, pending)
                 raise
             on_return(token, result)
             return result
@@ -311,7 +378,7 @@ class Guard(Policy, Generic[Token]):
         if exc is None:
             self._on_exit(token)
         else:
-            self._on_error(token, exc)
+            self._raised(token, exc)
 
     def _pop_token(self, caller: FrameType) -> Token:
         """Remove the block this exit belongs to and return its token.
@@ -376,16 +443,30 @@ class Pipeline(Policy):
         self.policies: tuple[Policy, ...] = tuple(flat)
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run `fn(*args, **kwargs)` through every policy, outermost first."""
-        if not self.policies:
-            return fn(*args, **kwargs)
-        return self._wrap_sync(fn)(*args, **kwargs)
+        """Run `fn(*args, **kwargs)` through every policy, outermost first.
+
+        An awaitable coming back is a `TypeError` (also when a policy of the
+        pipeline does not check for it itself): use `acall` for async code.
+        """
+        result = self._wrap_sync(fn)(*args, **kwargs) if self.policies else fn(*args, **kwargs)
+        if type(result) not in PLAIN_TYPES and is_awaitable_type(type(result)):
+            raise returned_awaitable(self, fn, result)
+        return result
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await `fn(*args, **kwargs)` through every policy, outermost first."""
-        if not self.policies:
-            return await fn(*args, **kwargs)
-        return await self._wrap_async(fn)(*args, **kwargs)
+        if self.policies:
+            return await self._wrap_async(fn)(*args, **kwargs)
+        pending: Any = _NOTHING
+        try:
+            pending = fn(*args, **kwargs)
+            result: R = await pending
+        except TypeError:
+            misuse = not_awaitable(self, fn, pending)
+            if misuse is not None:
+                raise misuse from None
+            raise
+        return result
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if not self.policies:

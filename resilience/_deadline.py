@@ -10,6 +10,7 @@ same).
 
 from __future__ import annotations
 
+import math
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
@@ -35,16 +36,34 @@ DEADLINE_HEADER = "x-resilience-deadline-ms"
 
 
 class Deadline:
-    """An instant on a monotonic clock, with the budget it was created from."""
+    """An instant on a monotonic clock, with the budget it was created from.
+
+    Made by `deadline()` (and the transport and middleware); building one by
+    hand validates every argument like any other constructor.
+    """
 
     __slots__ = ("budget", "clock", "expires_at")
 
+    #: When the deadline passes, on `clock`.
+    expires_at: float
+    #: The seconds this deadline allowed when it was set (after nesting).
+    budget: float
+    #: The clock `expires_at` is a reading of.
+    clock: Clock
+
     def __init__(self, expires_at: float, budget: float, clock: Clock) -> None:
-        #: When the deadline passes, on `clock`.
-        self.expires_at = expires_at
-        #: The seconds this deadline allowed when it was set (after nesting).
-        self.budget = budget
-        self.clock = clock
+        if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+            raise TypeError(f"expires_at= must be a monotonic clock reading, got {expires_at!r}")
+        if not math.isfinite(expires_at):
+            raise ValueError(f"expires_at= must be finite, got {expires_at!r}")
+        if clock is None:
+            raise TypeError("clock= is required: the clock `expires_at` is a reading of")
+        _init(
+            self,
+            float(expires_at),
+            check_seconds(budget, "budget", allow_zero=True),
+            resolve_clock(clock),
+        )
 
     def remaining(self) -> float:
         """Seconds left; 0.0 once the deadline has passed."""
@@ -59,6 +78,20 @@ class Deadline:
         return f"<Deadline remaining={self.remaining():.3f}s budget={self.budget:.3f}s>"
 
 
+def _init(deadline: Deadline, expires_at: float, budget: float, clock: Clock) -> None:
+    deadline.expires_at = expires_at
+    deadline.budget = budget
+    deadline.clock = clock
+
+
+def _unchecked(expires_at: float, budget: float, clock: Clock) -> Deadline:
+    """A Deadline from values already known good (per request: no validation)."""
+    made = _new(Deadline)
+    _init(made, expires_at, budget, clock)
+    return made
+
+
+_new = object.__new__
 _current: ContextVar[Deadline | None] = ContextVar("resilience_deadline", default=None)
 
 
@@ -82,7 +115,7 @@ def enter_deadline(seconds: float, clock: Clock) -> tuple[Token[Deadline | None]
     """
     outer = _current.get()
     budget = seconds if outer is None else min(seconds, outer.remaining())
-    entered = Deadline(clock.monotonic() + budget, budget, clock)
+    entered = _unchecked(clock.monotonic() + budget, budget, clock)
     return _current.set(entered), entered
 
 

@@ -25,6 +25,7 @@ from .errors import (
     BulkheadFullError,
     CircuitOpenError,
     DeadlineExceededError,
+    MisuseError,
     ResilienceError,
     RetryBudgetExhaustedError,
 )
@@ -167,14 +168,15 @@ class Classifier:
         return Outcome.SUCCESS
 
 
-_REJECTIONS = (CircuitOpenError, BulkheadFullError, RetryBudgetExhaustedError)
+_REJECTIONS = (CircuitOpenError, BulkheadFullError, RetryBudgetExhaustedError, MisuseError)
 
 
 def is_rejection(exc: BaseException) -> bool:
     """Whether `exc` is the library refusing a call it never started.
 
-    A breaker, bulkhead or budget that said no, or a deadline already spent
-    before the call began: none of them says anything about the downstream.
+    A breaker, bulkhead or budget that said no, a deadline already spent
+    before the call began, or a policy refusing misuse (`MisuseError`): none
+    of them says anything about the downstream.
     """
     if isinstance(exc, _REJECTIONS):
         return True

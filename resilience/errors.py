@@ -6,7 +6,8 @@ Exception
     ├── CircuitOpenError            a breaker rejected the call
     ├── BulkheadFullError           no concurrency slot was free in time
     ├── RetryBudgetExhaustedError   the retry budget of a downstream is spent
-    └── DeadlineExceededError       also a builtin TimeoutError
+    ├── DeadlineExceededError       also a builtin TimeoutError
+    └── MisuseError                 also a builtin TypeError: sync API on async code...
 ```
 
 Errors raised by a policy are created fresh for each rejection, so their
@@ -25,6 +26,7 @@ __all__ = [
     "BulkheadFullError",
     "CircuitOpenError",
     "DeadlineExceededError",
+    "MisuseError",
     "ResilienceError",
     "RetryBudgetExhaustedError",
 ]
@@ -172,3 +174,14 @@ class DeadlineExceededError(ResilienceError, TimeoutError):
         if self.budget is None:
             return what
         return f"{what} (budget {self.budget:.3f}s)"
+
+
+class MisuseError(ResilienceError, TypeError):
+    """A policy was used in a way it cannot honour; the message says what to do instead.
+
+    A sync entry point given a coroutine function (or a call that returns an
+    awaitable), an async entry point given a plain function, a sync bulkhead
+    that would block a running event loop. It is a builtin `TypeError`, and
+    no policy retries it, counts it as a failure, or replaces it with a
+    fallback: it is a bug in the calling code, not a downstream's failure.
+    """

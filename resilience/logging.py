@@ -10,6 +10,7 @@ Off by default: structlog without configuration prints to stdout, and a
 library must never make an application's output noisier, nor configure its
 logging. `install()` only subscribes an observer; where the lines go (JSON,
 console, stdlib logging) is the application's structlog configuration.
+Calling it again logs nothing twice: see `install`.
 
 Event names: `breaker.opened` (warning), `breaker.half_opened`,
 `breaker.closed`, `breaker.forced_open`, `breaker.disabled`,
@@ -71,7 +72,7 @@ class StructlogObserver:
     """
 
     def __init__(self, logger: Any = None, *, throttle: float = 10.0) -> None:
-        self._logger = logger
+        self._logger = _check_logger(logger)
         self.throttle = check_seconds(throttle, "throttle", allow_zero=True)
         self._lock = threading.Lock()
         self._rejected: dict[str, int] = {}  # breaker name -> rejections this open period
@@ -171,6 +172,70 @@ class StructlogObserver:
         getattr(self.logger, level)(kind, name=name, suppressed=suppressed, **fields)
 
 
+def _check_logger(logger: Any) -> Any:
+    if logger is not None and not all(
+        callable(getattr(logger, level, None)) for level in ("info", "warning")
+    ):
+        raise TypeError(
+            f"logger= must be a structlog (or stdlib-like) logger with info() and warning() "
+            f"methods, or None for structlog.get_logger('resilience'), got {logger!r}"
+        )
+    return logger
+
+
+class _Installed:
+    """What `install()` set up: one hub subscription, and the calls not undone yet."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # Installs not undone, oldest first: (key, (logger, throttle), observer).
+        # The last one logs.
+        self.stack: list[tuple[object, tuple[Any, float], StructlogObserver]] = []
+        self.unsubscribe: Callable[[], None] | None = None
+
+    def __call__(self, event: Event) -> None:
+        try:
+            observer = self.stack[-1][2]
+        except IndexError:  # the last install was undone just now
+            return
+        observer(event)
+
+
+_installed = _Installed()
+
+
 def install(logger: Any = None, *, throttle: float = 10.0) -> Callable[[], None]:
-    """Log every policy's events through structlog; return the function that stops it."""
-    return global_hub.subscribe(StructlogObserver(logger, throttle=throttle))
+    """Log every policy's events through structlog; return the function that undoes this call.
+
+    Idempotent: however often it is called (a re-imported module, a fixture
+    per test), every event is logged once, by the most recent call not yet
+    undone. A later call with other arguments takes over (its `logger` and
+    `throttle` apply) until its own undo function is called; then the
+    earlier call's settings apply again. Logging stops when every call has
+    been undone. Each returned function undoes exactly its own call; calling
+    it again is harmless.
+    """
+    observer = StructlogObserver(logger, throttle=throttle)  # validates the arguments
+    key = object()
+    with _installed.lock:
+        stack = _installed.stack
+        if stack and stack[-1][1][0] is logger and stack[-1][1][1] == observer.throttle:
+            observer = stack[-1][2]  # same settings: keep its throttling state
+        stack.append((key, (logger, observer.throttle), observer))
+        if _installed.unsubscribe is None:
+            _installed.unsubscribe = global_hub.subscribe(_installed)
+
+    def uninstall() -> None:
+        with _installed.lock:
+            stack = _installed.stack
+            for index, entry in enumerate(stack):
+                if entry[0] is key:
+                    del stack[index]
+                    break
+            else:
+                return  # undone already
+            if not stack and _installed.unsubscribe is not None:
+                _installed.unsubscribe()
+                _installed.unsubscribe = None
+
+    return uninstall

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from ._clock import Clock, resolve_clock
+from ._compose import is_async_callable
 from ._counter import peek
 from ._deadline import DEADLINE_HEADER, enter_deadline, leave_deadline
 from ._validate import check_int, check_seconds
@@ -52,8 +53,16 @@ def parse_deadline_header(name: str, value: str) -> float | None:
 
     `x-resilience-deadline-ms` and `x-envoy-expected-rq-timeout-ms`: integer
     milliseconds (at most 10 digits). `grpc-timeout`: 1 to 8 digits and a unit
-    (H, M, S, m, u, n), as the gRPC HTTP/2 protocol defines it.
+    (H, M, S, m, u, n), as the gRPC HTTP/2 protocol defines it. `name` is
+    one of those three header names (any case); anything else is an error.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name= must be a header name (str), got {name!r}")
+    if not isinstance(value, str):
+        raise TypeError(f"value= must be the header's value as a str, got {value!r}")
+    name = name.lower()
+    if name not in DEFAULT_HEADERS:
+        raise ValueError(f"name= must be one of {list(DEFAULT_HEADERS)}, got {name!r}")
     text = value.strip()
     if name == GRPC_TIMEOUT_HEADER:
         match = _GRPC.fullmatch(text)
@@ -82,14 +91,22 @@ class _DeadlinePolicy:
         if self.default is not None and self.default > self.max_seconds:
             raise ValueError(f"default={default!r} exceeds max_seconds={max_seconds!r}")
         self.safety_margin = check_seconds(safety_margin, "safety_margin", allow_zero=True)
+        if self.safety_margin >= self.max_seconds:
+            raise ValueError(
+                f"safety_margin={safety_margin!r} must be less than max_seconds={max_seconds!r}: "
+                f"every caller's budget would be spent before the handler started"
+            )
         if not isinstance(reject_expired, bool):
             raise TypeError(f"reject_expired= must be True or False, got {reject_expired!r}")
         self.reject_expired = reject_expired
         self.expired_status = check_int(expired_status, "expired_status", minimum=100)
         if self.expired_status > 599:
             raise ValueError(f"expired_status= must be an HTTP status, got {expired_status!r}")
-        if isinstance(headers, str):
-            raise TypeError("headers= takes a sequence of header names, not one string")
+        if isinstance(headers, (str, bytes)) or not isinstance(headers, Iterable):
+            raise TypeError(f"headers= takes a sequence of header names, got {headers!r}")
+        headers = tuple(headers)
+        if not all(isinstance(name, str) for name in headers):
+            raise TypeError(f"headers= must hold header names as str, got {list(headers)!r}")
         self.headers = tuple(name.lower() for name in headers)
         unknown = set(self.headers) - set(DEFAULT_HEADERS)
         if not self.headers or unknown:
@@ -250,6 +267,11 @@ class WSGIDeadlineMiddleware:
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, got {app!r}")
+        if is_async_callable(app):
+            raise TypeError(
+                f"app {app!r} is async (an ASGI application?): WSGIDeadlineMiddleware calls "
+                f"it synchronously and would get a coroutine back. Use ASGIDeadlineMiddleware."
+            )
         self.app = app
         self.policy = _DeadlinePolicy(
             max_seconds=max_seconds,

@@ -30,6 +30,7 @@ from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from ._state import State
 from ._tracking import live
+from ._validate import check_int, check_seconds, check_string
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -282,6 +283,10 @@ def start_http_server(
     """
     import prometheus_client
 
+    check_int(port, "port", minimum=0)
+    if port > 65535:
+        raise ValueError(f"port= must be a TCP port (0 to 65535; 0 picks a free one), got {port!r}")
+    check_string(addr, "addr")
     target = REGISTRY if registry is None else registry
     register(target)
     server, thread = prometheus_client.start_http_server(port, addr=addr, registry=target)
@@ -320,8 +325,6 @@ class MultiprocessExporter:
     """
 
     def __init__(self, *, interval: float = 1.0) -> None:
-        from ._validate import check_seconds
-
         self.interval = check_seconds(interval, "interval")
         self._lock = threading.Lock()
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}

@@ -56,7 +56,7 @@ class RecordingGuard(Guard[int]):
         """Map each token to its settle records (entries excluded)."""
         result: dict[int, list[tuple[Any, ...]]] = {}
         for record in self.log:
-            if record[0] in ("error", "return", "exit"):
+            if record[0] in ("error", "return", "exit", "misuse"):
                 result.setdefault(record[1], []).append(record)
         return result
 
@@ -546,3 +546,129 @@ def test_no_bookkeeping_is_left_after_blocks_end() -> None:
         with guard, guard:
             pass
     assert not any(key[0] == id(guard) for key in _open_by_frame)
+
+
+# -- misuse: the wrong entry point for the callable ---------------------------
+
+
+class MisuseRecordingGuard(RecordingGuard):
+    """Also records a token settled as "nothing learnt" (an API misuse)."""
+
+    def _on_misuse(self, token: int) -> None:
+        with self._lock:
+            self.log.append(("misuse", token))
+
+
+async def _coroutine_function() -> int:
+    return 1
+
+
+def test_sync_entry_points_refuse_an_awaitable_and_learn_nothing() -> None:
+    """call(), the sync decorator and a sync pipeline: TypeError, token settled as misuse."""
+    guard = MisuseRecordingGuard()
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        guard.call(_coroutine_function)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="acall"):
+        guard(lambda: _coroutine_function())()
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        compose(guard).call(_coroutine_function)  # type: ignore[arg-type]
+    assert guard.settled() == {1: [("misuse", 1)], 2: [("misuse", 2)], 3: [("misuse", 3)]}
+
+
+def test_a_refused_coroutine_is_closed_without_a_never_awaited_warning() -> None:
+    """The coroutine a sync entry point refuses is closed: no RuntimeWarning follows."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TypeError):
+            MisuseRecordingGuard().call(_coroutine_function)  # type: ignore[arg-type]
+        gc.collect()
+    assert [w for w in caught if "never awaited" in str(w.message)] == []
+
+
+def test_pipelines_refuse_an_awaitable_even_from_their_own_policies() -> None:
+    """Pipeline.call checks what comes back, also through a policy that does not (and empty)."""
+    trace: list[str] = []
+    for pipeline in (compose(), compose(Tracing("a", trace))):
+        with pytest.raises(TypeError, match="returned an awaitable"):
+            pipeline.call(_coroutine_function)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="returned an awaitable"):
+            pipeline.call(lambda: _coroutine_function())
+
+
+@pytest.mark.anyio
+async def test_async_entry_points_refuse_a_plain_value_and_learn_nothing() -> None:
+    """acall() and the async wrapper given a sync function: TypeError pointing at call()."""
+    guard = MisuseRecordingGuard()
+    with pytest.raises(TypeError, match=r"not an awaitable.*call\(") as caught:
+        await guard.acall(lambda: 3)  # type: ignore[arg-type,return-value]
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+    with pytest.raises(TypeError, match=r"not an awaitable.*call\("):
+        await compose(guard).acall(lambda: 3)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match=r"not an awaitable.*call\("):
+        await compose().acall(lambda: None)  # type: ignore[arg-type,return-value]
+    waiting = WaitingGuard()
+    with pytest.raises(TypeError, match="not an awaitable"):
+        await waiting.acall(lambda: 3)  # type: ignore[arg-type,return-value]
+    assert guard.settled() == {1: [("misuse", 1)], 2: [("misuse", 2)]}
+    assert [record[0] for record in waiting.log] == ["waited", "enter", "exit"]
+
+
+@pytest.mark.anyio
+async def test_a_type_error_raised_by_the_call_is_a_failure_not_misuse() -> None:
+    """Only a value that cannot be awaited is misuse; a call's own TypeError is an error."""
+    guard = MisuseRecordingGuard()
+
+    async def raises() -> None:
+        raise TypeError("from the coroutine")
+
+    with pytest.raises(TypeError, match="from the coroutine"):
+        await guard.acall(raises)
+    with pytest.raises(TypeError, match="len"):
+        await guard.acall(len, 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="from the coroutine"):
+        await guard(raises)()
+    assert guard.settled() == {
+        1: [("error", 1, TypeError)],
+        2: [("error", 2, TypeError)],
+        3: [("error", 3, TypeError)],
+    }
+
+
+def test_misuse_inside_an_outer_guard_is_not_a_failure_there_either() -> None:
+    """An inner guard's misuse error passes through outer guards as "nothing learnt"."""
+    outer, inner = MisuseRecordingGuard(), MisuseRecordingGuard()
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        compose(outer, inner).call(_coroutine_function)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="returned an awaitable"), outer:
+        inner.call(_coroutine_function)  # type: ignore[arg-type]
+    assert outer.settled() == {1: [("misuse", 1)], 2: [("misuse", 2)]}
+    assert inner.settled() == {1: [("misuse", 1)], 2: [("misuse", 2)]}
+
+
+def test_async_misuse_check_costs_nothing_measurable_on_the_success_path() -> None:
+    """The plain-value check of the async wrapper runs only when the await fails."""
+    guard = RecordingGuard()
+    wrapped = guard(_coroutine_function)
+    code = wrapped.__code__
+    # No hasattr/type call on the success path: only the except clause looks.
+    assert "hasattr" not in code.co_names
+
+
+@pytest.mark.anyio
+async def test_a_generator_based_coroutine_failing_is_a_failure_not_misuse() -> None:
+    """A @types.coroutine generator is awaitable without __await__: its TypeError is its own."""
+    import types
+
+    @types.coroutine
+    def legacy() -> Any:
+        yield from ()
+        raise TypeError("from the legacy coroutine")
+
+    guard = MisuseRecordingGuard()
+    with pytest.raises(TypeError, match="from the legacy coroutine"):
+        await guard.acall(legacy)
+    assert guard.settled() == {1: [("error", 1, TypeError)]}

@@ -40,6 +40,7 @@ PUBLIC_API = {
     "CircuitOpenError",
     "Clock",
     "DeadlineExceededError",
+    "MisuseError",
     "Outcome",
     "Pipeline",
     "Policy",

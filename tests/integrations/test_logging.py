@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import datetime
+import math
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -110,3 +113,89 @@ def test_nothing_is_logged_unless_installed() -> None:
     )
     assert result.stdout == ""
     assert result.stderr == ""
+
+
+def test_installing_twice_logs_each_event_once() -> None:
+    """install() is idempotent: a second call adds no second observer."""
+    first, second = install(), install()
+    try:
+        with capture_logs() as logs:
+            resilience.CircuitBreaker("log-twice").force_open()
+    finally:
+        second()
+        first()
+    assert [log["event"] for log in logs] == ["breaker.forced_open"]
+
+
+def test_each_uninstall_undoes_its_own_install() -> None:
+    """Logging goes on until every install() is undone; calling an uninstall twice is harmless."""
+    first, second = install(), install()
+    second()
+    second()  # harmless: it cannot undo the first install
+    with capture_logs() as logs:
+        resilience.CircuitBreaker("log-first").force_open()
+    assert [log["event"] for log in logs] == ["breaker.forced_open"]
+    first()
+    with capture_logs() as logs:
+        resilience.CircuitBreaker("log-none").force_open()
+    assert logs == []
+
+
+def test_a_later_install_with_other_arguments_takes_over_until_undone() -> None:
+    """install(logger=B) after install(logger=A): B gets the lines; once undone, A again."""
+    a, b = RecordingLogger(), RecordingLogger()
+
+    def publish(name: str) -> None:
+        event = BulkheadRejected(name=name, time=0.0, max_concurrent=1, waited=0.0)
+        resilience.events.global_hub.publish(event)
+
+    undo_a = install(a)
+    try:
+        publish("db-1")
+        undo_b = install(b, throttle=0)
+        publish("db-2")
+        publish("db-2")  # throttle=0 now: both logged
+        undo_b()
+        publish("db-3")
+        publish("db-3")  # A's throttle (10 s) again: suppressed
+    finally:
+        undo_a()
+    publish("db-4")
+    assert b.names == ["db-2", "db-2"]
+    assert a.names == ["db-1", "db-3"]
+
+
+class RecordingLogger:
+    def __init__(self) -> None:
+        self.names: list[object] = []
+
+    def info(self, event: str, **fields: object) -> None:
+        self.names.append(fields.get("name"))
+
+    warning = info
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"throttle": -1}, ValueError, "throttle="),
+        ({"throttle": math.nan}, ValueError, "throttle="),
+        ({"throttle": math.inf}, ValueError, "throttle="),
+        ({"throttle": True}, TypeError, "throttle="),
+        ({"throttle": "10"}, TypeError, "throttle="),
+        ({"throttle": None}, TypeError, "throttle="),
+        ({"logger": 3}, TypeError, "logger="),
+        ({"logger": "resilience"}, TypeError, "logger="),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    """StructlogObserver and install() validate their arguments, naming the parameter."""
+    with pytest.raises(error, match=match):
+        StructlogObserver(**kwargs)
+    with pytest.raises(error, match=match):
+        install(**kwargs)
+
+
+def test_throttle_takes_a_timedelta() -> None:
+    """throttle= is seconds, or a datetime.timedelta."""
+    assert StructlogObserver(throttle=datetime.timedelta(minutes=1)).throttle == 60.0

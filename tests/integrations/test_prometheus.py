@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import datetime
 import gc
 import math
 import socket
 import urllib.request
+from typing import Any
 
 import httpx
 import pytest
@@ -284,3 +286,46 @@ def test_breakers_sharing_a_name_are_one_series(registry: CollectorRegistry) -> 
     )
     assert value(samples, "resilience_breaker_state", name="prom-twin", state="open") == 1
     assert value(samples, "resilience_breaker_state", name="prom-twin", state="closed") == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: rp.start_http_server(True), TypeError, "port="),
+        (lambda: rp.start_http_server("9464"), TypeError, "port="),
+        (lambda: rp.start_http_server(9464.0), TypeError, "port="),
+        (lambda: rp.start_http_server(-1), ValueError, "port="),
+        (lambda: rp.start_http_server(70000), ValueError, "port="),
+        (lambda: rp.start_http_server(9464, addr=""), ValueError, "addr="),
+        (lambda: rp.start_http_server(9464, addr=None), TypeError, "addr="),
+        (lambda: rp.start_http_server(9464, registry="x"), TypeError, "registry="),
+        (lambda: rp.make_asgi_app(registry=3), TypeError, "registry="),
+        (lambda: rp.make_wsgi_app(registry=3), TypeError, "registry="),
+        (lambda: rp.register(registry=object()), TypeError, "registry="),
+        (lambda: rp.MultiprocessExporter(interval=0), ValueError, "interval="),
+        (lambda: rp.MultiprocessExporter(interval=-1), ValueError, "interval="),
+        (lambda: rp.MultiprocessExporter(interval=math.nan), ValueError, "interval="),
+        (lambda: rp.MultiprocessExporter(interval=math.inf), ValueError, "interval="),
+        (lambda: rp.MultiprocessExporter(interval=True), TypeError, "interval="),
+        (lambda: rp.MultiprocessExporter(interval="1"), TypeError, "interval="),
+    ],
+)
+def test_bad_arguments(call: Any, error: type[Exception], match: str) -> None:
+    """Every public function validates its arguments (nothing is bound or registered)."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_interval_takes_a_timedelta() -> None:
+    """MultiprocessExporter(interval=timedelta) is seconds too."""
+    assert rp.MultiprocessExporter(interval=datetime.timedelta(seconds=2)).interval == 2.0
+
+
+def test_a_timeout_refused_before_the_call_is_counted(registry: CollectorRegistry) -> None:
+    """resilience_deadline_exceeded_total also counts calls refused with the deadline spent."""
+    clock = FakeClock()
+    timeout = resilience.Timeout(1, name="prom-spent", clock=clock)
+    with resilience.deadline(0, clock=clock), pytest.raises(resilience.DeadlineExceededError):
+        timeout.call(lambda: None)
+    assert value(scrape(registry), "resilience_deadline_exceeded_total", name="prom-spent") == 1
+    del timeout

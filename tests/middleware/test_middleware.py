@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import threading
 import wsgiref.simple_server
 from collections.abc import Iterator
@@ -244,22 +246,85 @@ def test_wsgi_behind_a_real_server(wsgi_server: str) -> None:
     ("options", "error", "match"),
     [
         ({"max_seconds": 0}, ValueError, "max_seconds="),
+        ({"max_seconds": -1}, ValueError, "max_seconds="),
+        ({"max_seconds": math.nan}, ValueError, "max_seconds="),
+        ({"max_seconds": math.inf}, ValueError, "max_seconds="),
+        ({"max_seconds": True}, TypeError, "max_seconds="),
+        ({"max_seconds": "30"}, TypeError, "max_seconds="),
+        ({"max_seconds": None}, TypeError, "max_seconds="),
         ({"default": -1}, ValueError, "default="),
+        ({"default": 0}, ValueError, "default="),
+        ({"default": math.nan}, ValueError, "default="),
+        ({"default": True}, TypeError, "default="),
+        ({"default": "2"}, TypeError, "default="),
         ({"default": 60, "max_seconds": 10}, ValueError, "default="),
         ({"safety_margin": -0.1}, ValueError, "safety_margin="),
+        ({"safety_margin": math.nan}, ValueError, "safety_margin="),
+        ({"safety_margin": False}, TypeError, "safety_margin="),
+        ({"safety_margin": None}, TypeError, "safety_margin="),
+        ({"safety_margin": 10, "max_seconds": 10}, ValueError, "safety_margin="),
         ({"reject_expired": "yes"}, TypeError, "reject_expired="),
+        ({"reject_expired": 1}, TypeError, "reject_expired="),
+        ({"reject_expired": None}, TypeError, "reject_expired="),
         ({"expired_status": 42}, ValueError, "expired_status="),
         ({"expired_status": 700}, ValueError, "expired_status="),
+        ({"expired_status": True}, TypeError, "expired_status="),
+        ({"expired_status": 504.0}, TypeError, "expired_status="),
+        ({"expired_status": "504"}, TypeError, "expired_status="),
         ({"headers": "grpc-timeout"}, TypeError, "headers="),
+        ({"headers": b"grpc-timeout"}, TypeError, "headers="),
         ({"headers": ["x-request-timeout"]}, ValueError, "headers="),
         ({"headers": []}, ValueError, "headers="),
+        ({"headers": [1]}, TypeError, "headers="),
+        ({"headers": [b"grpc-timeout"]}, TypeError, "headers="),
+        ({"headers": None}, TypeError, "headers="),
+        ({"clock": "clock"}, TypeError, "clock="),
     ],
 )
 def test_bad_configuration(options: dict[str, Any], error: type[Exception], match: str) -> None:
-    """Both middlewares validate at construction."""
+    """Both middlewares validate at construction, naming the parameter."""
     with pytest.raises(error, match=match):
         ASGIDeadlineMiddleware(report, **options)  # type: ignore[arg-type]
     with pytest.raises(error, match=match):
         WSGIDeadlineMiddleware(wsgi_report, **options)
+
+
+def test_apps_are_validated() -> None:
+    """Not callable is refused; an async app handed to the WSGI middleware too."""
     with pytest.raises(TypeError, match="app"):
         ASGIDeadlineMiddleware(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="app"):
+        WSGIDeadlineMiddleware(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ASGIDeadlineMiddleware"):
+        WSGIDeadlineMiddleware(report)  # type: ignore[arg-type]
+
+
+def test_seconds_options_take_a_timedelta() -> None:
+    """max_seconds, default and safety_margin are seconds or datetime.timedelta."""
+    middleware = ASGIDeadlineMiddleware(
+        report,  # type: ignore[arg-type]
+        max_seconds=datetime.timedelta(seconds=10),
+        default=datetime.timedelta(seconds=2),
+        safety_margin=datetime.timedelta(milliseconds=50),
+    )
+    assert (middleware.policy.max_seconds, middleware.policy.default) == (10.0, 2.0)
+    assert middleware.policy.safety_margin == 0.05
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error", "match"),
+    [
+        ("x-foo", "100", ValueError, "name="),
+        (b"grpc-timeout", "1S", TypeError, "name="),
+        (None, "1S", TypeError, "name="),
+        ("grpc-timeout", b"1S", TypeError, "value="),
+        ("grpc-timeout", 1, TypeError, "value="),
+    ],
+)
+def test_parse_deadline_header_validates_its_arguments(
+    name: Any, value: Any, error: type[Exception], match: str
+) -> None:
+    """A header name it does not know, or non-strings, are errors (not a garbage value)."""
+    with pytest.raises(error, match=match):
+        parse_deadline_header(name, value)
+    assert parse_deadline_header("GRPC-Timeout", "1S") == 1.0  # names are case-insensitive

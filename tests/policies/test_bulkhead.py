@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import math
 import threading
 import time
+from typing import Any
 
 import anyio
 import pytest
 
-from resilience import Bulkhead, BulkheadFullError
+from resilience import Bulkhead, BulkheadFullError, MisuseError
 from resilience.events import BulkheadRejected, Event
 
 
@@ -221,19 +224,43 @@ def test_max_queue_rejects_extra_waiters_at_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "kwargs", "error", "match"),
+    ("kwargs", "error", "match"),
     [
-        ((0,), {}, ValueError, "max_concurrent="),
-        (("4",), {}, TypeError, "max_concurrent="),
-        ((4,), {"max_wait": -1}, ValueError, "max_wait="),
-        ((4,), {"max_queue": 0}, ValueError, "max_queue="),
-        ((4,), {"name": ""}, ValueError, "name="),
+        ({"max_concurrent": 0}, ValueError, "max_concurrent="),
+        ({"max_concurrent": -1}, ValueError, "max_concurrent="),
+        ({"max_concurrent": "4"}, TypeError, "max_concurrent="),
+        ({"max_concurrent": 4.0}, TypeError, "max_concurrent="),
+        ({"max_concurrent": True}, TypeError, "max_concurrent="),
+        ({"max_concurrent": None}, TypeError, "max_concurrent="),
+        ({"max_wait": -1}, ValueError, "max_wait="),
+        ({"max_wait": math.nan}, ValueError, "max_wait="),
+        ({"max_wait": math.inf}, ValueError, "max_wait="),
+        ({"max_wait": True}, TypeError, "max_wait="),
+        ({"max_wait": "1"}, TypeError, "max_wait="),
+        ({"max_wait": None}, TypeError, "max_wait="),
+        ({"max_wait": datetime.timedelta(seconds=-1)}, ValueError, "max_wait="),
+        ({"max_wait": threading.TIMEOUT_MAX * 2}, ValueError, "max_wait="),
+        ({"max_queue": 0}, ValueError, "max_queue="),
+        ({"max_queue": -3}, ValueError, "max_queue="),
+        ({"max_queue": 1.5}, TypeError, "max_queue="),
+        ({"max_queue": False}, TypeError, "max_queue="),
+        ({"max_queue": "10"}, TypeError, "max_queue="),
+        ({"name": ""}, ValueError, "name="),
+        ({"name": "  "}, ValueError, "name="),
+        ({"name": None}, TypeError, "name="),
+        ({"name": b"db"}, TypeError, "name="),
     ],
 )
-def test_bad_bulkheads(args, kwargs, error, match) -> None:
-    """Every argument is validated at construction."""
+def test_bad_bulkheads(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    """Every argument is validated at construction; the message names the parameter."""
+    kwargs = {"max_concurrent": 4, **kwargs}
     with pytest.raises(error, match=match):
-        Bulkhead(*args, **kwargs)
+        Bulkhead(**kwargs)
+
+
+def test_max_wait_takes_a_timedelta() -> None:
+    """Every seconds parameter also takes a datetime.timedelta."""
+    assert Bulkhead(1, max_wait=datetime.timedelta(milliseconds=250)).max_wait == 0.25
 
 
 def test_an_interrupted_waiter_never_strands_a_slot(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,3 +296,110 @@ def test_max_wait_beyond_what_threads_support_is_refused() -> None:
     """A wait longer than threading.TIMEOUT_MAX is an error at construction."""
     with pytest.raises(ValueError, match="max_wait="):
         Bulkhead(1, max_wait=threading.TIMEOUT_MAX * 2)
+
+
+# -- misuse -------------------------------------------------------------------
+
+
+async def _coroutine_function() -> str:
+    return "never awaited by a sync entry point"
+
+
+def test_sync_entry_points_refuse_a_coroutine_and_release_the_slot() -> None:
+    """call(), the sync decorator and `with`: TypeError, and the slot is free again."""
+    bulkhead = Bulkhead(1)
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        bulkhead.call(_coroutine_function)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        bulkhead(lambda: _coroutine_function())()
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+    assert bulkhead.call(lambda: "free") == "free"
+
+
+@pytest.mark.anyio
+async def test_async_entry_points_refuse_a_plain_value_and_release_the_slot() -> None:
+    """acall() given a sync function: TypeError pointing at call(), the slot is released."""
+    bulkhead = Bulkhead(1, max_wait=1)
+    with pytest.raises(TypeError, match=r"not an awaitable.*call\("):
+        await bulkhead.acall(lambda: "sync")  # type: ignore[arg-type,return-value]
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+
+
+def test_sync_wait_inside_a_running_asyncio_loop_raises_instead_of_blocking_it() -> None:
+    """`with bulkhead:` that would wait in a coroutine raises at once; nothing leaks."""
+    bulkhead = Bulkhead(1, max_wait=5, name="db")
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        for _ in range(5):
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        async with bulkhead:
+            task = asyncio.create_task(ticker())
+            await asyncio.sleep(0)
+            start = time.monotonic()
+            with pytest.raises(MisuseError, match=r"async with bulkhead") as caught, bulkhead:
+                pass
+            assert isinstance(caught.value, TypeError)
+            with pytest.raises(MisuseError, match="asyncio event loop"):
+                bulkhead.call(lambda: None)
+            with pytest.raises(MisuseError, match="asyncio event loop"):
+                bulkhead(lambda: None)()
+            assert time.monotonic() - start < 1  # not the 5 s max_wait
+            assert bulkhead.metrics() == {"in_flight": 1, "waiting": 0, "rejected": 0}
+            await task
+        assert ticks[-1] - ticks[0] < 1  # the loop kept running
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+
+
+def test_sync_wait_inside_trio_raises_instead_of_blocking_it() -> None:
+    """The same under trio: the wait is refused, the queue is left clean."""
+    import trio
+
+    bulkhead = Bulkhead(1, max_wait=5)
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with bulkhead:
+                with pytest.raises(MisuseError, match="trio event loop"):
+                    bulkhead.call(lambda: None)
+                assert bulkhead.metrics() == {"in_flight": 1, "waiting": 0, "rejected": 0}
+
+    trio.run(main)
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+
+
+def test_sync_entry_in_a_loop_is_fine_when_it_need_not_wait() -> None:
+    """A free slot, or max_wait=0, never waits: the sync API works inside a loop."""
+    waiting = Bulkhead(2, max_wait=5)
+    at_once = Bulkhead(1)
+
+    async def main() -> None:
+        with waiting:  # a free slot: no wait
+            assert waiting.call(lambda: "ok") == "ok"
+        async with at_once:
+            with pytest.raises(BulkheadFullError):  # rejected at once, no wait either
+                at_once.call(lambda: None)
+
+    asyncio.run(main())
+    assert waiting.in_flight == 0
+    assert at_once.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 1}
+
+
+def test_sync_wait_in_a_worker_thread_of_a_loop_still_waits() -> None:
+    """asyncio.to_thread runs in another thread, with no loop of its own: it may wait."""
+    bulkhead = Bulkhead(1, max_wait=5)
+
+    async def main() -> str:
+        async with bulkhead:
+            worker = asyncio.create_task(asyncio.to_thread(bulkhead.call, lambda: "waited"))
+            while bulkhead.waiting == 0:  # noqa: ASYNC110  (polls the bulkhead's own queue)
+                await asyncio.sleep(0.001)
+        return await worker
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == "waited"
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import math
 import threading
+from typing import Any
 
 import pytest
 
 import resilience
 from resilience import current_deadline, deadline, remaining
+from resilience._clock import SYSTEM_CLOCK as SYSTEM
 from resilience.testing import FakeClock
 
 
@@ -96,12 +100,70 @@ def test_a_deadline_object_is_entered_once_at_a_time() -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]
+    ("kwargs", "error", "match"),
+    [
+        ({"seconds": -1}, ValueError, "seconds="),
+        ({"seconds": math.nan}, ValueError, "seconds="),
+        ({"seconds": math.inf}, ValueError, "seconds="),
+        ({"seconds": True}, TypeError, "seconds="),
+        ({"seconds": "1"}, TypeError, "seconds="),
+        ({"seconds": None}, TypeError, "seconds="),
+        ({"seconds": datetime.timedelta(seconds=-1)}, ValueError, "seconds="),
+        ({"clock": 1.0}, TypeError, "clock="),
+        ({"clock": "clock"}, TypeError, "clock="),
+    ],
 )
-def test_bad_deadlines(seconds, error) -> None:
-    """Negative, NaN and non-numbers are refused at construction."""
-    with pytest.raises(error, match="seconds="):
-        deadline(seconds)
+def test_bad_deadlines(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    """Negative, NaN, infinite, bools and non-numbers are refused at construction."""
+    kwargs = {"seconds": 1.0, **kwargs}
+    with pytest.raises(error, match=match):
+        deadline(**kwargs)
+
+
+def test_a_deadline_takes_a_timedelta() -> None:
+    """deadline(timedelta) is deadline(its total seconds)."""
+    with deadline(datetime.timedelta(milliseconds=1500), clock=FakeClock()) as d:
+        assert d.budget == 1.5
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((math.nan, 1.0, SYSTEM), ValueError, "expires_at="),
+        ((math.inf, 1.0, SYSTEM), ValueError, "expires_at="),
+        (("5", 1.0, SYSTEM), TypeError, "expires_at="),
+        ((False, 1.0, SYSTEM), TypeError, "expires_at="),
+        ((5.0, -1.0, SYSTEM), ValueError, "budget="),
+        ((5.0, math.nan, SYSTEM), ValueError, "budget="),
+        ((5.0, True, SYSTEM), TypeError, "budget="),
+        ((5.0, 1.0, None), TypeError, "clock="),
+        ((5.0, 1.0, "clock"), TypeError, "clock="),
+    ],
+)
+def test_bad_deadline_records(args: tuple[Any, ...], error: type[Exception], match: str) -> None:
+    """resilience.Deadline (normally made by deadline()) validates what it is given too."""
+    with pytest.raises(error, match=match):
+        resilience.Deadline(*args)
+
+
+def test_entering_a_spent_deadline_does_not_raise() -> None:
+    """deadline() is only a bound: entering one with nothing left is legal (remaining() == 0).
+
+    Deadline-aware code refuses to start work instead: Timeout raises
+    DeadlineExceededError(before_call=True) without calling the function.
+    """
+    clock = FakeClock()
+    timeout = resilience.Timeout(1, clock=clock)
+    ran: list[int] = []
+    with deadline(1, clock=clock):
+        clock.advance(2)
+        with deadline(5, clock=clock) as inner:
+            assert inner.expired
+            assert remaining() == 0.0
+            with pytest.raises(resilience.DeadlineExceededError) as caught:
+                timeout.call(ran.append, 1)
+    assert caught.value.before_call
+    assert ran == []
 
 
 def test_deadline_repr() -> None:

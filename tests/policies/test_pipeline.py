@@ -17,6 +17,7 @@ from resilience import (
     State,
     Timeout,
     compose,
+    deadline,
     events,
     remaining,
 )
@@ -168,3 +169,52 @@ def test_async_pipeline_retries_an_attempt_that_timed_out() -> None:
     assert asyncio.run(sometimes_hangs()) == "ok"
     assert calls == 2
     assert breaker.metrics().calls["failure"] == 1
+
+
+# -- misuse through a pipeline of real policies --------------------------------
+
+
+async def _coroutine_function() -> str:
+    return "never awaited by a sync entry point"
+
+
+def test_a_sync_pipeline_refuses_a_coroutine_and_releases_everything() -> None:
+    """compose(...).call(async_fn) and a decorated lambda returning a coroutine: TypeError."""
+    bulkhead = Bulkhead(1)
+    fallback = Fallback("fallback", on=Exception)
+    pipeline = compose(fallback, Timeout(2.0), bulkhead, Timeout(0.5))
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        pipeline.call(_coroutine_function)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        pipeline(lambda: _coroutine_function())()
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+    assert fallback.metrics() == {"used": 0}
+    assert remaining() is None
+
+
+def test_an_async_pipeline_refuses_a_plain_function() -> None:
+    """compose(...).acall(sync_fn): TypeError pointing at call(), never the fallback."""
+    bulkhead = Bulkhead(1)
+    fallback = Fallback("fallback", on=Exception)
+    pipeline = compose(fallback, Timeout(2.0), bulkhead, Timeout(0.5))
+
+    async def main() -> None:
+        with pytest.raises(TypeError, match=r"not an awaitable.*call\("):
+            await pipeline.acall(lambda: "sync")  # type: ignore[arg-type,return-value]
+
+    asyncio.run(main())
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+    assert fallback.metrics() == {"used": 0}
+
+
+def test_a_spent_deadline_stops_the_pipeline_before_the_call() -> None:
+    """The attempt Timeout finds nothing left: before_call=True, nothing runs, slot released."""
+    clock = FakeClock()
+    bulkhead = Bulkhead(1)
+    ran: list[int] = []
+    pipeline = compose(bulkhead, Timeout(0.5, clock=clock))
+    with deadline(0, clock=clock), pytest.raises(DeadlineExceededError) as caught:
+        pipeline.call(ran.append, 1)
+    assert caught.value.before_call
+    assert ran == []
+    assert bulkhead.in_flight == 0
