@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import math
 import random
+import re
 import time
 from typing import Literal
 
-from ._validate import check_seconds
+from ._validate import check_int, check_seconds
 
 __all__ = ["Backoff", "parse_retry_after", "retry_after_of"]
 
@@ -26,9 +29,9 @@ class Backoff:
     - `jitter="none"`: `sleep = expo(n)`; synchronised retry waves, avoid.
 
     Args:
-        initial: The first wait's ceiling, seconds (> 0).
-        maximum: The cap on every wait, seconds (>= initial).
-        multiplier: Growth per attempt (>= 1).
+        initial: The first wait's ceiling, seconds or a `datetime.timedelta` (> 0, finite).
+        maximum: The cap on every wait, seconds or a `datetime.timedelta` (>= initial, finite).
+        multiplier: Growth per attempt (a finite number >= 1).
         jitter: "full", "equal" or "none".
         rng: A `random.Random` for reproducible waits (tests).
     """
@@ -38,8 +41,8 @@ class Backoff:
     def __init__(
         self,
         *,
-        initial: float = 0.1,
-        maximum: float = 10.0,
+        initial: float | datetime.timedelta = 0.1,
+        maximum: float | datetime.timedelta = 10.0,
         multiplier: float = 2.0,
         jitter: Jitter = "full",
         rng: random.Random | None = None,
@@ -53,6 +56,8 @@ class Backoff:
         if not (math.isfinite(multiplier) and multiplier >= 1):
             raise ValueError(f"multiplier= must be a finite number >= 1, got {multiplier!r}")
         self.multiplier = float(multiplier)
+        if not isinstance(jitter, str):
+            raise TypeError(f'jitter= must be "full", "equal" or "none", got {jitter!r}')
         if jitter not in ("full", "equal", "none"):
             raise ValueError(f'jitter= must be "full", "equal" or "none", got {jitter!r}')
         self.jitter = jitter
@@ -62,14 +67,17 @@ class Backoff:
 
     def ceiling(self, attempt: int) -> float:
         """`expo(attempt)`: the un-jittered wait after failed attempt number `attempt`."""
+        return self._ceiling(check_int(attempt, "attempt"))
+
+    def _ceiling(self, attempt: int) -> float:
         try:
-            return min(self.maximum, self.initial * self.multiplier ** max(attempt - 1, 0))
+            return min(self.maximum, self.initial * self.multiplier ** (attempt - 1))
         except OverflowError:
             return self.maximum
 
     def __call__(self, attempt: int) -> float:
-        """The wait after failed attempt number `attempt` (1 is the first call)."""
-        expo = self.ceiling(attempt)
+        """The wait after failed attempt number `attempt` (an int >= 1; 1 is the first call)."""
+        expo = self._ceiling(check_int(attempt, "attempt"))
         if self.jitter == "full":
             return self.rng.uniform(0, expo)
         if self.jitter == "equal":
@@ -83,51 +91,146 @@ class Backoff:
         )
 
 
+# RFC 9110 section 5.6.7: the three HTTP-date forms, case-sensitive, ASCII digits only.
+_DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = f"({'|'.join(_MONTHS)})"
+_TIME = "([0-9]{2}):([0-9]{2}):([0-9]{2})"
+#: (pattern, groups in the order day, month, year, hour, minute, second)
+_HTTP_DATES = (
+    # IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+    (re.compile(f"{_DAY}, ([0-9]{{2}}) {_MONTH} ([0-9]{{4}}) {_TIME} GMT"), (1, 2, 3, 4, 5, 6)),
+    # rfc850-date (obsolete): Sunday, 06-Nov-94 08:49:37 GMT
+    (
+        re.compile(f"{_LONG_DAY}, ([0-9]{{2}})-{_MONTH}-([0-9]{{2}}) {_TIME} GMT"),
+        (1, 2, 3, 4, 5, 6),
+    ),
+    # asctime-date (obsolete): Sun Nov  6 08:49:37 1994
+    (re.compile(f"{_DAY} {_MONTH} ([0-9]{{2}}| [0-9]) {_TIME} ([0-9]{{4}})"), (2, 1, 6, 3, 4, 5)),
+)
+
+
 def parse_retry_after(value: object, *, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After value (RFC 9110 section 10.2.3), or None.
 
-    Accepts delay-seconds (`"120"`, or a number) and an HTTP-date (compared
-    with `now`, wall-clock seconds since the epoch; default `time.time()`).
-    A date in the past gives 0.0. Anything else (negative, NaN, garbage) gives
-    None: a malformed header is ignored, never trusted.
+    One rule, whatever the value's type:
+
+    - a string (or bytes) is `delay-seconds`, ASCII digits only (`"120"`), or
+      an HTTP-date in one of the three forms of RFC 9110 section 5.6.7
+      (IMF-fixdate `"Sun, 06 Nov 1994 08:49:37 GMT"`, the obsolete RFC 850
+      `"Sunday, 06-Nov-94 08:49:37 GMT"` and asctime `"Sun Nov  6 08:49:37 1994"`),
+      compared with `now` (wall-clock seconds since the epoch; default
+      `time.time()`); a date in the past gives 0.0. Spaces and tabs around
+      the value are stripped (HTTP's optional whitespace around a field
+      value); anything else (signs, decimals, exponents, inner or other
+      whitespace, non-ASCII digits such as Arabic-Indic, fullwidth or
+      superscript ones, other date forms, empty) gives None;
+    - a number (or a `datetime.timedelta`) that is finite and >= 0 is seconds;
+    - too many digits for a float, or an infinite number, gives `math.inf`:
+      a wait longer than any `max_retry_after`, so a retry gives up at once;
+    - NaN, a negative number, a bool, None or any other object gives None.
+
+    A malformed value is ignored (None), never trusted and never an error.
     """
-    if value is None or isinstance(value, bool):
+    if now is not None:
+        now = _check_now(now)
+    if isinstance(value, str):
+        return _parse_text(value, now)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return _parse_text(text, now)
+    if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        seconds = float(value)
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if not isinstance(value, str):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            return math.inf if value > 0 else None
+    elif isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    else:
         return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    import email.utils
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return seconds + 0.0  # -0.0 becomes 0.0
 
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+
+def _parse_text(value: str, now: float | None) -> float | None:
+    text = value.strip(" \t")
+    if text.isascii() and text.isdigit():
+        return float(text)  # never raises; more digits than a float holds give inf
+    fields = _date_fields(text)
+    if fields is None:
         return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
+    day, month, year, hour, minute, second = fields
     wall = time.time() if now is None else now
-    return max(when.timestamp() - wall, 0.0)
+    years = int(year)
+    if len(year) == 2:
+        # RFC 9110: a two-digit year more than 50 years in the future is the
+        # most recent past year with the same last two digits.
+        try:
+            current = time.gmtime(wall).tm_year
+        except (OverflowError, OSError, ValueError):  # `now` beyond the platform's time_t
+            return None
+        years += current - current % 100
+        if years > current + 50:
+            years -= 100
+    try:
+        datetime.date(years, _MONTHS.index(month) + 1, int(day))
+    except ValueError:  # 31 Feb, year 0000
+        return None
+    if int(hour) > 23 or int(minute) > 59 or int(second) > 60:  # 60: a leap second
+        return None
+    when = calendar.timegm(
+        (years, _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second))
+    )
+    return max(when - wall, 0.0)
+
+
+def _date_fields(text: str) -> tuple[str, ...] | None:
+    """(day, month, year, hour, minute, second) of an HTTP-date in any form, or None."""
+    for pattern, order in _HTTP_DATES:
+        match = pattern.fullmatch(text)
+        if match is not None:
+            return tuple(match.group(i) for i in order)
+    return None
+
+
+def _check_now(now: object) -> float:
+    if isinstance(now, bool) or not isinstance(now, (int, float)):
+        raise TypeError(f"now= must be wall-clock seconds since the epoch, got {now!r}")
+    if not math.isfinite(now):
+        raise ValueError(f"now= must be a finite number of seconds, got {now!r}")
+    return float(now)
 
 
 def retry_after_of(outcome: object) -> float | None:
     """The server-requested wait carried by an exception or a result, if any.
 
-    Looks, in order, at a `retry_after` attribute in seconds (e.g.
-    `CircuitOpenError`), then at a `Retry-After` header on the outcome or on
-    its `.response` (an httpx `Response`, or an `HTTPStatusError`).
+    Looks, in order, at a `retry_after` attribute (e.g. `CircuitOpenError`),
+    then at a `Retry-After` header on the outcome's `.response` (an
+    `HTTPStatusError`, a `requests.HTTPError`) or, without one, on the
+    outcome itself (an httpx `Response`). Every source follows the rule of
+    `parse_retry_after`; the first usable value wins, so a malformed
+    attribute does not hide a valid header.
     """
     try:
-        attribute = getattr(outcome, "retry_after", None)
-        if isinstance(attribute, (int, float)) and not isinstance(attribute, bool):
-            return parse_retry_after(attribute)
-        response = getattr(outcome, "response", None) or outcome
+        seconds = parse_retry_after(getattr(outcome, "retry_after", None))
+        if seconds is not None:
+            return seconds
+        response = getattr(outcome, "response", None)
+        if response is None:  # not `or`: a requests Response is falsy for a 4xx or 5xx
+            response = outcome
         getter = getattr(getattr(response, "headers", None), "get", None)
-        return None if getter is None else parse_retry_after(getter("Retry-After"))
+        if getter is None:
+            return None
+        header = getter("Retry-After")
+        if header is None:  # a plain dict is case-sensitive
+            header = getter("retry-after")
+        return parse_retry_after(header)
     except Exception:  # noqa: BLE001  (a strange object must never break a retry)
         return None

@@ -14,11 +14,15 @@ import itertools
 import math
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
 from ._clock import Clock, resolve_clock
 from ._counter import peek
 from ._tracking import track
-from ._validate import check_int, check_seconds, check_string
+from ._validate import check_int, check_ratio, check_seconds, check_string
+
+if TYPE_CHECKING:
+    import datetime
 
 __all__ = ["RetryBudget"]
 
@@ -34,11 +38,15 @@ class RetryBudget:
 
     Args:
         name: Names the budget in events and metrics.
-        ratio: Retries allowed per request in the window (default 0.2 = 20%).
+        ratio: Retries allowed per request in the window, in [0, 1]
+            (default 0.2 = 20%; above 1, retries could more than double the
+            load, which a budget exists to prevent).
         min_per_second: A floor of retries per second, so that low traffic
-            can still retry (default 10, as Finagle).
-        window: Seconds of history (default 10, Finagle's TTL).
-        buckets: Resolution of the window (default 10).
+            can still retry (a finite number >= 0; default 10, as Finagle).
+            With `ratio=0`, `min_per_second * window` must be at least 1.
+        window: Seconds of history, a number or a `datetime.timedelta`
+            (finite, > 0; default 10, Finagle's TTL).
+        buckets: Resolution of the window (an int >= 1; default 10).
         clock: A `resilience.Clock`.
     """
 
@@ -66,20 +74,21 @@ class RetryBudget:
         *,
         ratio: float = 0.2,
         min_per_second: float = 10.0,
-        window: float = 10.0,
+        window: float | datetime.timedelta = 10.0,
         buckets: int = 10,
         clock: Clock | None = None,
     ) -> None:
         self.name = check_string(name, "name")
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-            raise TypeError(f"ratio= must be a number, got {ratio!r}")
-        if not (math.isfinite(ratio) and ratio >= 0):
-            raise ValueError(f"ratio= must be a finite number >= 0, got {ratio!r}")
-        self.ratio = float(ratio)
-        self.min_per_second = check_seconds(min_per_second, "min_per_second", allow_zero=True)
+        self.ratio = check_ratio(ratio, "ratio", allow_zero=True)
+        self.min_per_second = _check_rate(min_per_second, "min_per_second")
         if self.ratio == 0 and self.min_per_second == 0:
             raise ValueError("ratio=0 and min_per_second=0 would never allow a retry")
         self.window = check_seconds(window, "window")
+        if self.ratio == 0 and self.min_per_second * self.window < 1:
+            raise ValueError(
+                f"ratio=0 with min_per_second={min_per_second!r} over window={window!r} "
+                f"would never allow a retry: min_per_second * window must be >= 1"
+            )
         self.buckets = check_int(buckets, "buckets")
         self.clock = resolve_clock(clock)
         self._monotonic = self.clock.monotonic
@@ -149,3 +158,13 @@ class RetryBudget:
             f"RetryBudget({self.name!r}, ratio={self.ratio!r}, "
             f"min_per_second={self.min_per_second!r}, window={self.window!r})"
         )
+
+
+def _check_rate(value: object, param: str) -> float:
+    """Return `value` as a finite float rate >= 0 (per second: not a duration)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{param}= must be a number per second, got {value!r}")
+    rate = float(value)
+    if not (0 <= rate < math.inf):
+        raise ValueError(f"{param}= must be a finite number >= 0 per second, got {value!r}")
+    return rate

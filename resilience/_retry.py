@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import math
+import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
+from ._awaitable import PLAIN_TYPES, is_awaitable_type
 from ._backoff import Backoff, retry_after_of
 from ._budget import RetryBudget
 from ._clock import Clock, resolve_clock
-from ._compose import Policy
+from ._compose import MisuseError, Policy, not_awaitable, returned_awaitable
 from ._counter import peek
 from ._deadline import current_deadline
 from ._outcome import ExceptionFilter, ExceptionSpec
 from ._tracking import track
 from ._validate import check_int, check_seconds, check_string
-from .errors import CircuitOpenError, ResilienceError
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    ResilienceError,
+    RetryBudgetExhaustedError,
+)
 from .events import ObserverHub, RetryBudgetExhausted, RetryGaveUp, RetryScheduled, global_hub
 
 __all__ = ["Retry", "RetryExhaustedError"]
@@ -25,7 +35,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: A wait: seconds, a `Backoff`, or a tenacity wait strategy.
-Wait = float | Backoff | Callable[[Any], float]
+Wait = float | datetime.timedelta | Backoff | Callable[[Any], float]
 
 
 class RetryExhaustedError(ResilienceError):
@@ -57,6 +67,10 @@ class RetryExhaustedError(ResilienceError):
         return f"retry {self.name!r}: all {self.attempts} attempts returned a failing result"
 
 
+# What `pending` holds in the async entry points until the callable has returned:
+# a TypeError raised while it is still this came from the call itself, not the await.
+_UNCALLED: Any = object()
+
 # A discard hook for the calls made in this context, for callers that use a
 # Retry they do not own (the httpx transport closes failed responses with it).
 _discard_for_this_call: ContextVar[Callable[[Any], object] | None] = ContextVar(
@@ -67,7 +81,7 @@ _discard_for_this_call: ContextVar[Callable[[Any], object] | None] = ContextVar(
 class _Attempts:
     """One call's retry state: kept per call, so one policy serves every thread and task."""
 
-    __slots__ = ("longest", "number", "started")
+    __slots__ = ("ended_at", "longest", "number", "slept", "started")
 
     def __init__(self, started: float, first_ended: float) -> None:
         #: When the first attempt started.
@@ -76,9 +90,14 @@ class _Attempts:
         self.number = 1
         #: The longest attempt so far: the estimate of the next one.
         self.longest = first_ended - started
+        #: When the last attempt ended.
+        self.ended_at = first_ended
+        #: Seconds slept between attempts so far.
+        self.slept = 0.0
 
     def ended(self, begun: float, now: float) -> None:
         self.longest = max(self.longest, now - begun)
+        self.ended_at = now
 
 
 class Retry(Policy):
@@ -93,16 +112,25 @@ class Retry(Policy):
 
     - `attempts` counts calls, the first included: 3 means at most 3 calls.
     - Only exceptions matching `on` are retried, never cancellation or other
-      non-`Exception`s, and not `CircuitOpenError` unless
-      `retry_circuit_open=True`. `retry_if_result` retries on returned values.
+      non-`Exception`s. resilience's own rejections are not retried by a broad
+      `on`: `CircuitOpenError` only with `retry_circuit_open=True`,
+      `BulkheadFullError` only when `on` names it (or a subclass) as a type,
+      and never `RetryBudgetExhaustedError`, a `DeadlineExceededError` with
+      `before_call=True` (the deadline was spent before the call started) or
+      a misuse `TypeError` (sync/async mix-up). `retry_if_result` retries on
+      returned values.
     - The wait before retry n is `wait(n)` (default: `Backoff()`, full
-      jitter), but never shorter than a Retry-After the server sent; above
-      `max_retry_after` the call gives up at once (the delay is in the note).
+      jitter), but never shorter than a Retry-After the server sent (see
+      `parse_retry_after`); above `max_retry_after` (inf included) the call
+      gives up at once (the delay is in the note).
     - Inside a `deadline`, no retry starts that cannot finish before it.
     - With a `budget`, every call deposits and every retry withdraws.
     - When it gives up, the last exception propagates as itself with a note
       (attempts, time, reason); a failing result is returned, or raised as
       `RetryExhaustedError` with `raise_on_result=True`.
+    - `call()` takes sync functions and `acall()` async ones: a coroutine (or
+      any awaitable) returned to `call()`, or a plain value returned to
+      `acall()`, raises a `TypeError` at once, counted nowhere and not retried.
 
     A successful first attempt costs one clock read (for the total time in
     a give-up note) and builds no tenacity state. One policy is shared safely by threads and
@@ -110,13 +138,16 @@ class Retry(Policy):
 
     Args:
         on: Exceptions to retry: types, predicates, or a tuple of them
-            (required; pass `()` to retry on results only).
-        attempts: Calls at most, first included (>= 1).
-        wait: Seconds, a `resilience.Backoff`, or a tenacity wait strategy
-            (called with a `tenacity.RetryCallState` built only on a retry).
+            (required; pass `()` to retry on results only, with `retry_if_result`).
+        attempts: Calls at most, first included (an int >= 1).
+        wait: Seconds (a number or `datetime.timedelta`, >= 0), a
+            `resilience.Backoff`, or a tenacity wait strategy (an instance of
+            `tenacity.wait.wait_base`, called with a `tenacity.RetryCallState`
+            built only on a retry, its times read from `clock`).
         retry_if_result: Predicate on a returned value that asks for a retry.
         budget: A `RetryBudget` shared by every caller of the downstream.
-        max_retry_after: Longest server-requested wait honoured, seconds.
+        max_retry_after: Longest server-requested wait honoured, seconds or a
+            `datetime.timedelta` (finite, >= 0).
         raise_on_result: Raise `RetryExhaustedError` instead of returning the
             last failing result.
         retry_circuit_open: Retry `CircuitOpenError` from an inner breaker
@@ -136,7 +167,7 @@ class Retry(Policy):
         wait: Wait | None = None,
         retry_if_result: Callable[[Any], object] | None = None,
         budget: RetryBudget | None = None,
-        max_retry_after: float = 60.0,
+        max_retry_after: float | datetime.timedelta = 60.0,
         raise_on_result: bool = False,
         retry_circuit_open: bool = False,
         discard_result: Callable[[Any], object] | None = None,
@@ -149,7 +180,14 @@ class Retry(Policy):
         self._wait, self._tenacity_wait = _resolve_wait(wait)
         if retry_if_result is not None and not callable(retry_if_result):
             raise TypeError(f"retry_if_result= must be callable(result), got {retry_if_result!r}")
+        if not self.on and retry_if_result is None:
+            raise ValueError(
+                "on=() and no retry_if_result=: nothing would ever be retried; "
+                "name the exceptions to retry in on= or pass retry_if_result="
+            )
         self.retry_if_result = retry_if_result
+        # BulkheadFullError is retried only when on= names it (or a subclass) as a type.
+        self._named_bulkhead = tuple(t for t in self.on.types if issubclass(t, BulkheadFullError))
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"budget= must be a resilience.RetryBudget, got {budget!r}")
         self.budget = budget
@@ -183,10 +221,12 @@ class Retry(Policy):
             result = fn(*args, **kwargs)
         except Exception as exc:
             if not self._retryable(exc):
-                next(self._failed_not_retryable)
+                self._not_retried(exc, self._failed_not_retryable)
                 raise
             failure = exc
         else:
+            if type(result) not in PLAIN_TYPES and is_awaitable_type(type(result)):
+                raise returned_awaitable(self, fn, result)  # misuse: counted nowhere
             if self.retry_if_result is None or not self.retry_if_result(result):
                 next(self._success_first_try)
                 return result
@@ -212,6 +252,7 @@ class Retry(Policy):
                 discard(result)  # before the wait: a response must not hold its connection
             if delay > 0:  # a zero wait makes no sleep call at all
                 self.clock.sleep(delay)
+                attempts.slept += delay
             attempts.number += 1
             begun = self._monotonic()
             try:
@@ -220,10 +261,12 @@ class Retry(Policy):
                 attempts.ended(begun, self._monotonic())
                 exc, result = error, None
                 if not self._retryable(error):
-                    next(self._failed_after_retry)
+                    self._not_retried(error, self._failed_after_retry)
                     raise
                 continue
             attempts.ended(begun, self._monotonic())
+            if type(result) not in PLAIN_TYPES and is_awaitable_type(type(result)):
+                raise returned_awaitable(self, fn, result)
             exc = None
             if self.retry_if_result is None or not self.retry_if_result(result):
                 next(self._success_after_retry)
@@ -235,11 +278,18 @@ class Retry(Policy):
             self.budget.deposit()
         failure: Exception | None = None
         started = self._monotonic()
+        pending: Any = _UNCALLED
         try:
-            result = await fn(*args, **kwargs)
+            pending = fn(*args, **kwargs)
+            result: R = await pending
         except Exception as exc:
+            if isinstance(exc, TypeError) and pending is not _UNCALLED:
+                # A plain value (a sync function) fails the await: misuse, checked only here.
+                misuse = not_awaitable(self, fn, pending)
+                if misuse is not None:
+                    raise misuse from None
             if not self._retryable(exc):
-                next(self._failed_not_retryable)
+                self._not_retried(exc, self._failed_not_retryable)
                 raise
             failure = exc
         else:
@@ -271,15 +321,22 @@ class Retry(Policy):
                     await discarded
             if delay > 0:
                 await self.clock.asleep(delay)
+                attempts.slept += delay
             attempts.number += 1
             begun = self._monotonic()
+            pending: Any = _UNCALLED
             try:
-                result = await fn(*args, **kwargs)
+                pending = fn(*args, **kwargs)
+                result = await pending
             except Exception as error:
                 attempts.ended(begun, self._monotonic())
+                if isinstance(error, TypeError) and pending is not _UNCALLED:
+                    misuse = not_awaitable(self, fn, pending)
+                    if misuse is not None:
+                        raise misuse from None
                 exc, result = error, None
                 if not self._retryable(error):
-                    next(self._failed_after_retry)
+                    self._not_retried(error, self._failed_after_retry)
                     raise
                 continue
             attempts.ended(begun, self._monotonic())
@@ -291,9 +348,30 @@ class Retry(Policy):
     # -- decisions ----------------------------------------------------------------
 
     def _retryable(self, exc: Exception) -> bool:
-        if isinstance(exc, CircuitOpenError) and not self.retry_circuit_open:
+        if isinstance(exc, (ResilienceError, MisuseError)) and not self._may_retry_own(exc):
             return False
         return self.on.matches(exc)
+
+    def _may_retry_own(self, exc: Exception) -> bool:
+        """Whether one of resilience's own errors may be retried at all (then `on` decides)."""
+        if isinstance(exc, MisuseError):  # a programming error, also from a nested policy
+            return False
+        if isinstance(exc, CircuitOpenError):
+            return self.retry_circuit_open
+        if isinstance(exc, BulkheadFullError):
+            # A full bulkhead is local and transient: retried with backoff when
+            # asked for by name, not by a broad on=Exception.
+            return bool(self._named_bulkhead) and isinstance(exc, self._named_bulkhead)
+        if isinstance(exc, RetryBudgetExhaustedError):
+            return False  # retrying it would spend what the budget refused
+        if isinstance(exc, DeadlineExceededError):
+            return not getattr(exc, "before_call", False)  # a spent deadline stays spent
+        return True
+
+    def _not_retried(self, exc: Exception, counter: itertools.count[int]) -> None:
+        """Count a call that ends on an error that is not retried; misuse is counted nowhere."""
+        if not isinstance(exc, MisuseError):
+            next(counter)
 
     def _plan(
         self,
@@ -311,8 +389,9 @@ class Retry(Policy):
         outcome = exc if exc is not None else result
         server_wait = retry_after_of(outcome)
         if server_wait is not None and server_wait > self.max_retry_after:
-            return f"retry_after {server_wait:.3f}s > max_retry_after"
-        delay = self._compute_wait(attempt, exc, result, attempts.started, fn, args, kwargs)
+            asked = "inf" if math.isinf(server_wait) else f"{server_wait:.3f}s"
+            return f"retry_after {asked} > max_retry_after {self.max_retry_after:.3f}s"
+        delay = self._compute_wait(attempts, exc, result, fn, args, kwargs)
         delay = max(delay, server_wait or 0.0)
         now = self.clock.monotonic()
         deadline = current_deadline()
@@ -342,27 +421,36 @@ class Retry(Policy):
 
     def _compute_wait(
         self,
-        attempt: int,
+        attempts: _Attempts,
         exc: Exception | None,
         result: Any,
-        started: float,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> float:
         if not self._tenacity_wait:
-            return self._wait(attempt)
+            return self._wait(attempts.number)
         import tenacity
 
         state = tenacity.RetryCallState(None, fn, args, kwargs)  # type: ignore[arg-type]
-        state.start_time = started
-        state.attempt_number = attempt
+        state.attempt_number = attempts.number
         if exc is not None:
             state.set_exception((type(exc), exc, exc.__traceback__))
         else:
             state.set_result(result)
+        # tenacity stamps these with time.monotonic(); the policy's clock is the one that
+        # counts (a FakeClock in tests), so seconds_since_start is policy time.
+        state.start_time = attempts.started
+        state.outcome_timestamp = attempts.ended_at
+        state.idle_for = attempts.slept
         seconds = self._wait(state)
-        return check_seconds(seconds, "wait() result", allow_zero=True)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"wait={self._wait!r} returned {seconds!r}, not a number of seconds")
+        if not (0 <= seconds < math.inf):
+            raise ValueError(
+                f"wait={self._wait!r} returned {seconds!r}: a wait must be finite and >= 0"
+            )
+        return float(seconds)
 
     def _give_up(self, reason: str, attempts: _Attempts, exc: Exception | None, result: Any) -> Any:
         attempt, started = attempts.number, attempts.started
@@ -417,15 +505,53 @@ def _resolve_wait(wait: Wait | None) -> tuple[Callable[[Any], float], bool]:
         return Backoff(), False
     if isinstance(wait, Backoff):
         return wait, False
-    if isinstance(wait, (int, float)) and not isinstance(wait, bool):
+    if isinstance(wait, (int, float, datetime.timedelta)) and not isinstance(wait, bool):
         seconds = check_seconds(wait, "wait", allow_zero=True)
         return (lambda attempt: seconds), False
-    if callable(wait) and type(wait).__module__.split(".")[0] == "tenacity":
-        return wait, True
+    kind = _tenacity_kind(wait)
+    if kind == "wait":
+        return cast(Callable[[Any], float], wait), True
+    if kind == "stop":
+        raise TypeError(
+            f"wait= got the tenacity stop strategy {wait!r}: a Retry stops after attempts= "
+            f"calls, or at the enclosing deadline (resilience.deadline); wait= takes how "
+            f"long to wait (tenacity.wait_*)"
+        )
+    if kind == "retry":
+        raise TypeError(
+            f"wait= got the tenacity retry condition {wait!r}: say what to retry with on= "
+            f"(exceptions) and retry_if_result= (results); wait= takes how long to wait"
+        )
+    if kind == "retrying":
+        raise TypeError(
+            f"wait= got a tenacity.Retrying object {wait!r}: pass its wait strategy "
+            f"(tenacity.wait_*), and its stop and retry settings as attempts= and on="
+        )
     raise TypeError(
-        f"wait= takes seconds, a resilience.Backoff or a tenacity wait strategy "
-        f"(tenacity.wait_*), got {wait!r}"
+        f"wait= takes seconds (a number or datetime.timedelta), a resilience.Backoff, or a "
+        f"tenacity wait strategy (an instance of tenacity.wait.wait_base: tenacity.wait_* or "
+        f"a subclass), got {wait!r}; for a function of the attempt, subclass "
+        f"tenacity.wait.wait_base and read retry_state.attempt_number"
     )
+
+
+def _tenacity_kind(value: object) -> str | None:
+    """Which kind of tenacity object `value` is, without importing tenacity.
+
+    A tenacity object cannot exist unless its module is loaded, so the
+    modules already in `sys.modules` are enough to tell.
+    """
+    for module, base, kind in (
+        ("tenacity.wait", "wait_base", "wait"),
+        ("tenacity.stop", "stop_base", "stop"),
+        ("tenacity.retry", "retry_base", "retry"),
+        ("tenacity", "BaseRetrying", "retrying"),
+    ):
+        loaded = sys.modules.get(module)
+        cls = getattr(loaded, base, None)
+        if isinstance(cls, type) and isinstance(value, cls):
+            return kind
+    return None
 
 
 def _check_bool(value: object, param: str) -> bool:

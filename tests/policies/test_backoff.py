@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 import random
 
 import pytest
@@ -28,21 +30,68 @@ def test_equal_and_no_jitter() -> None:
     assert [none(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 8]
 
 
+def _bad_seconds(param: str) -> list[tuple[dict[str, object], type[Exception], str]]:
+    return [
+        ({param: 0}, ValueError, f"{param}="),
+        ({param: -1}, ValueError, f"{param}="),
+        ({param: math.nan}, ValueError, f"{param}="),
+        ({param: math.inf}, ValueError, f"{param}="),
+        ({param: datetime.timedelta(0)}, ValueError, f"{param}="),
+        ({param: True}, TypeError, f"{param}="),
+        ({param: "1"}, TypeError, f"{param}="),
+        ({param: None}, TypeError, f"{param}="),
+    ]
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "match"),
     [
-        ({"initial": 0}, ValueError),
-        ({"initial": 2, "maximum": 1}, ValueError),
-        ({"multiplier": 0.5}, ValueError),
-        ({"multiplier": "2"}, TypeError),
-        ({"jitter": "decorrelated"}, ValueError),
-        ({"rng": 42}, TypeError),
+        *_bad_seconds("initial"),
+        *_bad_seconds("maximum"),
+        ({"initial": 2, "maximum": 1}, ValueError, "maximum="),
+        ({"initial": datetime.timedelta(seconds=2), "maximum": 1}, ValueError, "maximum="),
+        ({"multiplier": 0.5}, ValueError, "multiplier="),
+        ({"multiplier": 0}, ValueError, "multiplier="),
+        ({"multiplier": -2}, ValueError, "multiplier="),
+        ({"multiplier": math.nan}, ValueError, "multiplier="),
+        ({"multiplier": math.inf}, ValueError, "multiplier="),
+        ({"multiplier": True}, TypeError, "multiplier="),
+        ({"multiplier": "2"}, TypeError, "multiplier="),
+        ({"multiplier": None}, TypeError, "multiplier="),
+        ({"jitter": "decorrelated"}, ValueError, "jitter="),
+        ({"jitter": "FULL"}, ValueError, "jitter="),
+        ({"jitter": 1}, TypeError, "jitter="),
+        ({"jitter": None}, TypeError, "jitter="),
+        ({"jitter": True}, TypeError, "jitter="),
+        ({"rng": 42}, TypeError, "rng="),
+        ({"rng": random}, TypeError, "rng="),
     ],
 )
-def test_bad_backoff(kwargs, error) -> None:
-    """Every Backoff argument is validated."""
-    with pytest.raises(error):
+def test_bad_backoff(kwargs, error, match) -> None:
+    """Every Backoff argument is validated; the message names the parameter."""
+    with pytest.raises(error, match=match):
         Backoff(**kwargs)
+
+
+def test_backoff_takes_timedeltas() -> None:
+    """initial= and maximum= accept a datetime.timedelta."""
+    backoff = Backoff(
+        initial=datetime.timedelta(milliseconds=500), maximum=datetime.timedelta(seconds=2)
+    )
+    assert (backoff.initial, backoff.maximum) == (0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "error"),
+    [(0, ValueError), (-1, ValueError), (1.0, TypeError), (True, TypeError), ("1", TypeError)],
+)
+def test_bad_attempt_number(attempt, error) -> None:
+    """A Backoff called with something other than an attempt number >= 1 says so."""
+    backoff = Backoff()
+    with pytest.raises(error, match="attempt="):
+        backoff(attempt)
+    with pytest.raises(error, match="attempt="):
+        backoff.ceiling(attempt)
 
 
 def test_parse_retry_after_seconds_and_dates() -> None:

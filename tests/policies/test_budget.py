@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime
+import math
 import threading
 
 import pytest
@@ -78,15 +80,45 @@ def test_concurrent_withdrawals_never_exceed_the_budget() -> None:
     ("kwargs", "error", "match"),
     [
         ({"ratio": -0.1}, ValueError, "ratio="),
+        ({"ratio": 2}, ValueError, "ratio="),
+        ({"ratio": 1.01}, ValueError, "ratio="),
+        ({"ratio": math.nan}, ValueError, "ratio="),
+        ({"ratio": math.inf}, ValueError, "ratio="),
+        ({"ratio": True}, TypeError, "ratio="),
         ({"ratio": "20%"}, TypeError, "ratio="),
+        ({"ratio": None}, TypeError, "ratio="),
         ({"min_per_second": -1}, ValueError, "min_per_second="),
-        ({"ratio": 0, "min_per_second": 0}, ValueError, "never allow"),
+        ({"min_per_second": math.nan}, ValueError, "min_per_second="),
+        ({"min_per_second": math.inf}, ValueError, "min_per_second="),
+        ({"min_per_second": True}, TypeError, "min_per_second="),
+        ({"min_per_second": "10"}, TypeError, "min_per_second="),
+        ({"min_per_second": datetime.timedelta(seconds=1)}, TypeError, "min_per_second="),
+        ({"ratio": 0, "min_per_second": 0}, ValueError, "ratio=0 and min_per_second=0"),
+        ({"ratio": 0, "min_per_second": 0.05, "window": 10}, ValueError, "min_per_second="),
         ({"window": 0}, ValueError, "window="),
+        ({"window": -1}, ValueError, "window="),
+        ({"window": math.nan}, ValueError, "window="),
+        ({"window": math.inf}, ValueError, "window="),
+        ({"window": True}, TypeError, "window="),
+        ({"window": "10s"}, TypeError, "window="),
         ({"buckets": 0}, ValueError, "buckets="),
+        ({"buckets": 2.5}, TypeError, "buckets="),
+        ({"buckets": True}, TypeError, "buckets="),
+        ({"buckets": "10"}, TypeError, "buckets="),
         ({"name": ""}, ValueError, "name="),
+        ({"name": 3}, TypeError, "name="),
+        ({"clock": "now"}, TypeError, "clock="),
     ],
 )
 def test_bad_budget(kwargs, error, match) -> None:
-    """Budget parameters are validated at construction."""
+    """Budget parameters are validated at construction, naming the parameter."""
     with pytest.raises(error, match=match):
         RetryBudget(**kwargs)
+
+
+def test_budget_edges_and_timedeltas() -> None:
+    """A ratio may be 0 or 1; window= takes a timedelta."""
+    assert RetryBudget(ratio=1).ratio == 1.0
+    assert RetryBudget(ratio=0, min_per_second=0.1, window=10).ratio == 0.0
+    assert RetryBudget(min_per_second=0).min_per_second == 0.0
+    assert RetryBudget(window=datetime.timedelta(seconds=30)).window == 30.0

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import math
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,10 +16,14 @@ import tenacity
 import resilience
 from resilience import (
     Backoff,
+    BulkheadFullError,
     CircuitBreaker,
     CircuitOpenError,
+    DeadlineExceededError,
+    ResilienceError,
     Retry,
     RetryBudget,
+    RetryBudgetExhaustedError,
     RetryExhaustedError,
     deadline,
 )
@@ -144,6 +152,68 @@ def test_circuit_open_is_not_retried_unless_asked() -> None:
     assert clock.sleeps == [2.0]
 
 
+def test_a_spent_budget_and_a_deadline_spent_before_the_call_are_never_retried() -> None:
+    """They can never succeed on a retry: even on=Exception does not retry them."""
+    for error in (
+        RetryBudgetExhaustedError("b"),
+        DeadlineExceededError("d", 1.0, before_call=True),
+    ):
+        flaky = Flaky(error)
+        retry = make(on=Exception, wait=0)
+        with pytest.raises(type(error)) as caught:
+            retry.call(flaky)
+        assert flaky.calls == 1
+        assert caught.value is error
+        assert not getattr(error, "__notes__", [])
+        assert retry.metrics()["failed_not_retryable"] == 1
+    # Named explicitly, still not retried.
+    for error in (
+        RetryBudgetExhaustedError("b"),
+        DeadlineExceededError("d", 1.0, before_call=True),
+    ):
+        flaky = Flaky(error)
+        with pytest.raises(type(error)):
+            make(on=(RetryBudgetExhaustedError, DeadlineExceededError)).call(flaky)
+        assert flaky.calls == 1
+
+
+def test_an_attempt_that_ran_out_of_time_is_retried() -> None:
+    """A DeadlineExceededError raised during the call (an attempt timeout) is retryable."""
+    flaky = Flaky(DeadlineExceededError("attempt", 0.5))
+    assert make(on=TimeoutError, wait=0).call(flaky) == "ok"
+    assert flaky.calls == 2
+
+
+def test_a_full_bulkhead_is_retried_only_when_named() -> None:
+    """on=Exception or on=ResilienceError does not retry BulkheadFullError; naming it does."""
+    for on in (Exception, ResilienceError, lambda exc: True):
+        flaky = Flaky(BulkheadFullError("pool", 4))
+        with pytest.raises(BulkheadFullError):
+            make(on=on).call(flaky)
+        assert flaky.calls == 1
+    clock = FakeClock()
+    flaky = Flaky(BulkheadFullError("pool", 4), BulkheadFullError("pool", 4))
+    retry = make(clock, on=(ValueError, BulkheadFullError), wait=Backoff(jitter="none"))
+    assert retry.call(flaky) == "ok"
+    assert flaky.calls == 3
+    assert clock.sleeps == [0.1, 0.2]  # with backoff
+
+
+@pytest.mark.anyio
+async def test_own_rejections_are_not_retried_in_async_code() -> None:
+    calls = 0
+
+    @make(on=Exception, wait=0)
+    async def spent() -> None:
+        nonlocal calls
+        calls += 1
+        raise DeadlineExceededError("d", 1.0, before_call=True)
+
+    with pytest.raises(DeadlineExceededError):
+        await spent()
+    assert calls == 1
+
+
 # -- giving up ------------------------------------------------------------------------
 
 
@@ -208,6 +278,121 @@ def test_tenacity_waits_are_accepted() -> None:
     assert clock.sleeps == [1.5]
 
 
+def test_tenacity_waits_see_the_policy_clock() -> None:
+    """seconds_since_start, outcome_timestamp and idle_for come from the policy's clock."""
+    clock = FakeClock(start=100.0)
+    seen: list[tuple[float | None, float, float | None, int]] = []
+
+    class Recording(tenacity.wait.wait_base):
+        def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+            seen.append(
+                (
+                    retry_state.seconds_since_start,
+                    retry_state.idle_for,
+                    retry_state.outcome_timestamp,
+                    retry_state.attempt_number,
+                )
+            )
+            return 2.0
+
+    flaky = Flaky(Transient(), Transient(), clock=clock, takes=5)
+    make(clock, wait=Recording(), attempts=3).call(flaky)
+    assert seen == [(5.0, 0.0, 105.0, 1), (12.0, 2.0, 112.0, 2)]
+
+
+@pytest.mark.anyio
+async def test_tenacity_waits_see_the_policy_clock_in_async_code() -> None:
+    clock = FakeClock(start=100.0)
+    seen: list[float | None] = []
+
+    class Recording(tenacity.wait.wait_base):
+        def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+            seen.append(retry_state.seconds_since_start)
+            return 1.0
+
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        clock.advance(3)
+        if calls < 3:
+            raise Transient
+        return "ok"
+
+    assert await make(clock, wait=Recording(), attempts=3).acall(flaky) == "ok"
+    assert seen == [3.0, 7.0]
+
+
+def test_a_user_subclass_of_wait_base_is_accepted() -> None:
+    """Any tenacity.wait.wait_base instance is a wait, not only tenacity's own classes."""
+
+    class Linear(tenacity.wait.wait_base):
+        def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+            return float(retry_state.attempt_number)
+
+    clock = FakeClock()
+    make(clock, wait=Linear(), attempts=3).call(Flaky(Transient(), Transient()))
+    assert clock.sleeps == [1.0, 2.0]
+    clock = FakeClock()
+    make(clock, wait=Linear() + tenacity.wait_fixed(0.5), attempts=2).call(Flaky(Transient()))
+    assert clock.sleeps == [1.5]
+
+
+@pytest.mark.parametrize(
+    ("wait", "match"),
+    [
+        (tenacity.stop_after_attempt(3), r"wait=.*stop strategy.*attempts="),
+        (tenacity.stop_after_delay(3), r"wait=.*stop strategy.*deadline"),
+        (tenacity.retry_if_exception_type(ValueError), r"wait=.*retry condition.*on="),
+        (tenacity.Retrying(), r"wait=.*tenacity.Retrying"),
+        (lambda state: 1, r"wait=.*wait_base"),
+        (print, r"wait=.*wait_base"),
+        (object(), r"wait="),
+        ("1s", r"wait="),
+        (None.__class__, r"wait="),
+    ],
+)
+def test_wrong_objects_given_to_wait_are_refused(wait: object, match: str) -> None:
+    """A tenacity stop or retry object, or a plain callable, is a clear TypeError naming wait=."""
+    with pytest.raises(TypeError, match=match):
+        make(wait=wait)
+
+
+def test_a_tenacity_wait_returning_nonsense_names_wait() -> None:
+    class Broken(tenacity.wait.wait_base):
+        def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+            return math.nan
+
+    with pytest.raises(ValueError, match=r"wait=.*returned nan"):
+        make(wait=Broken()).call(Flaky(Transient()))
+
+
+def test_tenacity_is_imported_only_for_a_tenacity_wait() -> None:
+    """Building policies, refusing a bad wait= and retrying import no tenacity."""
+    probe = """
+import sys, resilience
+from resilience.testing import FakeClock
+retry = resilience.Retry(on=ValueError, wait=resilience.Backoff(), clock=FakeClock())
+resilience.Retry(on=ValueError, wait=1.5)
+try:
+    resilience.Retry(on=ValueError, wait=lambda state: 1)
+except TypeError:
+    pass
+calls = []
+def flaky():
+    calls.append(1)
+    if len(calls) < 2:
+        raise ValueError
+retry.call(flaky)
+print("tenacity" in sys.modules)
+"""
+    output = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert output.stdout.strip() == "False"
+
+
 def test_retry_after_is_honoured_as_a_minimum() -> None:
     """A server's Retry-After is never undercut by a shorter backoff."""
 
@@ -268,6 +453,24 @@ def test_retry_never_sleeps_past_the_deadline() -> None:
     assert clock.monotonic() <= 1.0
     assert caught.value.__notes__[0].endswith("(deadline)")
     assert flaky.calls == 2  # 0.2 + 0.3 + 0.2 = 0.7; a third would end at 0.7 + 0.6 + 0.2
+
+
+def test_the_deadline_estimate_is_the_longest_attempt_so_far() -> None:
+    """Attempts of 0.9, 0.1, 0.1 s in a 2 s deadline: a fourth would need 0.9 s of 0.9 left."""
+    clock = FakeClock()
+    durations = iter([0.9, 0.1, 0.1, 0.1])
+    calls = 0
+
+    def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        clock.advance(next(durations))
+        raise Transient
+
+    with deadline(2.0, clock=clock), pytest.raises(Transient) as caught:
+        make(clock, wait=0, attempts=10).call(flaky)
+    assert calls == 3  # the average (0.37 s) would have allowed a fourth
+    assert caught.value.__notes__[0].endswith("(deadline)")
 
 
 def test_retry_respects_a_real_one_second_deadline() -> None:
@@ -372,19 +575,46 @@ def test_events_and_metrics() -> None:
 @pytest.mark.parametrize(
     ("config", "error", "match"),
     [
+        ({"on": None}, TypeError, "on="),
+        ({"on": "Transient"}, TypeError, "on="),
+        ({"on": 3}, TypeError, "on="),
+        ({"on": (Transient, 3)}, TypeError, "on="),
+        ({"on": int}, TypeError, "on="),
+        ({"on": KeyboardInterrupt}, ValueError, "on="),
+        ({"on": ()}, ValueError, "on="),  # and no retry_if_result: nothing could be retried
         ({"attempts": 0}, ValueError, "attempts="),
+        ({"attempts": -1}, ValueError, "attempts="),
         ({"attempts": 2.5}, TypeError, "attempts="),
+        ({"attempts": 3.0}, TypeError, "attempts="),
+        ({"attempts": True}, TypeError, "attempts="),
+        ({"attempts": "3"}, TypeError, "attempts="),
+        ({"attempts": None}, TypeError, "attempts="),
         ({"wait": -1}, ValueError, "wait="),
+        ({"wait": math.nan}, ValueError, "wait="),
+        ({"wait": math.inf}, ValueError, "wait="),
+        ({"wait": datetime.timedelta(seconds=-1)}, ValueError, "wait="),
+        ({"wait": True}, TypeError, "wait="),
         ({"wait": "1s"}, TypeError, "wait="),
         ({"wait": lambda state: 1}, TypeError, "wait="),
-        ({"on": None}, TypeError, "on="),
-        ({"on": KeyboardInterrupt}, ValueError, "on="),
         ({"retry_if_result": 503}, TypeError, "retry_if_result="),
+        ({"retry_if_result": True}, TypeError, "retry_if_result="),
         ({"budget": 0.2}, TypeError, "budget="),
+        ({"budget": True}, TypeError, "budget="),
         ({"max_retry_after": -1}, ValueError, "max_retry_after="),
+        ({"max_retry_after": math.nan}, ValueError, "max_retry_after="),
+        ({"max_retry_after": math.inf}, ValueError, "max_retry_after="),
+        ({"max_retry_after": True}, TypeError, "max_retry_after="),
+        ({"max_retry_after": "60"}, TypeError, "max_retry_after="),
+        ({"max_retry_after": None}, TypeError, "max_retry_after="),
         ({"raise_on_result": 1}, TypeError, "raise_on_result="),
+        ({"raise_on_result": None}, TypeError, "raise_on_result="),
         ({"retry_circuit_open": "yes"}, TypeError, "retry_circuit_open="),
+        ({"retry_circuit_open": 0}, TypeError, "retry_circuit_open="),
+        ({"discard_result": "close"}, TypeError, "discard_result="),
         ({"name": ""}, ValueError, "name="),
+        ({"name": "  "}, ValueError, "name="),
+        ({"name": 3}, TypeError, "name="),
+        ({"name": None}, TypeError, "name="),
         ({"clock": "now"}, TypeError, "clock="),
     ],
 )
@@ -393,6 +623,26 @@ def test_bad_configuration(config, error, match) -> None:
     config.setdefault("on", Transient)
     with pytest.raises(error, match=match):
         Retry(**config)
+
+
+def test_seconds_accept_a_timedelta() -> None:
+    """wait= and max_retry_after= take a datetime.timedelta, as stamina does."""
+
+    class Throttled(Transient):
+        retry_after = 90.0
+
+    clock = FakeClock()
+    retry = make(clock, wait=datetime.timedelta(milliseconds=250), attempts=2)
+    retry.call(Flaky(Transient()))
+    assert clock.sleeps == [0.25]
+    assert make(max_retry_after=datetime.timedelta(minutes=2)).max_retry_after == 120.0
+    assert make(clock, max_retry_after=datetime.timedelta(minutes=2)).call(Flaky(Throttled()))
+    assert clock.sleeps == [0.25, 90.0]
+
+
+def test_on_may_be_empty_when_results_are_retried() -> None:
+    """on=() is accepted with retry_if_result: results only."""
+    assert make(on=(), retry_if_result=lambda r: r is None).on.types == ()
 
 
 def test_repr() -> None:
