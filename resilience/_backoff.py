@@ -170,25 +170,27 @@ def _parse_text(value: str, now: float | None) -> float | None:
     wall = time.time() if now is None else now
     years = int(year)
     if len(year) == 2:
-        # RFC 9110: a two-digit year more than 50 years in the future is the
-        # most recent past year with the same last two digits.
         try:
             current = time.gmtime(wall).tm_year
         except (OverflowError, OSError, ValueError):  # `now` beyond the platform's time_t
             return None
         years += current - current % 100
-        if years > current + 50:
-            years -= 100
     try:
         datetime.date(years, _MONTHS.index(month) + 1, int(day))
     except ValueError:  # 31 Feb, year 0000
         return None
     if int(hour) > 23 or int(minute) > 59 or int(second) > 60:  # 60: a leap second
         return None
-    when = calendar.timegm(
-        (years, _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second))
-    )
+    clock = (_MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second))
+    when = calendar.timegm((years, *clock))
+    if len(year) == 2 and when > wall + _FIFTY_YEARS:
+        # RFC 9110 section 5.6.7: a two-digit year that appears to be more than
+        # 50 years in the future is the most recent past year with those digits.
+        when = calendar.timegm((years - 100, *clock))
     return max(when - wall, 0.0)
+
+
+_FIFTY_YEARS = 50 * 365.2425 * 86400  # seconds, in mean Gregorian years
 
 
 def _date_fields(text: str) -> tuple[str, ...] | None:

@@ -115,9 +115,11 @@ def is_async_callable(fn: object) -> bool:
     """
     import inspect
 
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     if inspect.iscoroutinefunction(fn):
         return True
-    if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial):
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
         return False
     return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
 

@@ -45,9 +45,11 @@ class Fallback(Policy):
 
     - no required positional parameter (`lambda: 0`, `list`, `dict`, `str`,
       a builtin whose signature cannot be read, `def f(exc=None)`): nothing;
-    - exactly one parameter, required (`lambda exc: ...`): the exception, or
+    - a required first parameter and nothing else that asks for arguments
+      (`lambda exc: ...`, `def f(exc, currency="EUR")`): the exception, or
       the failing result for `on_result`;
-    - a required first parameter and more (`lambda exc, sku: ...`,
+    - a required first parameter, then another required positional one or
+      `*args`/`**kwargs` (`lambda exc, sku: ...`,
       `lambda exc, *args, **kwargs: ...`): the failure, then the call's own
       positional and keyword arguments, as the guarded function got them.
 
@@ -197,4 +199,10 @@ def _call_mode(fallback: object) -> int:
         or first.default is not first.empty
     ):
         return _CALL_EMPTY
-    return _CALL_FAILURE if len(parameters) == 1 else _CALL_FAILURE_AND_ARGS
+    rest = parameters[1:]
+    takes_args = any(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        or (p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty)
+        for p in rest
+    )
+    return _CALL_FAILURE_AND_ARGS if takes_args else _CALL_FAILURE

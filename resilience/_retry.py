@@ -247,9 +247,12 @@ class Retry(Policy):
             delay = self._plan(attempts, exc, result, fn, args, kwargs)
             if isinstance(delay, str):
                 return cast(R, self._give_up(delay, attempts, exc, result))
-            discard = self.discard_result or _discard_for_this_call.get()
-            if exc is None and discard is not None:
-                discard(result)  # before the wait: a response must not hold its connection
+            if exc is None:
+                # Before the wait: a response must not hold its connection. The
+                # caller's hook first, then the transport's (which closes it).
+                for discard in (self.discard_result, _discard_for_this_call.get()):
+                    if discard is not None:
+                        discard(result)
             if delay > 0:  # a zero wait makes no sleep call at all
                 self.clock.sleep(delay)
                 attempts.slept += delay
@@ -314,11 +317,12 @@ class Retry(Policy):
             delay = self._plan(attempts, exc, result, fn, args, kwargs)
             if isinstance(delay, str):
                 return cast(R, self._give_up(delay, attempts, exc, result))
-            discard = self.discard_result or _discard_for_this_call.get()
-            if exc is None and discard is not None:
-                discarded = discard(result)
-                if hasattr(discarded, "__await__"):
-                    await discarded
+            if exc is None:
+                for discard in (self.discard_result, _discard_for_this_call.get()):
+                    if discard is not None:
+                        discarded = discard(result)
+                        if hasattr(discarded, "__await__"):
+                            await discarded
             if delay > 0:
                 await self.clock.asleep(delay)
                 attempts.slept += delay

@@ -8,10 +8,13 @@ from this transport's keyword arguments, or one you pass.
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import sys
 import uuid
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Self, cast
+from collections import deque
+from types import EllipsisType, MappingProxyType
+from typing import TYPE_CHECKING, Any, NoReturn, Self, cast
 
 import httpx
 
@@ -25,7 +28,7 @@ from ._deadline import (
     enter_deadline,
     leave_deadline,
 )
-from ._retry import Retry, _discard_for_this_call
+from ._retry import Retry, RetryExhaustedError, _discard_for_this_call
 from ._validate import check_int, check_seconds
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import CircuitOpenError, DeadlineExceededError
@@ -60,6 +63,17 @@ _OVERRIDES = frozenset({"retry", "breaker", "total_timeout", "attempt_timeout"})
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 _TIMEOUT_KEY_SET = frozenset(_TIMEOUT_KEYS)
 _NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
+#: Errors that no retry can fix: the request itself is wrong (its scheme or URL,
+#: bytes httpx refuses to send, a body stream already consumed). The default
+#: retry does not retry them and every breaker counts them as IGNORED: they say
+#: nothing about the server. (`httpx.ProxyError` is not one of them: it is also
+#: how "the proxy cannot reach the origin" shows up.)
+NON_RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+    httpx.InvalidURL,
+    httpx.StreamError,
+)
 
 
 class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
@@ -78,7 +92,11 @@ class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
 
 
 class HTTPDeadlineExceededError(DeadlineExceededError, httpx.TimeoutException):
-    """No time was left for an attempt: a `DeadlineExceededError` and an httpx timeout."""
+    """No time was left for an attempt: a `DeadlineExceededError` and an httpx timeout.
+
+    `before_call` is True when nothing was sent (the deadline was spent before
+    the attempt started).
+    """
 
     def __init__(
         self,
@@ -86,14 +104,20 @@ class HTTPDeadlineExceededError(DeadlineExceededError, httpx.TimeoutException):
         budget: float | None = None,
         *,
         request: httpx.Request | None = None,
+        before_call: bool = False,
     ) -> None:
-        DeadlineExceededError.__init__(self, name, budget)
+        DeadlineExceededError.__init__(self, name, budget, before_call=before_call)
         self._request = request
 
 
 def _failure_status(status: int) -> bool:
     """Breaker failures by default: 5xx and 429; other 4xx are the caller's problem."""
     return status >= 500 or status == 429
+
+
+def _transient(exc: BaseException) -> bool:
+    """What the default retry retries: transport errors, except those no retry can fix."""
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, NON_RETRYABLE_ERRORS)
 
 
 class _Pipeline:
@@ -113,6 +137,7 @@ class _Pipeline:
         buffer_bodies: bool,
         max_drain_bytes: int,
         send_deadline_header: bool,
+        half_open_max_wait: float | EllipsisType | None,
     ) -> None:
         self.total_timeout = (
             None if total_timeout is None else check_seconds(total_timeout, "total_timeout")
@@ -141,18 +166,40 @@ class _Pipeline:
         self.max_drain_bytes = check_int(max_drain_bytes, "max_drain_bytes", minimum=0)
         self.send_deadline_header = _flag(send_deadline_header, "send_deadline_header")
         self.retry = self._resolve_retry(retry)
+        if half_open_max_wait is ...:
+            # A probe that has not reported after the longest a request may take
+            # is taken as lost (a response held open, never read nor closed).
+            self.half_open_max_wait: float | None = (
+                self.total_timeout or self.attempt_timeout or _DEFAULTS["total_timeout"]
+            )
+        elif breaker is not None and breaker is not True:
+            raise TypeError(
+                f"half_open_max_wait= configures the transport's default breakers "
+                f"(breaker=True), not breaker={breaker!r}: set it on your own "
+                f"CircuitBreaker or BreakerRegistry"
+            )
+        else:
+            self.half_open_max_wait = (
+                None
+                if half_open_max_wait is None
+                else check_seconds(half_open_max_wait, "half_open_max_wait")
+            )
         # Split once here: isinstance on these ABC-derived classes is slow per request.
         resolved = self._resolve_breaker(breaker)
         self._registry = resolved if isinstance(resolved, BreakerRegistry) else None
         self._shared_breaker = resolved if isinstance(resolved, CircuitBreaker) else None
         self._origin_names: dict[tuple[str, bytes, int | None], str] = {}
+        #: Permits of streamed responses not settled yet, by id of their body
+        #: stream: whoever pops one settles it (the stream when it closes, fails
+        #: or is collected, or `abandon_open` when the transport closes).
+        self.open_permits: dict[int, Permit] = {}
 
     def _resolve_retry(self, retry: Retry | bool | None) -> Retry | None:
         if retry is None or retry is True:
             # Polly's standard HTTP handler: 3 retries, exponential with jitter
             # (base 2 s there; 0.2 s here, for service-to-service calls), Retry-After honoured.
             return Retry(
-                on=(httpx.TransportError,),
+                on=_transient,
                 attempts=4,
                 wait=Backoff(initial=0.2, maximum=5.0),
                 retry_if_result=lambda response: response.status_code in self.retry_statuses,
@@ -179,6 +226,7 @@ class _Pipeline:
                 minimum_calls=100,
                 window=TimeWindow(seconds=window),
                 open_duration=5.0,
+                half_open_max_wait=self.half_open_max_wait,
             )
         if breaker is False:
             return None
@@ -289,7 +337,9 @@ class _Pipeline:
         if deadline is not None:
             left = deadline.expires_at - deadline.clock.monotonic()
             if left <= 0:
-                raise HTTPDeadlineExceededError("http", deadline.budget, request=request)
+                raise HTTPDeadlineExceededError(
+                    "http", deadline.budget, request=request, before_call=True
+                )
             if limit is None or left < limit:
                 limit = left
             if self.send_deadline_header:
@@ -327,6 +377,18 @@ class _Pipeline:
         else:
             return False
         return True
+
+    def abandon_open(self) -> None:
+        """The transport is closing: release (IGNORED) the permits of responses still open.
+
+        Their bodies can no longer be read; an error reading them later is the
+        closed pool's, not the server's, and is not recorded.
+        """
+        permits = self.open_permits
+        for key in list(permits):
+            permit = permits.pop(key, None)
+            if permit is not None:
+                permit.release()
 
     def report(
         self,
@@ -426,11 +488,46 @@ def _open_error(error: CircuitOpenError, request: httpx.Request) -> HTTPCircuitO
 
 
 def _settle_exception(permit: Permit | None, exc: BaseException) -> None:
+    """An attempt or its body raised: settle as the breaker classifies it.
+
+    The breaker's `record=` and `ignore=` decide, and its rules for
+    resilience's own rejections (an inner breaker's `CircuitOpenError` is
+    IGNORED); cancellation and interrupts are IGNORED, and so are the
+    `NON_RETRYABLE_ERRORS`, which are the caller's.
+    """
     if permit is None or permit.settled:
         return
-    if isinstance(exc, Exception):
-        permit.record_failure()
-    else:
+    if isinstance(exc, NON_RETRYABLE_ERRORS):
+        permit.release()
+        return
+    permit.record_exception(exc)
+
+
+#: Permits of responses collected while their breaker's lock was held (see
+#: `_release_collected`); the next request through a resilient transport releases them.
+_collected: deque[Permit] = deque()
+
+
+def _release_collected(permit: Permit) -> None:
+    """Release the permit of a response garbage-collected unclosed, without ever blocking.
+
+    This runs inside the garbage collector, in whichever thread happened to
+    allocate, maybe one that holds this very breaker's lock (a collection can
+    start inside its `record`): waiting for the lock there would deadlock.
+    So the permit is released here only if the lock is free and no fleet
+    backend would be called; otherwise it is queued for the next request.
+    """
+    if not permit.try_release():
+        _collected.append(permit)
+
+
+def _release_queued() -> None:
+    """Release the permits `_release_collected` had to queue (from an ordinary call)."""
+    while _collected:
+        try:
+            permit = _collected.popleft()
+        except IndexError:  # another thread took the last one
+            return
         permit.release()
 
 
@@ -438,35 +535,57 @@ class _SettlingStream(httpx.SyncByteStream):
     """A response body that settles the breaker permit when it is closed.
 
     An error while the caller reads the body (a ReadTimeout mid-stream) is a
-    failure; a body read or closed without error is a success. Once, either way.
+    failure; a body read or closed without error is a success; a response
+    garbage-collected unclosed, or still open when the transport closes, is
+    IGNORED. Once, whichever comes first, from any thread: the permit lives
+    in the transport's `open_permits` until one of them pops it.
     """
 
-    def __init__(self, stream: httpx.SyncByteStream, permit: Permit) -> None:
+    def __init__(
+        self, stream: httpx.SyncByteStream, permit: Permit, permits: dict[int, Permit]
+    ) -> None:
         self._stream = stream
-        self._permit = permit
+        self._permits = permits
+        permits[id(self)] = permit
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._stream
         except BaseException as exc:
             if not isinstance(exc, GeneratorExit):
-                _settle_exception(self._permit, exc)
+                _settle_exception(self._permits.pop(id(self), None), exc)
             raise
 
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
-            if not self._permit.settled:
-                self._permit.record_success()
+            permit = self._permits.pop(id(self), None)
+            if permit is not None:
+                permit.record_success()
+
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        # Collected without close(): hand the permit back (a half-open probe
+        # slot would otherwise be held forever). Nothing at interpreter exit.
+        if _finalizing():
+            return
+        try:
+            permit = self._permits.pop(id(self), None)
+            if permit is not None:
+                _release_collected(permit)
+        except Exception:  # noqa: BLE001, S110  (nobody could catch it here)
+            pass
 
 
 class _AsyncSettlingStream(httpx.AsyncByteStream):
     """The async twin of `_SettlingStream`."""
 
-    def __init__(self, stream: httpx.AsyncByteStream, permit: Permit) -> None:
+    def __init__(
+        self, stream: httpx.AsyncByteStream, permit: Permit, permits: dict[int, Permit]
+    ) -> None:
         self._stream = stream
-        self._permit = permit
+        self._permits = permits
+        permits[id(self)] = permit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -474,15 +593,26 @@ class _AsyncSettlingStream(httpx.AsyncByteStream):
                 yield chunk
         except BaseException as exc:
             if not isinstance(exc, GeneratorExit):
-                _settle_exception(self._permit, exc)
+                _settle_exception(self._permits.pop(id(self), None), exc)
             raise
 
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         finally:
-            if not self._permit.settled:
-                self._permit.record_success()
+            permit = self._permits.pop(id(self), None)
+            if permit is not None:
+                permit.record_success()
+
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        if _finalizing():
+            return
+        try:
+            permit = self._permits.pop(id(self), None)
+            if permit is not None:
+                _release_collected(permit)
+        except Exception:  # noqa: BLE001, S110  (nobody could catch it here)
+            pass
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -497,6 +627,7 @@ _DEFAULTS: dict[str, Any] = {
     "buffer_bodies": False,
     "max_drain_bytes": 64 * 1024,
     "send_deadline_header": True,
+    "half_open_max_wait": ...,  # the total timeout (else the attempt timeout, else 30 s)
 }
 
 
@@ -510,18 +641,45 @@ def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _configure(
-    transport: Any, options: dict[str, Any], base: type, default: Callable[..., Any]
+    transport: Any,
+    options: dict[str, Any],
+    base: type,
+    default: Callable[..., Any],
+    other: tuple[type, str],
 ) -> tuple[Any, _Pipeline]:
-    """Split options into pipeline settings and inner-transport arguments; build both."""
+    """Split options into pipeline settings and inner-transport arguments; build both.
+
+    `other` is the base class of the other kind of transport (async for a
+    sync one) and the resilient transport that wraps that kind.
+    """
     config = {key: options.pop(key) for key in list(options) if key in _DEFAULTS}
     if transport is not None and options:
         raise TypeError(
             f"pass either transport= or {default.__name__} arguments, not both: {sorted(options)}"
         )
     if transport is not None and not isinstance(transport, base):
+        other_base, wrapper = other
+        if isinstance(transport, other_base):
+            raise TypeError(
+                f"transport= must be an httpx.{base.__name__}, got {transport!r}, an "
+                f"httpx.{other_base.__name__}: use resilience.{wrapper} to wrap it"
+            )
         raise TypeError(f"transport= must be an httpx.{base.__name__}, got {transport!r}")
     inner = transport if transport is not None else default(**options)
     return inner, _Pipeline(**_with_defaults(config))
+
+
+def _wrong_client(transport: object) -> TypeError:
+    """The error for a resilient transport given to the other kind of httpx client."""
+    if isinstance(transport, ResilientTransport):
+        return TypeError(
+            "ResilientTransport is synchronous, for httpx.Client: with httpx.AsyncClient "
+            "use resilience.AsyncResilientTransport"
+        )
+    return TypeError(
+        "AsyncResilientTransport is asynchronous, for httpx.AsyncClient: with httpx.Client "
+        "use resilience.ResilientTransport"
+    )
 
 
 class _Configured:
@@ -572,6 +730,9 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         max_drain_bytes: A failed response is read up to this many bytes
             before a retry, so its connection is reused; a longer one is closed.
         send_deadline_header: Send the time left as `x-resilience-deadline-ms`.
+        half_open_max_wait: For the default breakers: reopen when a half-open
+            probe has not reported after this many seconds (default: the total
+            timeout, else the attempt timeout, else 30; None waits forever).
         **kwargs: Arguments of `httpx.HTTPTransport` (verify, cert, http2,
             limits, proxy, retries, ...), when `transport` is not given.
     """
@@ -579,11 +740,17 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
     def __init__(self, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
         self._inner: httpx.BaseTransport
         self._inner, self._pipeline = _configure(
-            transport, options, httpx.BaseTransport, httpx.HTTPTransport
+            transport,
+            options,
+            httpx.BaseTransport,
+            httpx.HTTPTransport,
+            (httpx.AsyncBaseTransport, "AsyncResilientTransport"),
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` through deadline, retry, breaker and attempt timeout."""
+        if _collected:
+            _release_queued()
         pipeline = self._pipeline
         options = pipeline.options(request)
         breaker = pipeline.breaker_for(request, options)
@@ -593,11 +760,15 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         clock = SYSTEM_CLOCK if breaker is None else breaker.clock
         started = clock.monotonic()
         attempts = 0
+        last: httpx.Response | None = None
 
         def attempt() -> httpx.Response:
-            nonlocal attempts
+            nonlocal attempts, last
+            if last is not None and not last.is_closed:
+                self._discard(last)  # a discard_result= of the caller's left it open
             attempts += 1
-            return self._attempt(pipeline.prepare(request, options, deadline), breaker)
+            last = self._attempt(pipeline.prepare(request, options, deadline), breaker)
+            return last
 
         token, deadline = pipeline.enter(options, clock)
         # A failed response that will be retried is drained or closed before
@@ -605,8 +776,12 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         discarding = None if retry is None else _discard_for_this_call.set(self._discard)
         try:
             response = retry.call(attempt) if retry is not None else attempt()
-        except Exception as exc:
-            if not_retried and pipeline.retry is not None:
+        except BaseException as exc:
+            if last is not None and not last.is_closed:
+                # Not returned: retries ran out (RetryExhaustedError), a hook or
+                # predicate raised, or an interrupt. Its connection goes back.
+                self._give_back(last, exc, attempts, breaker, clock.monotonic() - started)
+            if not_retried and pipeline.retry is not None and isinstance(exc, Exception):
                 exc.add_note(f"resilience: not retried: {not_retried}")
             raise
         finally:
@@ -629,8 +804,22 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         except BaseException as exc:
             _settle_exception(permit, exc)
             raise
-        if permit is not None and not self._pipeline.settled_by_headers(permit, response):
-            response.stream = _SettlingStream(response.stream, permit)  # type: ignore[arg-type]
+        if permit is not None:
+            pipeline = self._pipeline
+            try:
+                settled = pipeline.settled_by_headers(permit, response)
+            except BaseException:  # a failure_status= that raised
+                if not permit.settled:
+                    permit.release()
+                with contextlib.suppress(Exception):  # the predicate's error is the one to raise
+                    response.close()
+                raise
+            if not settled:
+                response.stream = _SettlingStream(
+                    response.stream,  # type: ignore[arg-type]
+                    permit,
+                    pipeline.open_permits,
+                )
         return response
 
     def _discard(self, response: httpx.Response) -> None:
@@ -644,8 +833,33 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         finally:
             response.close()
 
+    def _give_back(
+        self,
+        response: httpx.Response,
+        exc: BaseException,
+        attempts: int,
+        breaker: CircuitBreaker | None,
+        elapsed: float,
+    ) -> None:
+        """Close a response the caller never gets; read it first if an error carries it."""
+        try:
+            if isinstance(exc, RetryExhaustedError) and exc.last_result is response:
+                self._pipeline.report(response, attempts, breaker, elapsed)
+                try:
+                    response.read()  # error.last_result.content keeps working
+                except Exception as error:  # noqa: BLE001
+                    exc.add_note(f"resilience: the last response's body was not read: {error!r}")
+            elif isinstance(exc, Exception):
+                self._discard(response)
+        except Exception:  # noqa: BLE001, S110  (the call's own error is the one to raise)
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                response.close()
+
     def close(self) -> None:
-        """Close the inner transport."""
+        """Close the inner transport; responses still open settle their permits as IGNORED."""
+        self._pipeline.abandon_open()
         self._inner.close()
 
     def __enter__(self) -> Self:
@@ -658,7 +872,24 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         exc: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        self._pipeline.abandon_open()
         self._inner.__exit__(exc_type, exc, traceback)
+
+    # -- given to httpx.AsyncClient by mistake: say what to use ----------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> NoReturn:
+        """Refuse: this transport is synchronous (use `AsyncResilientTransport`)."""
+        raise _wrong_client(self)
+
+    async def aclose(self) -> NoReturn:
+        """Refuse: this transport is synchronous (use `AsyncResilientTransport`)."""
+        raise _wrong_client(self)
+
+    async def __aenter__(self) -> NoReturn:
+        raise _wrong_client(self)
+
+    async def __aexit__(self, *exc_info: object) -> NoReturn:
+        raise _wrong_client(self)
 
 
 class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
@@ -671,11 +902,17 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         self._inner: httpx.AsyncBaseTransport
         self._inner, self._pipeline = _configure(
-            transport, options, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport
+            transport,
+            options,
+            httpx.AsyncBaseTransport,
+            httpx.AsyncHTTPTransport,
+            (httpx.BaseTransport, "ResilientTransport"),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` through deadline, retry, breaker and attempt timeout."""
+        if _collected:
+            _release_queued()
         pipeline = self._pipeline
         options = pipeline.options(request)
         breaker = pipeline.breaker_for(request, options)
@@ -685,18 +922,24 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         clock = SYSTEM_CLOCK if breaker is None else breaker.clock
         started = clock.monotonic()
         attempts = 0
+        last: httpx.Response | None = None
 
         async def attempt() -> httpx.Response:
-            nonlocal attempts
+            nonlocal attempts, last
+            if last is not None and not last.is_closed:
+                await self._discard(last)  # a discard_result= of the caller's left it open
             attempts += 1
-            return await self._attempt(pipeline.prepare(request, options, deadline), breaker)
+            last = await self._attempt(pipeline.prepare(request, options, deadline), breaker)
+            return last
 
         token, deadline = pipeline.enter(options, clock)
         discarding = None if retry is None else _discard_for_this_call.set(self._discard)
         try:
             response = await (retry.acall(attempt) if retry is not None else attempt())
-        except Exception as exc:
-            if not_retried and pipeline.retry is not None:
+        except BaseException as exc:
+            if last is not None and not last.is_closed:
+                await self._give_back(last, exc, attempts, breaker, clock.monotonic() - started)
+            if not_retried and pipeline.retry is not None and isinstance(exc, Exception):
                 exc.add_note(f"resilience: not retried: {not_retried}")
             raise
         finally:
@@ -713,7 +956,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         permit = None
         if breaker is not None:
             try:
-                permit = breaker.acquire()
+                permit = await breaker.aacquire()
             except CircuitOpenError as error:
                 raise _open_error(error, request) from None
         try:
@@ -721,8 +964,22 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         except BaseException as exc:
             _settle_exception(permit, exc)
             raise
-        if permit is not None and not self._pipeline.settled_by_headers(permit, response):
-            response.stream = _AsyncSettlingStream(response.stream, permit)  # type: ignore[arg-type]
+        if permit is not None:
+            pipeline = self._pipeline
+            try:
+                settled = pipeline.settled_by_headers(permit, response)
+            except BaseException:  # a failure_status= that raised
+                if not permit.settled:
+                    permit.release()
+                with contextlib.suppress(Exception):  # the predicate's error is the one to raise
+                    await response.aclose()
+                raise
+            if not settled:
+                response.stream = _AsyncSettlingStream(
+                    response.stream,  # type: ignore[arg-type]
+                    permit,
+                    pipeline.open_permits,
+                )
         return response
 
     async def _discard(self, response: httpx.Response) -> None:
@@ -735,8 +992,33 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         finally:
             await response.aclose()
 
+    async def _give_back(
+        self,
+        response: httpx.Response,
+        exc: BaseException,
+        attempts: int,
+        breaker: CircuitBreaker | None,
+        elapsed: float,
+    ) -> None:
+        """The async twin of `ResilientTransport._give_back`."""
+        try:
+            if isinstance(exc, RetryExhaustedError) and exc.last_result is response:
+                self._pipeline.report(response, attempts, breaker, elapsed)
+                try:
+                    await response.aread()
+                except Exception as error:  # noqa: BLE001
+                    exc.add_note(f"resilience: the last response's body was not read: {error!r}")
+            elif isinstance(exc, Exception):
+                await self._discard(response)
+        except Exception:  # noqa: BLE001, S110  (the call's own error is the one to raise)
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await response.aclose()  # httpcore shields its part from cancellation
+
     async def aclose(self) -> None:
-        """Close the inner transport."""
+        """Close the inner transport; responses still open settle their permits as IGNORED."""
+        self._pipeline.abandon_open()
         await self._inner.aclose()
 
     async def __aenter__(self) -> Self:
@@ -749,4 +1031,21 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         exc: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        self._pipeline.abandon_open()
         await self._inner.__aexit__(exc_type, exc, traceback)
+
+    # -- given to httpx.Client by mistake: say what to use ---------------------------
+
+    def handle_request(self, request: httpx.Request) -> NoReturn:
+        """Refuse: this transport is asynchronous (use `ResilientTransport`)."""
+        raise _wrong_client(self)
+
+    def close(self) -> NoReturn:
+        """Refuse: this transport is asynchronous (use `ResilientTransport`)."""
+        raise _wrong_client(self)
+
+    def __enter__(self) -> NoReturn:
+        raise _wrong_client(self)
+
+    def __exit__(self, *exc_info: object) -> NoReturn:
+        raise _wrong_client(self)

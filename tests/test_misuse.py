@@ -73,6 +73,10 @@ POLICIES: dict[str, Callable[[], tuple[Any, CircuitBreaker | None]]] = {
         ),
         b,
     ),
+    "compose-breaker-innermost": lambda: (
+        compose(Fallback("fallback", on=Exception), Retry(on=Exception, wait=0), b := _breaker()),
+        b,
+    ),
 }
 
 
@@ -292,3 +296,18 @@ def test_seconds_parameters_accept_a_timedelta(
 ) -> None:
     """Wherever seconds are taken, a datetime.timedelta is taken too."""
     factory(**kwargs)
+
+
+class AsyncCallable:
+    async def __call__(self, value: int) -> int:
+        return value
+
+
+@pytest.mark.parametrize("kind", sorted(POLICIES))
+def test_a_partial_of_an_async_callable_object_is_decorated_as_async(kind: str) -> None:
+    """`functools.partial(obj)` where `obj.__call__` is `async def` gets the async wrapper."""
+    import functools
+
+    policy, _ = POLICIES[kind]()
+    decorated = policy(functools.partial(AsyncCallable(), 42))
+    assert asyncio.run(decorated()) == 42

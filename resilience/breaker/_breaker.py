@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .._awaitable import PLAIN_TYPES, is_awaitable_type
 from .._clock import Clock, resolve_clock
-from .._compose import Guard, refuse_generators, returned_awaitable
+from .._compose import _NOTHING, Guard, refuse_generators, returned_awaitable
 from .._counter import peek
 from .._histogram import DurationHistogram
 from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
@@ -141,6 +141,28 @@ class Permit:
     def release(self) -> None:
         """Settle as IGNORED: count nothing, hand a half-open slot back."""
         self._breaker._settle(self, _IGNORED)
+
+    def record_exception(self, exc: BaseException) -> None:
+        """Settle a call that raised `exc`, classified by the breaker's `record=`/`ignore=`.
+
+        A bug in a classifying predicate propagates, after the permit is released.
+        """
+        self._breaker._on_error(self, exc)
+
+    def try_release(self) -> bool:
+        """Release now if that cannot wait for a lock or a fleet backend; return whether done.
+
+        For code that must never block, such as a finalizer run by the garbage
+        collector (maybe inside this very breaker's locked section).
+        """
+        if self.settled or getattr(self, "grant", None) is not None:
+            return False
+        lock = self._breaker._lock
+        if not lock.acquire(blocking=False):
+            return False
+        lock.release()  # free: settling below can only wait for another thread, briefly
+        self._breaker._settle(self, _IGNORED)
+        return True
 
     def __repr__(self) -> str:
         return (
@@ -412,6 +434,10 @@ class CircuitBreaker(Guard[Permit]):
             return Permit(self, epoch, self.clock.monotonic() if self._needs_time else 0.0, False)
         return self._acquire_slow()
 
+    async def aacquire(self) -> Permit:
+        """`acquire()` for async code: a fleet backend's probe grant is awaited, not blocked on."""
+        return await self._aenter()
+
     def _admit_slow(self) -> Permit:
         """Admit past a non-admitting mode, on local state only (no fleet question)."""
         now = self._monotonic()
@@ -592,15 +618,20 @@ class CircuitBreaker(Guard[Permit]):
                     events = []
                     self._check_thresholds(now, events)
             elif state is _HALF_OPEN:
-                self._probe_back(start)
-                if outcome is not _IGNORED and not fleet:
-                    self._probe_calls += 1
-                    self._probe_failures += failed
-                    self._probe_slow += slow
-                    self._probe_streak = self._probe_streak + 1 if failed else 0
-                    if self._probe_calls >= self.half_open_max_calls:
-                        events = []
-                        self._decide_half_open(now, events)
+                events = []
+                if self.half_open_max_wait is not None:
+                    # The wait may have run out before this report: then the
+                    # breaker reopens now, and this probe's outcome is stale.
+                    self._advance(now, events)
+                if self._mode[1] == current:
+                    self._probe_back(start)
+                    if outcome is not _IGNORED and not fleet:
+                        self._probe_calls += 1
+                        self._probe_failures += failed
+                        self._probe_slow += slow
+                        self._probe_streak = self._probe_streak + 1 if failed else 0
+                        if self._probe_calls >= self.half_open_max_calls:
+                            self._decide_half_open(now, events)
         finally:
             self._lock.release()
         if events:
@@ -1045,7 +1076,7 @@ class CircuitBreaker(Guard[Permit]):
             breaker,
             clock,
             acquire_slow,
-            on_error,
+            _,
             monotonic,
             failure_if,
             timed,
@@ -1053,6 +1084,7 @@ class CircuitBreaker(Guard[Permit]):
             successes,
             warmup,
         ) = self._wrapper_locals()
+        failed, nothing = self._failed, _NOTHING
 
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             state, epoch, admits, lockfree = breaker._mode
@@ -1065,10 +1097,13 @@ class CircuitBreaker(Guard[Permit]):
                 permit = acquire_slow()
             else:
                 permit = await breaker._aacquire_slow()
+            pending: Any = nothing
             try:
-                result = await fn(*args, **kwargs)
+                pending = fn(*args, **kwargs)
+                result: R = await pending
             except BaseException as exc:
-                on_error(permit or Permit(breaker, epoch, start, False), exc)
+                # A plain value awaited (misuse) learns nothing; anything else is classified.
+                failed(permit or Permit(breaker, epoch, start, False), exc, fn, pending)
                 raise
             if permit is not None:
                 breaker._on_return(permit, result)

@@ -185,6 +185,23 @@ def test_a_withdrawn_or_released_probe_no_longer_holds_the_wait() -> None:
     assert second.settled is False
 
 
+def test_a_probe_reporting_after_half_open_max_wait_is_stale_without_a_state_read() -> None:
+    """The wait is checked when the probe reports, not only when someone reads `state`."""
+    clock = FakeClock()
+    breaker = make(clock, consecutive_failures=1, open_duration=10, half_open_max_wait=5)
+    breaker.acquire().record_failure()
+    clock.advance(10)
+    probe = breaker.acquire()
+    clock.advance(90)  # nobody reads the state meanwhile
+    probe.record_success()
+    assert breaker.state is State.OPEN
+    assert breaker.metrics().transitions == {
+        (State.CLOSED, State.OPEN): 1,
+        (State.OPEN, State.HALF_OPEN): 1,
+        (State.HALF_OPEN, State.OPEN): 1,
+    }
+
+
 # -- stale outcomes never move what the state machine reads --------------------------
 
 

@@ -195,6 +195,8 @@ def _tagged(tag: str, exc: BaseException) -> str:
         (_failure_and_args, ("Down", ("sku-1",), {"qty": 2})),
         (lambda exc, *args, **kwargs: (args, kwargs), (("sku-1",), {"qty": 2})),
         (functools.partial(_tagged, "partial"), "partial:Down"),
+        (lambda exc, currency="EUR": currency, "EUR"),  # a defaulted extra: the failure only
+        (functools.partial(lambda exc, sku: sku, sku="bound"), "bound"),  # bound by keyword
         (Cache().stale, "stale"),
         (None, None),
         (0, 0),

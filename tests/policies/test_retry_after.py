@@ -127,6 +127,14 @@ def test_rfc850_two_digit_years_are_at_most_50_years_ahead() -> None:
     assert parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now=in_1994 - 1) == 1.0
     assert parse_retry_after("Wednesday, 06-Nov-30 08:49:37 GMT", now=now) == in_2030 - now
     assert parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now=now) == 0.0
+    # The 50 years are counted to the second, not by calendar year alone.
+    start_of_2024 = calendar.timegm((2024, 1, 1, 0, 0, 0))
+    in_2073 = calendar.timegm((2073, 11, 6, 8, 49, 37))
+    assert parse_retry_after("Monday, 06-Nov-74 08:49:37 GMT", now=start_of_2024) == 0.0
+    assert (
+        parse_retry_after("Monday, 06-Nov-73 08:49:37 GMT", now=start_of_2024)
+        == in_2073 - start_of_2024
+    )
 
 
 @pytest.mark.parametrize(
