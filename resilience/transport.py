@@ -8,6 +8,7 @@ from this transport's keyword arguments, or one you pass.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import operator
 import sys
@@ -63,16 +64,19 @@ _OVERRIDES = frozenset({"retry", "breaker", "total_timeout", "attempt_timeout"})
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 _TIMEOUT_KEY_SET = frozenset(_TIMEOUT_KEYS)
 _NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
-#: Errors that no retry can fix: the request itself is wrong (its scheme or URL,
-#: bytes httpx refuses to send, a body stream already consumed). The default
-#: retry does not retry them and every breaker counts them as IGNORED: they say
-#: nothing about the server. (`httpx.ProxyError` is not one of them: it is also
-#: how "the proxy cannot reach the origin" shows up.)
+#: Errors that say nothing about the server: the request itself is wrong (its
+#: scheme or URL, bytes httpx refuses to send, a body stream already consumed),
+#: or the client's own connection pool had no connection free in time (like a
+#: full bulkhead: retrying work the client shed keeps its pool full). The
+#: default retry does not retry them and every breaker counts them as IGNORED.
+#: (`httpx.ProxyError` is not one of them: it is also how "the proxy cannot
+#: reach the origin" shows up.)
 NON_RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     httpx.UnsupportedProtocol,
     httpx.LocalProtocolError,
     httpx.InvalidURL,
     httpx.StreamError,
+    httpx.PoolTimeout,
 )
 
 
@@ -159,8 +163,8 @@ class _Pipeline:
                 f"failure_status= must be callable(status) -> bool, got {failure_status!r}"
             )
         self.failure_status = failure_status
-        self.retry_methods = frozenset(method.upper() for method in retry_methods)
-        self.retry_statuses = retry_statuses
+        self.retry_methods = _methods(retry_methods)
+        self.retry_statuses = _statuses(retry_statuses)
         self.idempotency_key = _flag(idempotency_key, "idempotency_key")
         self.buffer_bodies = _flag(buffer_bodies, "buffer_bodies")
         self.max_drain_bytes = check_int(max_drain_bytes, "max_drain_bytes", minimum=0)
@@ -384,6 +388,8 @@ class _Pipeline:
         Their bodies can no longer be read; an error reading them later is the
         closed pool's, not the server's, and is not recorded.
         """
+        if _collected:
+            _release_queued()
         permits = self.open_permits
         for key in list(permits):
             permit = permits.pop(key, None)
@@ -477,6 +483,34 @@ def _put_header(headers: httpx.Headers, key: bytes, value: bytes) -> None:
         headers[key.decode("ascii")] = value.decode("ascii")
 
 
+def _methods(value: object) -> frozenset[str]:
+    """`retry_methods=`: a collection of HTTP method names (not one string)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, collections.abc.Iterable):
+        raise TypeError(
+            f"retry_methods= takes a collection of method names such as {{'GET', 'PUT'}}, "
+            f"got {value!r}"
+        )
+    methods = list(value)
+    for method in methods:
+        if not isinstance(method, str) or not method.strip():
+            raise TypeError(f"retry_methods= takes method names (str), got {method!r}")
+    return frozenset(method.upper() for method in methods)
+
+
+def _statuses(value: object) -> Container[int]:
+    """`retry_statuses=`: a collection of status codes, or any container of ints."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, collections.abc.Container):
+        raise TypeError(
+            f"retry_statuses= takes a collection of status codes such as {{503, 429}}, "
+            f"got {value!r}"
+        )
+    if isinstance(value, collections.abc.Iterable):
+        for status in value:
+            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                raise ValueError(f"retry_statuses= takes HTTP status codes 100-599, got {status!r}")
+    return value
+
+
 def _flag(value: object, param: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{param}= must be True or False, got {value!r}")
@@ -509,16 +543,16 @@ _collected: deque[Permit] = deque()
 
 
 def _release_collected(permit: Permit) -> None:
-    """Release the permit of a response garbage-collected unclosed, without ever blocking.
+    """Queue the permit of a response garbage-collected unclosed; never settle it here.
 
     This runs inside the garbage collector, in whichever thread happened to
-    allocate, maybe one that holds this very breaker's lock (a collection can
-    start inside its `record`): waiting for the lock there would deadlock.
-    So the permit is released here only if the lock is free and no fleet
-    backend would be called; otherwise it is queued for the next request.
+    allocate, maybe one that holds this breaker's lock (a collection can start
+    inside its `record`) or an observer's lock: settling can take the first
+    and, through the events it publishes, the second, and would deadlock. The
+    next request through a resilient transport (or closing one) releases it,
+    before it asks its breaker for a permit.
     """
-    if not permit.try_release():
-        _collected.append(permit)
+    _collected.append(permit)
 
 
 def _release_queued() -> None:
@@ -613,6 +647,59 @@ class _AsyncSettlingStream(httpx.AsyncByteStream):
                 _release_collected(permit)
         except Exception:  # noqa: BLE001, S110  (nobody could catch it here)
             pass
+
+
+class _BodyNotRead(Exception):
+    """A body `_BoundedBody` stopped reading: too long, or past the deadline."""
+
+
+def _check_bounds(read: int, limit: int, deadline: Deadline | None) -> None:
+    if read > limit:
+        raise _BodyNotRead(f"longer than max_drain_bytes ({limit} bytes)")
+    if deadline is not None and deadline.expired:
+        raise _BodyNotRead("the deadline ran out while reading it")
+
+
+class _BoundedBody(httpx.SyncByteStream):
+    """Read a body the caller did not ask to stream, within `limit` bytes and the deadline."""
+
+    def __init__(self, stream: Any, limit: int, deadline: Deadline | None) -> None:
+        self._stream, self._limit, self._deadline = stream, limit, deadline
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = 0
+        for chunk in self._stream:
+            read += len(chunk)
+            _check_bounds(read, self._limit, self._deadline)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _AsyncBoundedBody(httpx.AsyncByteStream):
+    """The async twin of `_BoundedBody`."""
+
+    def __init__(self, stream: Any, limit: int, deadline: Deadline | None) -> None:
+        self._stream, self._limit, self._deadline = stream, limit, deadline
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = 0
+        chunks = self._stream.__aiter__()
+        try:
+            async for chunk in chunks:
+                read += len(chunk)
+                _check_bounds(read, self._limit, self._deadline)
+                yield chunk
+        finally:
+            # Stopped early: close the inner async generator now, in this task
+            # (left to the garbage collector, trio cannot finalize it).
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -845,10 +932,13 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         try:
             if isinstance(exc, RetryExhaustedError) and exc.last_result is response:
                 self._pipeline.report(response, attempts, breaker, elapsed)
+                response.stream = _BoundedBody(
+                    response.stream, self._pipeline.max_drain_bytes, current_deadline()
+                )
                 try:
                     response.read()  # error.last_result.content keeps working
                 except Exception as error:  # noqa: BLE001
-                    exc.add_note(f"resilience: the last response's body was not read: {error!r}")
+                    exc.add_note(f"resilience: the last response's body was not read: {error}")
             elif isinstance(exc, Exception):
                 self._discard(response)
         except Exception:  # noqa: BLE001, S110  (the call's own error is the one to raise)
@@ -1004,10 +1094,13 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         try:
             if isinstance(exc, RetryExhaustedError) and exc.last_result is response:
                 self._pipeline.report(response, attempts, breaker, elapsed)
+                response.stream = _AsyncBoundedBody(
+                    response.stream, self._pipeline.max_drain_bytes, current_deadline()
+                )
                 try:
                     await response.aread()
                 except Exception as error:  # noqa: BLE001
-                    exc.add_note(f"resilience: the last response's body was not read: {error!r}")
+                    exc.add_note(f"resilience: the last response's body was not read: {error}")
             elif isinstance(exc, Exception):
                 await self._discard(response)
         except Exception:  # noqa: BLE001, S110  (the call's own error is the one to raise)

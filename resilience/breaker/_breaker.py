@@ -149,21 +149,6 @@ class Permit:
         """
         self._breaker._on_error(self, exc)
 
-    def try_release(self) -> bool:
-        """Release now if that cannot wait for a lock or a fleet backend; return whether done.
-
-        For code that must never block, such as a finalizer run by the garbage
-        collector (maybe inside this very breaker's locked section).
-        """
-        if self.settled or getattr(self, "grant", None) is not None:
-            return False
-        lock = self._breaker._lock
-        if not lock.acquire(blocking=False):
-            return False
-        lock.release()  # free: settling below can only wait for another thread, briefly
-        self._breaker._settle(self, _IGNORED)
-        return True
-
     def __repr__(self) -> str:
         return (
             f"<Permit breaker={self._breaker.name!r} epoch={self.epoch} "

@@ -27,6 +27,7 @@ CALLER_ERRORS = [
     httpx.LocalProtocolError("Illegal header value b' x'"),
     httpx.InvalidURL("Invalid port: 'x'"),
     httpx.StreamConsumed(),
+    httpx.PoolTimeout("the client's own pool had no free connection"),
 ]
 
 
@@ -270,3 +271,36 @@ async def test_the_async_transport_asks_an_async_fleet_backend_for_a_probe() -> 
         assert (await http.get("http://api.test/")).status_code == 200
     assert asked == ["awaited"]
     assert breaker.state is State.CLOSED
+
+
+# -- options checked at construction --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"retry_statuses": "503"}, TypeError, "retry_statuses="),
+        ({"retry_statuses": 503}, TypeError, "retry_statuses="),
+        ({"retry_statuses": None}, TypeError, "retry_statuses="),
+        ({"retry_statuses": {503, "429"}}, ValueError, "retry_statuses="),
+        ({"retry_statuses": {True}}, ValueError, "retry_statuses="),
+        ({"retry_statuses": {1503}}, ValueError, "retry_statuses="),
+        ({"retry_methods": "GET"}, TypeError, "retry_methods="),
+        ({"retry_methods": None}, TypeError, "retry_methods="),
+        ({"retry_methods": ["GET", 1]}, TypeError, "retry_methods="),
+    ],
+)
+def test_retry_statuses_and_methods_are_checked_at_construction(
+    options: dict[str, object], error: type[Exception], match: str
+) -> None:
+    """A string where a collection belongs would retry nothing (or raise per request)."""
+    with pytest.raises(error, match=match):
+        ResilientTransport(httpx.MockTransport(lambda r: httpx.Response(200)), **options)
+
+
+def test_retry_statuses_takes_any_collection_of_codes() -> None:
+    """Lists, sets, ranges: any collection of ints in 100-599."""
+    for statuses in ([503], {502, 503}, range(500, 600), frozenset({429})):
+        ResilientTransport(
+            httpx.MockTransport(lambda r: httpx.Response(200)), retry_statuses=statuses
+        )

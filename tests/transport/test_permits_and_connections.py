@@ -108,7 +108,10 @@ def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 def test_a_dropped_streamed_response_releases_its_probe_permit(
     server: LiveServer, unraisable: list[object]
 ) -> None:
-    """GC of an unclosed response settles its permit as IGNORED: the next call is a probe."""
+    """GC of an unclosed response queues its permit; the next request settles it.
+
+    As IGNORED, before asking the breaker: that request is the new probe.
+    """
     breaker = half_open("dropped-sync")
     transport = ResilientTransport(breaker=breaker, retry=False)
     with httpx.Client(transport=transport) as http:
@@ -120,9 +123,10 @@ def test_a_dropped_streamed_response_releases_its_probe_permit(
         del response
         gc.collect()
         assert gone() is None  # nothing the transport keeps holds the response
-        assert breaker.metrics().calls["ignored"] == 1
+        assert breaker.metrics().calls["ignored"] == 0  # queued, not settled in the collector
         assert breaker.state is State.HALF_OPEN
         assert http.get(f"{server.url}/flaky/{key()}?fails=0").status_code == 200
+        assert breaker.metrics().calls["ignored"] == 1
     assert breaker.state is State.CLOSED  # the new probe was admitted and succeeded
     assert unraisable == []
 
@@ -141,8 +145,8 @@ async def test_a_dropped_async_streamed_response_releases_its_probe_permit(
         del response
         gc.collect()
         assert gone() is None
-        assert breaker.metrics().calls["ignored"] == 1
         assert (await http.get(f"{server.url}/flaky/{key()}?fails=0")).status_code == 200
+        assert breaker.metrics().calls["ignored"] == 1
     assert breaker.state is State.CLOSED
     assert unraisable == []
 
@@ -159,8 +163,8 @@ def test_an_error_between_send_and_close_releases_the_permit(server: LiveServer)
         with contextlib.suppress(LookupError):
             handle()
         gc.collect()
-        assert breaker.metrics().calls["ignored"] == 1
         assert http.get(f"{server.url}/flaky/{key()}?fails=0").status_code == 200
+        assert breaker.metrics().calls["ignored"] == 1
     assert breaker.state is State.CLOSED
 
 
@@ -182,8 +186,8 @@ async def test_an_error_between_async_send_and_close_releases_the_permit(
         with contextlib.suppress(LookupError):
             await handle()
         gc.collect()
-        assert breaker.metrics().calls["ignored"] == 1
         assert (await http.get(f"{server.url}/flaky/{key()}?fails=0")).status_code == 200
+        assert breaker.metrics().calls["ignored"] == 1
     assert breaker.state is State.CLOSED
 
 
@@ -228,6 +232,46 @@ def test_a_response_collected_while_its_breaker_is_locked_does_not_deadlock(
     transport.handle_request(httpx.Request("GET", "http://api.test/")).close()
     calls = breaker.metrics().calls
     assert (calls["ignored"], calls["success"]) == (1, 1)  # ...but by the next request
+    assert unraisable == []
+
+
+def test_a_response_collected_while_an_observer_holds_its_lock_does_not_deadlock(
+    unraisable: list[object],
+) -> None:
+    """The collector never settles, so an observer's lock it holds cannot deadlock it.
+
+    Settling publishes events to observers, whose locks the collecting thread may hold.
+    """
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        "gc-observer", consecutive_failures=1, open_duration=1, half_open_max_wait=1, clock=clock
+    )
+    observer_lock = threading.Lock()
+    seen: list[object] = []
+
+    def observer(event: object) -> None:
+        with observer_lock:
+            seen.append(event)
+
+    breaker.events.subscribe(observer)
+    transport = ResilientTransport(httpx.MockTransport(streamed), breaker=breaker, retry=False)
+    breaker.acquire().record_failure()
+    clock.advance(1)
+    held = [transport.handle_request(httpx.Request("GET", "http://api.test/"))]  # the probe
+    clock.advance(2)  # its wait has run out: settling it would reopen and publish
+    finished = threading.Event()
+
+    def collect_inside_the_observer() -> None:
+        with observer_lock:
+            held.clear()
+            gc.collect()
+        finished.set()
+
+    worker = threading.Thread(target=collect_inside_the_observer, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert finished.is_set(), "the finalizer deadlocked on an observer's lock"
+    assert breaker.state is State.OPEN  # reopened by the wait, outside the collector
     assert unraisable == []
 
 
@@ -281,6 +325,78 @@ def test_retry_exhausted_error_carries_a_read_and_closed_response(server: LiveSe
         for _ in range(3):
             assert http.get(f"{server.url}/flaky/{key()}?fails=0").status_code == 200
     assert settled(breaker) == 5
+
+
+def _endless_503(clock: FakeClock | None = None, chunk: int = 40_000) -> Any:
+    """A handler answering 503 with a chunked body of 3 chunks (each moves `clock` by 1 s)."""
+
+    def body() -> Iterator[bytes]:
+        for _ in range(3):
+            if clock is not None:
+                clock.advance(1)
+            yield b"x" * chunk
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, content=body())
+
+    return handler
+
+
+def test_a_long_exhausted_response_is_closed_unread(unraisable: list[object]) -> None:
+    """The body read for RetryExhaustedError stops at max_drain_bytes: closed, not read."""
+    breaker = CircuitBreaker("exhausted-long", consecutive_failures=100)
+    transport = ResilientTransport(
+        httpx.MockTransport(_endless_503()),
+        breaker=breaker,
+        retry=retry(raise_on_result=True),
+        max_drain_bytes=64_000,
+    )
+    with pytest.raises(RetryExhaustedError) as caught:
+        transport.handle_request(httpx.Request("GET", "http://api.test/"))
+    response = caught.value.last_result
+    assert isinstance(response, httpx.Response)
+    assert response.is_closed
+    with pytest.raises(httpx.ResponseNotRead):
+        _ = response.content
+    assert any("longer than max_drain_bytes (64000 bytes)" in n for n in caught.value.__notes__)
+    assert settled(breaker) == 2
+
+
+def test_an_exhausted_response_is_read_only_within_the_deadline() -> None:
+    """A body that drips past the total deadline is not waited for."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("exhausted-slow", consecutive_failures=100, clock=clock)
+    transport = ResilientTransport(
+        httpx.MockTransport(_endless_503(clock, chunk=10)),
+        breaker=breaker,
+        retry=retry(clock, raise_on_result=True, attempts=1),
+        total_timeout=2.0,
+    )
+    with pytest.raises(RetryExhaustedError) as caught:
+        transport.handle_request(httpx.Request("GET", "http://api.test/"))
+    assert clock.monotonic() == 2.0  # stopped at the deadline, not after the third chunk
+    assert any("deadline ran out" in n for n in caught.value.__notes__)
+    assert caught.value.last_result.is_closed
+
+
+@pytest.mark.anyio
+async def test_a_long_async_exhausted_response_is_closed_unread() -> None:
+    """The async twin of the max_drain_bytes bound."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 40_000
+
+    transport = AsyncResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(503, content=body())),
+        breaker=CircuitBreaker("exhausted-long-async", consecutive_failures=100),
+        retry=retry(raise_on_result=True),
+        max_drain_bytes=64_000,
+    )
+    with pytest.raises(RetryExhaustedError) as caught:
+        await transport.handle_async_request(httpx.Request("GET", "http://api.test/"))
+    assert caught.value.last_result.is_closed
+    assert any("max_drain_bytes" in n for n in caught.value.__notes__)
 
 
 @pytest.mark.anyio
