@@ -565,7 +565,42 @@ def _release_queued() -> None:
         permit.release()
 
 
-class _SettlingStream(httpx.SyncByteStream):
+class _HoldsPermit:
+    """The permit of a settling stream, settled by whichever way the body ends first.
+
+    It is kept in the transport's `open_permits` until one of them pops it.
+    """
+
+    def __init__(self, permit: Permit, permits: dict[int, Permit]) -> None:
+        self._permits = permits
+        permits[id(self)] = permit
+
+    def _take(self) -> Permit | None:
+        return self._permits.pop(id(self), None)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, GeneratorExit):
+            _settle_exception(self._take(), exc)
+
+    def _closed(self) -> None:
+        permit = self._take()
+        if permit is not None:
+            permit.record_success()
+
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        # Collected without close(): hand the permit back (a half-open probe
+        # slot would otherwise be held forever). Nothing at interpreter exit.
+        if _finalizing():
+            return
+        try:
+            permit = self._take()
+            if permit is not None:
+                _release_collected(permit)
+        except Exception:  # noqa: BLE001, S110  (nobody could catch it here)
+            pass
+
+
+class _SettlingStream(_HoldsPermit, httpx.SyncByteStream):
     """A response body that settles the breaker permit when it is closed.
 
     An error while the caller reads the body (a ReadTimeout mid-stream) is a
@@ -578,75 +613,45 @@ class _SettlingStream(httpx.SyncByteStream):
     def __init__(
         self, stream: httpx.SyncByteStream, permit: Permit, permits: dict[int, Permit]
     ) -> None:
+        super().__init__(permit, permits)
         self._stream = stream
-        self._permits = permits
-        permits[id(self)] = permit
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._stream
         except BaseException as exc:
-            if not isinstance(exc, GeneratorExit):
-                _settle_exception(self._permits.pop(id(self), None), exc)
+            self._failed(exc)
             raise
 
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
-            permit = self._permits.pop(id(self), None)
-            if permit is not None:
-                permit.record_success()
-
-    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
-        # Collected without close(): hand the permit back (a half-open probe
-        # slot would otherwise be held forever). Nothing at interpreter exit.
-        if _finalizing():
-            return
-        try:
-            permit = self._permits.pop(id(self), None)
-            if permit is not None:
-                _release_collected(permit)
-        except Exception:  # noqa: BLE001, S110  (nobody could catch it here)
-            pass
+            self._closed()
 
 
-class _AsyncSettlingStream(httpx.AsyncByteStream):
+class _AsyncSettlingStream(_HoldsPermit, httpx.AsyncByteStream):
     """The async twin of `_SettlingStream`."""
 
     def __init__(
         self, stream: httpx.AsyncByteStream, permit: Permit, permits: dict[int, Permit]
     ) -> None:
+        super().__init__(permit, permits)
         self._stream = stream
-        self._permits = permits
-        permits[id(self)] = permit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._stream:
                 yield chunk
         except BaseException as exc:
-            if not isinstance(exc, GeneratorExit):
-                _settle_exception(self._permits.pop(id(self), None), exc)
+            self._failed(exc)
             raise
 
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         finally:
-            permit = self._permits.pop(id(self), None)
-            if permit is not None:
-                permit.record_success()
-
-    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
-        if _finalizing():
-            return
-        try:
-            permit = self._permits.pop(id(self), None)
-            if permit is not None:
-                _release_collected(permit)
-        except Exception:  # noqa: BLE001, S110  (nobody could catch it here)
-            pass
+            self._closed()
 
 
 class _BodyNotRead(Exception):
