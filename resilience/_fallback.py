@@ -10,6 +10,7 @@ from ._awaitable import PLAIN_TYPES, is_awaitable_type
 from ._compose import _NOTHING, Policy, is_async_callable, not_awaitable, returned_awaitable
 from ._counter import peek
 from ._outcome import ExceptionFilter, ExceptionSpec
+from ._tracking import track
 from ._validate import check_string
 from .errors import MisuseError
 
@@ -92,6 +93,7 @@ class Fallback(Policy):
         self.name = check_string(name, "name")
         self._async_fallback = is_async_callable(fallback)
         self._used: itertools.count[int] = itertools.count()
+        track("fallback", self)
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call `fn`; on a matching failure return the fallback instead."""

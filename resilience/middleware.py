@@ -8,25 +8,42 @@ maximum, subtracts a safety margin, and runs the handler inside
 transport inherits what is left, so gateway -> orders -> payments share one
 budget. Headers are untrusted input: malformed, negative, absurd or repeated
 values are ignored (and counted), never trusted for an unbounded budget.
+
+When the handler fails because of what this library decided (the deadline ran
+out, a breaker or a bulkhead refused a call), the middleware answers for it:
+504 or 503 with `Retry-After`, counted, with no traceback (see `ErrorAnswers`).
+Any other exception propagates unchanged.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
+import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ._clock import Clock, resolve_clock
 from ._compose import is_async_callable
 from ._counter import peek
-from ._deadline import DEADLINE_HEADER, enter_deadline, leave_deadline
-from ._validate import check_int, check_seconds
+from ._deadline import DEADLINE_HEADER, Deadline, enter_deadline, leave_deadline
+from ._tracking import track
+from ._validate import check_int, check_seconds, check_string
+from .errors import BulkheadFullError, CircuitOpenError, DeadlineExceededError
+from .events import DeadlineExceeded, ObserverHub, global_hub
+
+if TYPE_CHECKING:
+    from contextvars import Token
 
 __all__ = [
+    "DEADLINE_SLACK",
     "ENVOY_TIMEOUT_HEADER",
     "GRPC_TIMEOUT_HEADER",
     "ASGIDeadlineMiddleware",
+    "Answer",
+    "ErrorAnswers",
     "WSGIDeadlineMiddleware",
     "parse_deadline_header",
 ]
@@ -72,6 +89,145 @@ def parse_deadline_header(name: str, value: str) -> float | None:
     return int(text) / 1000
 
 
+def _check_status(status: object, param: str) -> int:
+    checked = check_int(status, param, minimum=100)
+    if checked > 599:
+        raise ValueError(f"{param}= must be an HTTP status, got {status!r}")
+    return checked
+
+
+#: Within this much of its end, a deadline counts as run out: timers may fire
+#: a hair early (clock and poll rounding), and the transport sets httpx's
+#: timeouts to exactly the time left.
+DEADLINE_SLACK: Final = 0.001
+
+_DEADLINE_BODY = b"deadline exceeded: no time was left to finish the request\n"
+_SHED_BODY = b"temporarily unable to handle the request; retry later\n"
+_TEXT = "text/plain; charset=utf-8"
+
+
+class Answer(NamedTuple):
+    """The response that stands for an exception."""
+
+    #: The HTTP status.
+    status: int
+    #: content-type and content-length, and retry-after for a shed request.
+    headers: list[tuple[str, str]]
+    #: A short text that says what happened, and nothing internal.
+    body: bytes
+    #: "deadline_exceeded" or "shed": the `metrics()` key it counts under.
+    outcome: str
+
+    @property
+    def status_line(self) -> str:
+        """`status` and its reason phrase, for WSGI's `start_response`."""
+        try:
+            phrase = HTTPStatus(self.status).phrase
+        except ValueError:
+            phrase = "Error"
+        return f"{self.status} {phrase}"
+
+
+class ErrorAnswers:
+    """What an exception escaping a request handler becomes, and how often it happened.
+
+    - `resilience.DeadlineExceededError` (including the transport's
+      `HTTPDeadlineExceededError`): `deadline_status` (504).
+    - An `httpx.TimeoutException` raised when the request's deadline has run
+      out (within `DEADLINE_SLACK`): `deadline_status`. The deadline cut the
+      downstream call short; an httpx timeout while time was left (an
+      attempt timeout, a client with its own timeout) is not ours and
+      propagates.
+    - `CircuitOpenError` (including `HTTPCircuitOpenError`) and
+      `BulkheadFullError`: `shed_status` (503) with `Retry-After`: the
+      breaker's own `retry_after` rounded up to whole seconds when it
+      knows it, `retry_after` otherwise; never less than 1.
+    - Anything else: `None`, the caller re-raises it.
+
+    Each answer is counted (`metrics()`); a deadline answer also publishes
+    `resilience.events.DeadlineExceeded` under `name` (the policies that
+    shed already published their own rejection event). The middlewares
+    and `resilience.starlette.install_exception_handlers` build one each.
+
+    Args:
+        name: Names these answers in events and metrics.
+        deadline_status: The status for a deadline that ran out (default 504).
+        shed_status: The status for a call a breaker or bulkhead refused (503).
+        retry_after: Seconds for `Retry-After` when the error gives none (1).
+        clock: The clock of event timestamps.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        deadline_status: int = 504,
+        shed_status: int = 503,
+        retry_after: float = 1.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = check_string(name, "name")
+        self.deadline_status = _check_status(deadline_status, "deadline_status")
+        self.shed_status = _check_status(shed_status, "shed_status")
+        self.retry_after = check_seconds(retry_after, "retry_after")
+        self.clock = resolve_clock(clock)
+        #: This middleware's observers; forwards to `resilience.events.global_hub`.
+        self.events = ObserverHub(parent=global_hub)
+        self._deadline_exceeded: itertools.count[int] = itertools.count()
+        self._shed: itertools.count[int] = itertools.count()
+
+    def answer(self, exc: BaseException, deadline: Deadline | None) -> Answer | None:
+        """The answer for `exc` escaping a request whose deadline is `deadline`, or None.
+
+        Pure: nothing is counted until `record()`, once the answer was given.
+        """
+        if isinstance(exc, DeadlineExceededError) or (
+            deadline is not None
+            and _is_httpx_timeout(exc)
+            and deadline.expires_at - deadline.clock.monotonic() <= DEADLINE_SLACK
+        ):
+            return Answer(
+                self.deadline_status, _headers(_DEADLINE_BODY), _DEADLINE_BODY, "deadline_exceeded"
+            )
+        if isinstance(exc, (CircuitOpenError, BulkheadFullError)):
+            seconds = self.retry_after
+            if isinstance(exc, CircuitOpenError) and exc.retry_after is not None:
+                seconds = exc.retry_after
+            headers = _headers(_SHED_BODY)
+            headers.append(("retry-after", str(max(1, math.ceil(seconds)))))
+            return Answer(self.shed_status, headers, _SHED_BODY, "shed")
+        return None
+
+    def record(self, answer: Answer, exc: BaseException, deadline: Deadline | None) -> None:
+        """Count an answer about to be given; publish `DeadlineExceeded` for a deadline answer."""
+        if answer.outcome == "shed":
+            next(self._shed)
+            return
+        next(self._deadline_exceeded)
+        if self.events.active:
+            budget = deadline.budget if deadline is not None else getattr(exc, "budget", None)
+            self.events.publish(
+                DeadlineExceeded(name=self.name, time=self.clock.monotonic(), budget=budget)
+            )
+
+    def metrics(self) -> dict[str, int]:
+        """Requests answered for a deadline that ran out, and for a refused call (shed)."""
+        return {"deadline_exceeded": peek(self._deadline_exceeded), "shed": peek(self._shed)}
+
+    def __repr__(self) -> str:
+        return f"<ErrorAnswers {self.name!r} {self.metrics()}>"
+
+
+def _is_httpx_timeout(exc: BaseException) -> bool:
+    # httpx is not imported for this: if nobody imported it, exc is not one of its errors.
+    httpx = sys.modules.get("httpx")
+    return httpx is not None and isinstance(exc, httpx.TimeoutException)
+
+
+def _headers(body: bytes) -> list[tuple[str, str]]:
+    return [("content-type", _TEXT), ("content-length", str(len(body)))]
+
+
 class _DeadlinePolicy:
     """The decisions both middlewares share: which header, what budget, counted."""
 
@@ -99,9 +255,7 @@ class _DeadlinePolicy:
         if not isinstance(reject_expired, bool):
             raise TypeError(f"reject_expired= must be True or False, got {reject_expired!r}")
         self.reject_expired = reject_expired
-        self.expired_status = check_int(expired_status, "expired_status", minimum=100)
-        if self.expired_status > 599:
-            raise ValueError(f"expired_status= must be an HTTP status, got {expired_status!r}")
+        self.expired_status = _check_status(expired_status, "expired_status")
         if isinstance(headers, (str, bytes)) or not isinstance(headers, Iterable):
             raise TypeError(f"headers= takes a sequence of header names, got {headers!r}")
         headers = tuple(headers)
@@ -136,6 +290,12 @@ class _DeadlinePolicy:
             return max(seconds - self.safety_margin, 0.0)
         return self.default
 
+    def enter(self, budget: float | None) -> tuple[Token[Deadline | None] | None, Deadline | None]:
+        """Open the request's deadline (nothing without a budget): its token and the deadline."""
+        if budget is None:
+            return None, None
+        return enter_deadline(budget, self.clock)
+
     def expired(self, budget: float | None) -> bool:
         if budget is not None and budget <= 0 and self.reject_expired:
             next(self._expired)
@@ -157,8 +317,20 @@ class ASGIDeadlineMiddleware:
     ```python
     app = Starlette(...)  # or FastAPI()
     app.add_middleware(resilience.middleware.ASGIDeadlineMiddleware, max_seconds=10)
-    # or: app = ASGIDeadlineMiddleware(app, max_seconds=10)
+    # or, for an app that does not turn exceptions into 500s itself:
+    app = ASGIDeadlineMiddleware(app, max_seconds=10)
     ```
+
+    With Starlette and FastAPI, use `add_middleware`: it places the
+    middleware inside Starlette's `ServerErrorMiddleware`, so an exception
+    from a route reaches it before a 500 has been sent.
+
+    When the handler raises, before the response has started, an exception
+    that `ErrorAnswers` maps (the deadline ran out: 504; a breaker or a
+    bulkhead refused a call: 503 with `Retry-After`), the middleware sends
+    that answer instead, counts it, and logs no traceback. Once the
+    response has started it re-raises (the server ends the response).
+    Every other exception propagates unchanged.
 
     Args:
         app: The ASGI application.
@@ -171,6 +343,12 @@ class ASGIDeadlineMiddleware:
         expired_status: The status for an expired budget (default 504).
         headers: The headers read, in order of preference (default: all three).
         clock: A `resilience.Clock`.
+        map_errors: Answer for the exceptions above (default True); False lets
+            every exception propagate.
+        deadline_status: The status when the deadline ran out in the handler (504).
+        shed_status: The status when a breaker or bulkhead refused a call (503).
+        retry_after: `Retry-After` seconds when the error does not know (1).
+        name: Names this middleware in metrics and events (default "asgi").
     """
 
     def __init__(
@@ -184,6 +362,11 @@ class ASGIDeadlineMiddleware:
         expired_status: int = 504,
         headers: Iterable[str] = DEFAULT_HEADERS,
         clock: Clock | None = None,
+        map_errors: bool = True,
+        deadline_status: int = 504,
+        shed_status: int = 503,
+        retry_after: float = 1.0,
+        name: str = "asgi",
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be an ASGI application, got {app!r}")
@@ -197,6 +380,18 @@ class ASGIDeadlineMiddleware:
             headers=headers,
             clock=clock,
         )
+        self.map_errors = _check_flag(map_errors, "map_errors")
+        self.answers = ErrorAnswers(
+            name=name,
+            deadline_status=deadline_status,
+            shed_status=shed_status,
+            retry_after=retry_after,
+            clock=self.policy.clock,
+        )
+        self.name = self.answers.name
+        #: Where deadline answers are published (`resilience.events.DeadlineExceeded`).
+        self.events = self.answers.events
+        track("middleware", self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection; only HTTP requests get a deadline."""
@@ -213,18 +408,57 @@ class ASGIDeadlineMiddleware:
         if self.policy.expired(budget):
             await _send_expired(send, self.policy.expired_status)
             return
-        if budget is None:
-            await self.app(scope, receive, send)
-            return
-        token, _ = enter_deadline(budget, self.policy.clock)
+        token, entered = self.policy.enter(budget)
         try:
-            await self.app(scope, receive, send)
+            if not self.map_errors:
+                await self.app(scope, receive, send)
+                return
+            started = False
+
+            async def watched(message: MutableMapping[str, Any]) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                await send(message)
+
+            try:
+                await self.app(scope, receive, watched)
+            except Exception as exc:
+                answer = self.answers.answer(exc, entered)
+                if answer is None or started:
+                    raise
+                # Counted first: whoever reads the metrics after the answer sees it.
+                self.answers.record(answer, exc, entered)
+                await _send_answer(send, answer)
         finally:
-            leave_deadline(token)
+            if token is not None:
+                leave_deadline(token)
 
     def metrics(self) -> dict[str, int]:
-        """Requests with a usable deadline, invalid headers, clamped and expired budgets."""
-        return self.policy.metrics()
+        """Counts: deadlines received, invalid, clamped, expired; then answers given.
+
+        `with_deadline`, `invalid`, `clamped`, `expired` (answered before the
+        handler ran), `deadline_exceeded` (ran out in the handler) and
+        `shed` (a breaker or bulkhead refused a call).
+        """
+        return {**self.policy.metrics(), **self.answers.metrics()}
+
+
+def _check_flag(value: object, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{param}= must be True or False, got {value!r}")
+    return value
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 async def _send_expired(send: Send, status: int) -> None:
@@ -245,12 +479,21 @@ async def _send_expired(send: Send, status: int) -> None:
 class WSGIDeadlineMiddleware:
     """Run each request of a WSGI app (Flask, Django...) inside its caller's deadline.
 
-    Same arguments as `ASGIDeadlineMiddleware`. Works per thread: the
-    deadline lives in a context variable of the thread serving the request.
+    Same arguments as `ASGIDeadlineMiddleware` (`name` defaults to "wsgi").
+    Works per thread: the deadline lives in a context variable of the thread
+    serving the request.
 
     ```python
     app.wsgi_app = resilience.middleware.WSGIDeadlineMiddleware(app.wsgi_app)
     ```
+
+    An exception raised by the app's call that `ErrorAnswers` maps becomes
+    its answer (504, or 503 with `Retry-After`), as long as no header has
+    been sent: if the app called `start_response`, the answer replaces its
+    headers (`start_response(..., exc_info)`, as PEP 3333 says); if it
+    already wrote through the `write` callable, the exception is re-raised.
+    Errors raised while the server iterates a lazily generated body are not
+    mapped (that body runs outside the deadline too).
     """
 
     def __init__(
@@ -264,6 +507,11 @@ class WSGIDeadlineMiddleware:
         expired_status: int = 504,
         headers: Iterable[str] = DEFAULT_HEADERS,
         clock: Clock | None = None,
+        map_errors: bool = True,
+        deadline_status: int = 504,
+        shed_status: int = 503,
+        retry_after: float = 1.0,
+        name: str = "wsgi",
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, got {app!r}")
@@ -282,9 +530,21 @@ class WSGIDeadlineMiddleware:
             headers=headers,
             clock=clock,
         )
+        self.map_errors = _check_flag(map_errors, "map_errors")
+        self.answers = ErrorAnswers(
+            name=name,
+            deadline_status=deadline_status,
+            shed_status=shed_status,
+            retry_after=retry_after,
+            clock=self.policy.clock,
+        )
+        self.name = self.answers.name
+        #: Where deadline answers are published (`resilience.events.DeadlineExceeded`).
+        self.events = self.answers.events
         self._environ_keys = {
             "HTTP_" + name.upper().replace("-", "_"): name for name in self.policy.headers
         }
+        track("middleware", self)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -304,16 +564,62 @@ class WSGIDeadlineMiddleware:
                 [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
             )
             return [body]
-        if budget is None:
-            return self.app(environ, start_response)
-        token, _ = enter_deadline(budget, self.policy.clock)
+        token, entered = self.policy.enter(budget)
         try:
             # Frameworks (Flask, Django) build the response in this call. A body
             # generated lazily while the server iterates runs outside the deadline.
-            return self.app(environ, start_response)
+            if not self.map_errors:
+                return self.app(environ, start_response)
+            watch = _WatchedStart(start_response)
+            try:
+                return self.app(environ, watch)
+            except Exception as exc:
+                answer = self.answers.answer(exc, entered)
+                if answer is None or watch.wrote:
+                    raise
+                if watch.called:
+                    # PEP 3333: replaces the app's headers, or re-raises exc if
+                    # the server sent them already.
+                    start_response(answer.status_line, answer.headers, sys.exc_info())
+                else:
+                    start_response(answer.status_line, answer.headers)
+                self.answers.record(answer, exc, entered)
+                return [answer.body]
         finally:
-            leave_deadline(token)
+            if token is not None:
+                leave_deadline(token)
 
     def metrics(self) -> dict[str, int]:
-        """Requests with a usable deadline, invalid headers, clamped and expired budgets."""
-        return self.policy.metrics()
+        """Counts: deadlines received, invalid, clamped, expired; then answers given.
+
+        `with_deadline`, `invalid`, `clamped`, `expired` (answered before the
+        handler ran), `deadline_exceeded` (ran out in the handler) and
+        `shed` (a breaker or bulkhead refused a call).
+        """
+        return {**self.policy.metrics(), **self.answers.metrics()}
+
+
+class _WatchedStart:
+    """A `start_response` that remembers whether it was called, and its `write` used."""
+
+    __slots__ = ("called", "start_response", "wrote")
+
+    def __init__(self, start_response: Callable[..., Any]) -> None:
+        self.start_response = start_response
+        self.called = False
+        self.wrote = False
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        self.called = True
+        write = (
+            self.start_response(status, headers)
+            if exc_info is None
+            else self.start_response(status, headers, exc_info)
+        )
+
+        def watched_write(data: bytes) -> Any:
+            if data:
+                self.wrote = True
+            return write(data)
+
+        return watched_write

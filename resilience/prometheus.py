@@ -60,7 +60,14 @@ _LABELS: dict[str, list[str]] = {
     "resilience_bulkhead_in_flight": ["name"],
     "resilience_bulkhead_rejected": ["name"],
     "resilience_deadline_exceeded": ["name"],
+    "resilience_fallback_used": ["name"],
+    "resilience_middleware_deadline_requests": ["name"],
+    "resilience_middleware_invalid_deadlines": ["name"],
+    "resilience_middleware_clamped_deadlines": ["name"],
+    "resilience_middleware_responses": ["name", "outcome"],
 }
+#: What the server middleware answered itself (the keys of its `metrics()`).
+_MIDDLEWARE_OUTCOMES = ("expired", "deadline_exceeded", "shed")
 _RETRY_OUTCOMES = (
     "success_first_try",
     "success_after_retry",
@@ -70,7 +77,7 @@ _RETRY_OUTCOMES = (
 
 
 class ResilienceCollector(Collector):
-    """Exports the state and counters of every live breaker, retry, budget, bulkhead, timeout.
+    """Exports every live breaker, retry, budget, bulkhead, timeout, fallback and middleware.
 
     Metric names and labels are those of DESIGN section 11; see the metrics
     reference in the docs.
@@ -88,6 +95,8 @@ class ResilienceCollector(Collector):
         self._budgets(families)
         self._bulkheads(families)
         self._timeouts(families)
+        self._fallbacks(families)
+        self._middlewares(families)
         return families.values()
 
     @staticmethod
@@ -153,6 +162,31 @@ class ResilienceCollector(Collector):
                 "Calls cancelled by a timeout.",
                 labels=_LABELS["resilience_deadline_exceeded"],
             ),
+            "fallback_used": CounterMetricFamily(
+                "resilience_fallback_used",
+                "Calls answered by a fallback.",
+                labels=_LABELS["resilience_fallback_used"],
+            ),
+            "mw_deadlines": CounterMetricFamily(
+                "resilience_middleware_deadline_requests",
+                "Requests that arrived with a usable deadline header.",
+                labels=_LABELS["resilience_middleware_deadline_requests"],
+            ),
+            "mw_invalid": CounterMetricFamily(
+                "resilience_middleware_invalid_deadlines",
+                "Deadline headers ignored: malformed, negative, too long or repeated.",
+                labels=_LABELS["resilience_middleware_invalid_deadlines"],
+            ),
+            "mw_clamped": CounterMetricFamily(
+                "resilience_middleware_clamped_deadlines",
+                "Deadlines larger than the middleware's max_seconds, clamped.",
+                labels=_LABELS["resilience_middleware_clamped_deadlines"],
+            ),
+            "mw_responses": CounterMetricFamily(
+                "resilience_middleware_responses",
+                "Requests answered by the middleware instead of the handler, by outcome.",
+                labels=_LABELS["resilience_middleware_responses"],
+            ),
         }
 
     @staticmethod
@@ -214,6 +248,24 @@ class ResilienceCollector(Collector):
     def _timeouts(families: dict[str, Any]) -> None:
         for name, counts in _summed((t.name, t.metrics()) for t in live("timeout")):
             families["deadline_exceeded"].add_metric([name], counts["deadline_exceeded"])
+
+    @staticmethod
+    def _fallbacks(families: dict[str, Any]) -> None:
+        for name, counts in _summed((f.name, f.metrics()) for f in live("fallback")):
+            families["fallback_used"].add_metric([name], counts["used"])
+
+    @staticmethod
+    def _middlewares(families: dict[str, Any]) -> None:
+        # Deadline middlewares (ASGI, WSGI) and Starlette exception handlers: the
+        # handlers count only their answers, so header series come from middlewares.
+        for name, counts in _summed((m.name, m.metrics()) for m in live("middleware")):
+            if "with_deadline" in counts:
+                families["mw_deadlines"].add_metric([name], counts["with_deadline"])
+                families["mw_invalid"].add_metric([name], counts["invalid"])
+                families["mw_clamped"].add_metric([name], counts["clamped"])
+            for outcome in _MIDDLEWARE_OUTCOMES:
+                if outcome in counts:
+                    families["mw_responses"].add_metric([name, outcome], counts[outcome])
 
 
 def _le(bound: float) -> str:

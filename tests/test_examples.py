@@ -42,6 +42,16 @@ EXPECTED = {
         "fast: 200 paid; answered within the deadline: True; budgets shrink: True",
         "slow: 504 payments too slow for our budget; answered within the deadline: True; budgets shrink: True",
     ],
+    "fastapi_deadline_504.py": [
+        "fast: 200",
+        "slow: 504 deadline exceeded: no time was left to finish the request",
+        "  answered within the deadline: True",
+        "broken: 503 from payments; orders' breaker is open",
+        "next: 503 Retry-After: 30",
+        'resilience_middleware_responses_total{name="orders",outcome="expired"} 0.0',
+        'resilience_middleware_responses_total{name="orders",outcome="deadline_exceeded"} 1.0',
+        'resilience_middleware_responses_total{name="orders",outcome="shed"} 1.0',
+    ],
     "transport.py": [
         "sync: 200 {'order': 'a-1', 'deadline_ok': True} after 2 attempts",
         "POST is not retried: 503",

@@ -329,3 +329,101 @@ def test_a_timeout_refused_before_the_call_is_counted(registry: CollectorRegistr
         timeout.call(lambda: None)
     assert value(scrape(registry), "resilience_deadline_exceeded_total", name="prom-spent") == 1
     del timeout
+
+
+def test_fallback_uses_are_exported(registry: CollectorRegistry) -> None:
+    """resilience_fallback_used_total counts the calls a fallback answered, per name."""
+    fallback = resilience.Fallback(0, on=Transient, name="prom-fallback")
+
+    @fallback
+    def price() -> int:
+        raise Transient
+
+    assert [price(), price()] == [0, 0]
+    assert value(scrape(registry), "resilience_fallback_used_total", name="prom-fallback") == 2
+
+
+def test_fallbacks_are_found_without_being_told(registry: CollectorRegistry) -> None:
+    """Like every other policy, a Fallback is exported from its creation."""
+    fallback = resilience.Fallback(0, on=Transient, name="prom-fallback-found")
+    samples = scrape(registry).get("resilience_fallback_used_total", {})
+    assert (("name", "prom-fallback-found"),) in samples
+    del fallback
+
+
+@pytest.mark.anyio
+async def test_middleware_counts_are_exported(
+    registry: CollectorRegistry, anyio_backend: str
+) -> None:
+    """Deadline headers received, invalid, clamped; answers: expired, deadline_exceeded, shed."""
+    from resilience.middleware import ASGIDeadlineMiddleware
+
+    errors = {
+        "/late": resilience.DeadlineExceededError(),
+        "/shed": resilience.BulkheadFullError("pool", 1),
+    }
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] in errors:
+            raise errors[scope["path"]]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = f"prom-mw-{anyio_backend}"  # the other backend's run may not be collected yet
+    middleware = ASGIDeadlineMiddleware(app, max_seconds=5, name=mw)
+    transport = httpx.ASGITransport(app=middleware)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        for header in ("800", "99999", "soon", "0"):
+            await client.get("/", headers={"x-resilience-deadline-ms": header})
+        await client.get("/late")
+        await client.get("/shed")
+        await client.get("/shed")
+    samples = scrape(registry)
+    assert value(samples, "resilience_middleware_deadline_requests_total", name=mw) == 3
+    assert value(samples, "resilience_middleware_invalid_deadlines_total", name=mw) == 1
+    assert value(samples, "resilience_middleware_clamped_deadlines_total", name=mw) == 1
+    responses = "resilience_middleware_responses_total"
+    assert value(samples, responses, name=mw, outcome="expired") == 1
+    assert value(samples, responses, name=mw, outcome="deadline_exceeded") == 1
+    assert value(samples, responses, name=mw, outcome="shed") == 2
+    del middleware
+
+
+@pytest.mark.anyio
+async def test_fastapi_middleware_and_handlers_are_found(
+    registry: CollectorRegistry, anyio_backend: str
+) -> None:
+    """No handle on the instance FastAPI builds: the collector finds it (and the handlers)."""
+    from fastapi import FastAPI
+
+    import resilience.starlette
+    from resilience.middleware import ASGIDeadlineMiddleware
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def late() -> None:
+        raise resilience.DeadlineExceededError()
+
+    found, handlers = f"prom-fastapi-{anyio_backend}", f"prom-handlers-{anyio_backend}"
+    app.add_middleware(ASGIDeadlineMiddleware, name=found)
+    other = FastAPI()
+    other.add_api_route("/", late)
+    resilience.starlette.install_exception_handlers(other, name=handlers)
+    for target in (app, other):
+        transport = httpx.ASGITransport(app=target)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            assert (await client.get("/")).status_code == 504
+    samples = scrape(registry)
+    responses = "resilience_middleware_responses_total"
+    for name in (found, handlers):
+        assert value(samples, responses, name=name, outcome="deadline_exceeded") == 1
+    # The handlers see no deadline headers: they have answer series only.
+    assert value(samples, "resilience_middleware_invalid_deadlines_total", name=found) == 0
+    assert not any(
+        dict(labels)["name"] == handlers
+        for labels in samples["resilience_middleware_invalid_deadlines_total"]
+    )
+    assert not any(
+        dict(labels) == {"name": handlers, "outcome": "expired"} for labels in samples[responses]
+    )

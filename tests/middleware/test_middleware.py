@@ -102,7 +102,14 @@ async def test_asgi_deadline_from_each_header() -> None:
             assert response.json() == {"remaining": expected}
         response = await client.get("/")
         assert response.json() == {"remaining": None}
-    assert middleware.metrics() == {"with_deadline": 3, "invalid": 0, "clamped": 0, "expired": 0}
+    assert middleware.metrics() == {
+        "with_deadline": 3,
+        "invalid": 0,
+        "clamped": 0,
+        "expired": 0,
+        "deadline_exceeded": 0,
+        "shed": 0,
+    }
 
 
 @pytest.mark.anyio
@@ -134,7 +141,14 @@ async def test_hostile_headers_are_ignored_and_counted() -> None:
             [("grpc-timeout", "99999999H0")],
         ):
             assert (await remaining_seen(client, hostile))[1] == {"remaining": 2.0}
-    assert middleware.metrics() == {"with_deadline": 1, "invalid": 4, "clamped": 1, "expired": 0}
+    assert middleware.metrics() == {
+        "with_deadline": 1,
+        "invalid": 4,
+        "clamped": 1,
+        "expired": 0,
+        "deadline_exceeded": 0,
+        "shed": 0,
+    }
 
 
 @pytest.mark.anyio
@@ -211,7 +225,14 @@ def test_wsgi_deadline_and_hostile_values() -> None:
         }
         expired = client.get("/", headers={"x-resilience-deadline-ms": "0"})
         assert expired.status_code == 504
-    assert middleware.metrics() == {"with_deadline": 3, "invalid": 1, "clamped": 1, "expired": 1}
+    assert middleware.metrics() == {
+        "with_deadline": 3,
+        "invalid": 1,
+        "clamped": 1,
+        "expired": 1,
+        "deadline_exceeded": 0,
+        "shed": 0,
+    }
 
 
 @pytest.fixture
