@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
-import time
 from collections import deque
 from typing import Any
 
+from ._clock import Clock, alarms_of, resolve_clock
 from ._compose import Guard
 from ._counter import peek
 from ._tracking import track
@@ -47,7 +47,13 @@ class Bulkhead(Guard[None]):
     blocks an event loop: a sync entry (`with bulkhead:`, `call`, a decorated
     `def`) that would wait in the thread of a running asyncio or trio loop
     raises `resilience.MisuseError` at once instead, taking no slot and
-    leaving no queue entry. Waits are measured in real time.
+    leaving no queue entry.
+
+    Waits are measured on `clock` (`waited` in errors and events, event
+    times). With the system clock (the default) they end in real time, on the
+    thread's or event loop's own timer; with a clock that keeps alarms
+    (`resilience.testing.FakeClock`), a waiter is rejected when that clock
+    passes `max_wait`, and never by real time passing.
 
     Args:
         max_concurrent: Calls allowed at once (>= 1).
@@ -56,14 +62,17 @@ class Bulkhead(Guard[None]):
         max_queue: Callers allowed to wait at once; more are rejected at
             once (default: no limit beyond `max_wait`).
         name: Names the bulkhead in errors, events and metrics.
+        clock: A `resilience.Clock` that measures (and, with alarms, ends) waits.
     """
 
     __slots__ = (
         "__weakref__",
+        "_call_at",
         "_in_flight",
         "_lock",
         "_rejected",
         "_waiters",
+        "clock",
         "events",
         "max_concurrent",
         "max_queue",
@@ -78,6 +87,7 @@ class Bulkhead(Guard[None]):
         max_wait: float = 0.0,
         max_queue: int | None = None,
         name: str = "bulkhead",
+        clock: Clock | None = None,
     ) -> None:
         self.max_concurrent = check_int(max_concurrent, "max_concurrent")
         self.max_wait = check_seconds(max_wait, "max_wait", allow_zero=True)
@@ -88,6 +98,9 @@ class Bulkhead(Guard[None]):
             )
         self.max_queue = None if max_queue is None else check_int(max_queue, "max_queue")
         self.name = check_string(name, "name")
+        self.clock = resolve_clock(clock)
+        # A fake clock's alarms end waits; None: the thread's or loop's own timer does.
+        self._call_at = alarms_of(self.clock)
         #: This policy's observers; forwards to `resilience.events.global_hub`.
         self.events = ObserverHub(parent=global_hub)
         self._lock = threading.Lock()
@@ -123,13 +136,17 @@ class Bulkhead(Guard[None]):
         waiter = self._enqueue(event.set)
         if waiter.granted:
             return
-        start = time.monotonic()
+        start = self.clock.monotonic()
+        alarm = None if self._call_at is None else self._call_at(start + self.max_wait, event.set)
         try:
-            event.wait(self.max_wait)
+            event.wait(self.max_wait if alarm is None else None)
         except BaseException:
             self._abandon(waiter)  # interrupted while queued: never strand a slot
             raise
-        self._settle_wait(waiter, time.monotonic() - start)
+        finally:
+            if alarm is not None:
+                alarm.cancel()
+        self._settle_wait(waiter, self.clock.monotonic() - start)
 
     def _blocks_loop(self, loop: str) -> MisuseError:
         return MisuseError(
@@ -148,7 +165,7 @@ class Bulkhead(Guard[None]):
             refused = self._refuse(0.0) if self.max_wait == 0 or self._queue_full() else None
         if refused is not None:
             raise self._announce(refused)
-        start = time.monotonic()
+        start = self.clock.monotonic()
         asyncio = sys.modules.get("asyncio")
         if asyncio is not None and _asyncio_loop(asyncio) is not None:
             await self._wait_asyncio(asyncio, start)
@@ -163,28 +180,50 @@ class Bulkhead(Guard[None]):
             loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
 
         waiter = self._enqueue(wake)
+        if waiter.granted:  # a slot freed up since the first look: nothing to wait for
+            return
+        alarm = None if self._call_at is None else self._call_at(start + self.max_wait, wake)
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.max_wait)
+            if alarm is None:
+                await asyncio.wait_for(asyncio.shield(future), self.max_wait)
+            else:
+                await asyncio.shield(future)
         except TimeoutError:
             pass
         except BaseException:
             self._abandon(waiter)  # cancelled while queued: give back a granted slot
             raise
-        self._settle_wait(waiter, time.monotonic() - start)
+        finally:
+            if alarm is not None:
+                alarm.cancel()
+        self._settle_wait(waiter, self.clock.monotonic() - start)
 
     async def _wait_trio(self, start: float) -> None:
         import trio
 
         event = trio.Event()
         token = trio.lowlevel.current_trio_token()
-        waiter = self._enqueue(lambda: token.run_sync_soon(event.set))
+
+        def wake() -> None:
+            token.run_sync_soon(event.set)
+
+        waiter = self._enqueue(wake)
+        if waiter.granted:
+            return
+        alarm = None if self._call_at is None else self._call_at(start + self.max_wait, wake)
         try:
-            with trio.move_on_after(self.max_wait):
+            if alarm is None:
+                with trio.move_on_after(self.max_wait):
+                    await event.wait()
+            else:
                 await event.wait()
         except BaseException:
             self._abandon(waiter)
             raise
-        self._settle_wait(waiter, time.monotonic() - start)
+        finally:
+            if alarm is not None:
+                alarm.cancel()
+        self._settle_wait(waiter, self.clock.monotonic() - start)
 
     def _enqueue(self, wake: Any) -> _Waiter:
         waiter = _Waiter(wake)
@@ -225,7 +264,7 @@ class Bulkhead(Guard[None]):
             self.events.publish(
                 BulkheadRejected(
                     name=self.name,
-                    time=time.monotonic(),
+                    time=self.clock.monotonic(),
                     max_concurrent=self.max_concurrent,
                     waited=error.waited,
                 )

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock", "async_sleep", "resolve_clock"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "SYSTEM_CLOCK",
+    "Cancellable",
+    "Clock",
+    "SystemClock",
+    "alarms_of",
+    "async_sleep",
+    "resolve_clock",
+]
 
 
 @runtime_checkable
@@ -93,3 +104,26 @@ def resolve_clock(clock: Clock | None) -> Clock:
             f"(e.g. resilience.testing.FakeClock), got {clock!r}"
         )
     return clock
+
+
+class Cancellable(Protocol):
+    """What `call_at` returns: a pending alarm that can be dropped."""
+
+    def cancel(self) -> None:
+        """Drop the alarm; nothing happens if it already fired or was dropped."""
+        ...
+
+
+def alarms_of(clock: Clock) -> Callable[[float, Callable[[], object]], Cancellable] | None:
+    """The clock's `call_at`, if it keeps alarms of its own; None for real time.
+
+    A clock that moves only when told to (`resilience.testing.FakeClock`) must
+    also end waits and cancel calls when it is moved: it offers `call_at(when,
+    callback)`, and `Timeout` and `Bulkhead` wait on it instead of on the event
+    loop's or the thread's own (real-time) timers. The system clock, and any
+    clock without `call_at`, gives None: real time, the timers as they are.
+    """
+    if type(clock) is SystemClock:
+        return None
+    call_at = getattr(clock, "call_at", None)
+    return call_at if callable(call_at) else None

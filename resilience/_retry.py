@@ -67,6 +67,10 @@ class RetryExhaustedError(ResilienceError):
         return f"retry {self.name!r}: all {self.attempts} attempts returned a failing result"
 
 
+# The default names of `Retry(name=)` and `RetryBudget(name)`: a name left at its default.
+_DEFAULT_NAME = "retry"
+_DEFAULT_BUDGET_NAME = "retry-budget"
+
 # What `pending` holds in the async entry points until the callable has returned:
 # a TypeError raised while it is still this came from the call itself, not the await.
 _UNCALLED: Any = object()
@@ -76,6 +80,27 @@ _UNCALLED: Any = object()
 _discard_for_this_call: ContextVar[Callable[[Any], object] | None] = ContextVar(
     "resilience_retry_discard", default=None
 )
+
+
+class FastRetries:
+    """What `resilience.testing.fast_retries` switched on in this context (a node of a stack)."""
+
+    __slots__ = ("attempts", "outer", "owner")
+
+    def __init__(
+        self, attempts: int | None, owner: object = None, outer: FastRetries | None = None
+    ) -> None:
+        #: The most calls per logical call, or None for each policy's own.
+        self.attempts = attempts
+        #: The `fast_retries` object whose block set this node.
+        self.owner = owner
+        #: What was in force before that block.
+        self.outer = outer
+
+
+# Set by `resilience.testing.fast_retries`; read only when a retry is being planned,
+# never on a first-try success.
+_fast_retries: ContextVar[FastRetries | None] = ContextVar("resilience_fast_retries", default=None)
 
 
 class _Attempts:
@@ -155,8 +180,11 @@ class Retry(Policy):
         discard_result: Called with a failing result that is about to be
             retried (e.g. to close an HTTP response so its connection goes
             back to the pool); awaited if it returns an awaitable in async code.
-        name: Names the policy in notes, events and metrics.
-        clock: A `resilience.Clock`; a FakeClock makes waits instant in tests.
+        name: Names the policy in notes, events and metrics. Left at its
+            default ("retry") with a `budget` that has a name of its own, the
+            policy takes the budget's name: both name the downstream.
+        clock: A `resilience.Clock`; a FakeClock makes waits instant in tests
+            (so does `resilience.testing.fast_retries`, for every policy).
     """
 
     def __init__(
@@ -191,6 +219,9 @@ class Retry(Policy):
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"budget= must be a resilience.RetryBudget, got {budget!r}")
         self.budget = budget
+        if name == _DEFAULT_NAME and budget is not None and budget.name != _DEFAULT_BUDGET_NAME:
+            # An unnamed retry is named after the downstream its budget names.
+            self.name = budget.name
         self.max_retry_after = check_seconds(max_retry_after, "max_retry_after", allow_zero=True)
         self.raise_on_result = _check_bool(raise_on_result, "raise_on_result")
         self.retry_circuit_open = _check_bool(retry_circuit_open, "retry_circuit_open")
@@ -388,15 +419,19 @@ class Retry(Policy):
     ) -> float | str:
         """The wait before the next attempt, or why not to make one."""
         attempt = attempts.number
-        if attempt >= self.attempts:
+        fast = _fast_retries.get()  # only here: a first-try success never reads it
+        if attempt >= self.attempts or (
+            fast is not None and fast.attempts is not None and attempt >= fast.attempts
+        ):
             return "attempts"
         outcome = exc if exc is not None else result
         server_wait = retry_after_of(outcome)
         if server_wait is not None and server_wait > self.max_retry_after:
             asked = "inf" if math.isinf(server_wait) else f"{server_wait:.3f}s"
             return f"retry_after {asked} > max_retry_after {self.max_retry_after:.3f}s"
+        # Computed even under fast_retries, so a broken wait strategy still fails tests.
         delay = self._compute_wait(attempts, exc, result, fn, args, kwargs)
-        delay = max(delay, server_wait or 0.0)
+        delay = 0.0 if fast is not None else max(delay, server_wait or 0.0)
         now = self.clock.monotonic()
         deadline = current_deadline()
         if deadline is not None:
@@ -419,6 +454,7 @@ class Retry(Policy):
                     attempt=attempt,
                     delay=delay,
                     error_type=None if exc is None else type(exc).__name__,
+                    status=_status_of(outcome),
                 )
             )
         return delay
@@ -501,6 +537,22 @@ class Retry(Policy):
 
     def __repr__(self) -> str:
         return f"Retry(name={self.name!r}, on={self.on!r}, attempts={self.attempts})"
+
+
+def _status_of(outcome: object) -> int | None:
+    """The HTTP status of a response outcome, or of an exception's `.response`; else None.
+
+    A response is anything with an int `status_code` (httpx, requests); an
+    exception such as `httpx.HTTPStatusError` carries one as `.response`.
+    """
+    try:
+        for candidate in (outcome, getattr(outcome, "response", None)):
+            status = getattr(candidate, "status_code", None)
+            if isinstance(status, int) and not isinstance(status, bool):
+                return int(status)
+    except Exception:  # noqa: BLE001  (a property that fails: no status, never a broken call)
+        return None
+    return None
 
 
 def _resolve_wait(wait: Wait | None) -> tuple[Callable[[Any], float], bool]:

@@ -180,19 +180,35 @@ class BreakerEvicted(Event):
 class RetryScheduled(Event):
     """A call failed and will be tried again after `delay` seconds."""
 
-    __slots__ = ("attempt", "delay", "error_type")
+    __slots__ = ("attempt", "delay", "error_type", "status")
     kind: ClassVar[str] = "retry.scheduled"
     #: The number of the attempt that just failed (1 is the first call).
     attempt: int
     delay: float
     #: The failed attempt's exception type name, or None for a failing result.
     error_type: str | None
+    #: The HTTP status that triggered the retry: a failing result's int `status_code`
+    #: (a response), or that of an exception's `.response`; None otherwise (and by default).
+    status: int | None
 
     if TYPE_CHECKING:
 
         def __init__(
-            self, *, name: str, time: float, attempt: int, delay: float, error_type: str | None
+            self,
+            *,
+            name: str,
+            time: float,
+            attempt: int,
+            delay: float,
+            error_type: str | None,
+            status: int | None = None,
         ) -> None: ...
+
+    else:
+
+        def __init__(self, **fields: object) -> None:
+            fields.setdefault("status", None)  # added later: optional, for older callers
+            super().__init__(**fields)
 
 
 class RetryGaveUp(Event):

@@ -105,6 +105,7 @@ class StructlogObserver:
                 attempt=event.attempt,
                 delay_seconds=round(event.delay, 6),
                 error_type=event.error_type,
+                status=event.status,
             )
         elif isinstance(event, RetryGaveUp):
             self.logger.warning(

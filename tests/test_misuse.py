@@ -226,6 +226,7 @@ TABLE: dict[Callable[..., Any], dict[str, list[object] | str]] = {
         "max_wait": [True, "1", None, math.nan, -1],
         "max_queue": [True, 1.5, "2", -1],
         "name": NAME,
+        "clock": CLOCK,
     },
     Timeout: {"seconds": SECONDS, "name": NAME, "clock": CLOCK},
     resilience.deadline: {"seconds": [True, "1", None, math.nan, -1], "clock": CLOCK},

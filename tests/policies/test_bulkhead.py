@@ -12,6 +12,7 @@ import pytest
 
 from resilience import Bulkhead, BulkheadFullError, MisuseError
 from resilience.events import BulkheadRejected, Event
+from resilience.testing import FakeClock
 
 
 class Gauge:
@@ -249,6 +250,9 @@ def test_max_queue_rejects_extra_waiters_at_once() -> None:
         ({"name": "  "}, ValueError, "name="),
         ({"name": None}, TypeError, "name="),
         ({"name": b"db"}, TypeError, "name="),
+        ({"clock": "clock"}, TypeError, "clock="),
+        ({"clock": time.monotonic}, TypeError, "clock="),
+        ({"clock": 1.0}, TypeError, "clock="),
     ],
 )
 def test_bad_bulkheads(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -403,3 +407,148 @@ def test_sync_wait_in_a_worker_thread_of_a_loop_still_waits() -> None:
 
     assert asyncio.run(asyncio.wait_for(main(), 10)) == "waited"
     assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+
+
+# -- clock= ---------------------------------------------------------------------------
+
+
+def test_a_fake_clock_ends_a_thread_wait_in_fake_time_only() -> None:
+    """clock=FakeClock(): real time never ends the wait; fake time past max_wait does."""
+    clock = FakeClock(start=100)
+    bulkhead = Bulkhead(1, max_wait=0.03125, name="db", clock=clock)
+    events: list[Event] = []
+    bulkhead.events.subscribe(events.append)
+    outcome: list[BaseException | str] = []
+
+    def waiter() -> None:
+        try:
+            outcome.append(bulkhead.call(lambda: "got a slot"))
+        except BulkheadFullError as error:
+            outcome.append(error)
+
+    with bulkhead:
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        while bulkhead.waiting == 0:
+            time.sleep(0.001)
+        thread.join(timeout=0.1)  # three times max_wait in real time: still waiting
+        assert thread.is_alive()
+        assert outcome == []
+        clock.advance(0.03125)
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], BulkheadFullError)
+    assert outcome[0].waited == 0.03125
+    assert events == [BulkheadRejected(name="db", time=100.03125, max_concurrent=1, waited=0.03125)]
+    assert clock.pending_alarms == 0
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 1}
+
+
+@pytest.mark.anyio
+async def test_a_fake_clock_ends_a_task_wait() -> None:
+    """A task waiting for a slot is rejected when fake time passes max_wait (asyncio and trio)."""
+    clock = FakeClock()
+    bulkhead = Bulkhead(1, max_wait=5, clock=clock)
+    outcome: list[BaseException | str] = []
+
+    async def waiter() -> None:
+        try:
+            async with bulkhead:
+                outcome.append("got a slot")
+        except BulkheadFullError as error:
+            outcome.append(error)
+
+    async with bulkhead, anyio.create_task_group() as group:
+        group.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(4.5)
+        await anyio.wait_all_tasks_blocked()
+        assert outcome == []
+        assert bulkhead.waiting == 1
+        clock.advance(0.5)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], BulkheadFullError)
+    assert outcome[0].waited == 5.0
+    assert clock.pending_alarms == 0
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 1}
+
+
+@pytest.mark.anyio
+async def test_a_fake_clock_waiter_given_a_slot_in_time_keeps_it() -> None:
+    """A slot released before fake max_wait goes to the waiter; its alarm is dropped."""
+    clock = FakeClock()
+    bulkhead = Bulkhead(1, max_wait=5, clock=clock)
+    outcome: list[str] = []
+
+    async def waiter() -> None:
+        async with bulkhead:
+            outcome.append("got a slot")
+
+    async with anyio.create_task_group() as group, bulkhead:
+        group.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(4.9)
+    assert outcome == ["got a slot"]
+    assert clock.pending_alarms == 0
+    clock.advance(10)
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+
+
+def test_the_default_clock_waits_in_real_time() -> None:
+    """Without clock=, waits end on the thread's timer: the existing real-time behaviour."""
+    from resilience._clock import SYSTEM_CLOCK
+
+    bulkhead = Bulkhead(1, max_wait=0.01)
+    assert bulkhead.clock is SYSTEM_CLOCK
+    with bulkhead, pytest.raises(BulkheadFullError) as caught:
+        bulkhead.call(lambda: None)
+    assert caught.value.waited >= 0.01
+
+
+@pytest.mark.anyio
+async def test_a_slot_freed_before_queueing_is_taken_without_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slot that frees up between the first look and joining the queue is used at once."""
+    real_try_take = Bulkhead._try_take
+    looks: list[int] = []
+
+    def full_at_first_look(self: Bulkhead) -> bool:
+        looks.append(1)
+        return False if len(looks) == 1 else real_try_take(self)
+
+    monkeypatch.setattr(Bulkhead, "_try_take", full_at_first_look)
+    bulkhead = Bulkhead(1, max_wait=30)
+    start = time.monotonic()
+    with anyio.fail_after(10):
+        assert await bulkhead.acall(anyio.sleep, 0) is None
+    assert time.monotonic() - start < 5
+    assert len(looks) == 2
+    assert bulkhead.metrics() == {"in_flight": 0, "waiting": 0, "rejected": 0}
+
+
+class StepClock:
+    """A clock of one's own without call_at: each reading is one second after the last."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+def test_a_clock_without_alarms_measures_but_real_time_ends_the_wait() -> None:
+    """Without call_at, the wait ends on the thread's timer; `waited` is read from the clock."""
+    clock = StepClock()
+    bulkhead = Bulkhead(1, max_wait=0.01, clock=clock)
+    with bulkhead, pytest.raises(BulkheadFullError) as caught:
+        bulkhead.call(lambda: None)
+    assert caught.value.waited == 1.0  # two readings of the step clock, one step apart

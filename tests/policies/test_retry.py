@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import math
 import random
@@ -692,3 +693,109 @@ def test_a_call_never_retried_is_not_counted_as_failed_after_retry() -> None:
         retry.call(Flaky(Transient()))
     metrics = retry.metrics()
     assert (metrics["failed_not_retryable"], metrics["failed_after_retry"]) == (1, 0)
+
+
+# -- names and statuses that identify the downstream ---------------------------------
+
+
+def test_an_unnamed_retry_takes_its_budgets_name() -> None:
+    """Retry(name left at "retry") with RetryBudget("payments") is named "payments"."""
+    budget = RetryBudget("payments")
+    retry = Retry(on=Transient, wait=0, attempts=2, budget=budget)
+    assert retry.name == "payments"
+    events: list[Event] = []
+    retry.events.subscribe(events.append)
+    with pytest.raises(Transient) as caught:
+        retry.call(Flaky(Transient(), Transient()))
+    assert {event.name for event in events} == {"payments"}
+    assert "retry 'payments' gave up" in caught.value.__notes__[-1]
+    # A name given, or a budget without a name of its own, changes nothing.
+    assert Retry(on=Transient, budget=budget, name="charge").name == "charge"
+    assert Retry(on=Transient, budget=RetryBudget()).name == "retry"
+    assert Retry(on=Transient).name == "retry"
+
+
+class Response:
+    """Just enough of an HTTP response: an int status_code."""
+
+    def __init__(self, status_code: object) -> None:
+        self.status_code = status_code
+
+
+class StatusError(Exception):
+    """Like httpx.HTTPStatusError: the response that failed rides on the exception."""
+
+    def __init__(self, status_code: object) -> None:
+        super().__init__(f"status {status_code}")
+        self.response = Response(status_code)
+
+
+class Outcomes:
+    """Raises or returns the given outcomes in order (exceptions are raised), then "ok"."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes)
+
+    def __call__(self) -> object:
+        outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _scheduled(retry: Retry, *outcomes: object) -> list[int | None]:
+    events: list[Event] = []
+    retry.events.subscribe(events.append)
+    with contextlib.suppress(Exception):  # only the events matter here
+        retry.call(Outcomes(*outcomes))
+    return [e.status for e in events if isinstance(e, RetryScheduled)]
+
+
+def test_retry_scheduled_carries_the_status_that_triggered_it() -> None:
+    """A failing response's status_code, or an exception's .response.status_code; else None."""
+    on_result = Retry(
+        on=Transient,
+        wait=0,
+        attempts=5,
+        retry_if_result=lambda r: isinstance(r, Response) and r.status_code != 200,
+    )
+    assert _scheduled(on_result, Response(503), Response(429), Transient()) == [503, 429, None]
+    on_error = Retry(on=StatusError, wait=0, attempts=3)
+    assert _scheduled(on_error, StatusError(502), StatusError(500)) == [502, 500]
+    # Not an int status (a bool, a string): no status rather than a wrong one.
+    odd = Retry(on=StatusError, wait=0, attempts=3)
+    assert _scheduled(odd, StatusError(True), StatusError("503")) == [None, None]
+
+
+def test_retry_scheduled_status_is_optional_for_older_callers() -> None:
+    """Built without status=, the event has status None; it compares and pickles as before."""
+    import pickle
+
+    old = RetryScheduled(name="r", time=1.0, attempt=1, delay=0.5, error_type="E")
+    assert old.status is None
+    assert old == RetryScheduled(
+        name="r", time=1.0, attempt=1, delay=0.5, error_type="E", status=None
+    )
+    new = RetryScheduled(name="r", time=1.0, attempt=1, delay=0.5, error_type=None, status=503)
+    assert pickle.loads(pickle.dumps(new)) == new
+    assert "status=503" in repr(new)
+
+
+def test_the_structlog_observer_logs_the_status() -> None:
+    """retry.scheduled log lines carry status (None when no response triggered the retry)."""
+    from structlog.testing import capture_logs
+
+    from resilience.logging import StructlogObserver
+
+    retry = Retry(
+        on=Transient,
+        wait=0,
+        attempts=3,
+        name="log-status",
+        retry_if_result=lambda r: isinstance(r, Response),
+    )
+    retry.events.subscribe(StructlogObserver())
+    with capture_logs() as logs:
+        retry.call(Outcomes(Response(503), Transient()))
+    scheduled = [log for log in logs if log["event"] == "retry.scheduled"]
+    assert [log["status"] for log in scheduled] == [503, None]
