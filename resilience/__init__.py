@@ -16,6 +16,8 @@ from ._clock import Clock, SystemClock
 from ._compose import Pipeline, Policy, compose
 from ._deadline import DEADLINE_HEADER, Deadline, current_deadline, deadline, remaining
 from ._fallback import Fallback
+from ._limit import ConcurrencyLimit, LimitPermit
+from ._limit_algorithms import AIMDLimit, Gradient2Limit, LimitAlgorithm, VegasLimit
 from ._outcome import Outcome
 from ._retry import Retry, RetryExhaustedError
 from ._state import State
@@ -32,6 +34,7 @@ from .breaker import (
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
+    ConcurrencyLimitExceededError,
     DeadlineExceededError,
     MisuseError,
     ResilienceError,
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEADLINE_HEADER",
+    "AIMDLimit",
     "AsyncResilientTransport",
     "Backoff",
     "BreakerMetrics",
@@ -57,12 +61,17 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
+    "ConcurrencyLimit",
+    "ConcurrencyLimitExceededError",
     "CountWindow",
     "Deadline",
     "DeadlineExceededError",
     "Fallback",
+    "Gradient2Limit",
     "HTTPCircuitOpenError",
     "HTTPDeadlineExceededError",
+    "LimitAlgorithm",
+    "LimitPermit",
     "MisuseError",
     "Outcome",
     "Permit",
@@ -78,6 +87,7 @@ __all__ = [
     "SystemClock",
     "TimeWindow",
     "Timeout",
+    "VegasLimit",
     "__version__",
     "compose",
     "current_deadline",

@@ -5,6 +5,7 @@ Exception
 └── ResilienceError
     ├── CircuitOpenError            a breaker rejected the call
     ├── BulkheadFullError           no concurrency slot was free in time
+    │   └── ConcurrencyLimitExceededError   an adaptive concurrency limit is reached
     ├── RetryBudgetExhaustedError   the retry budget of a downstream is spent
     ├── DeadlineExceededError       also a builtin TimeoutError
     └── MisuseError                 also a builtin TypeError: sync API on async code...
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BulkheadFullError",
     "CircuitOpenError",
+    "ConcurrencyLimitExceededError",
     "DeadlineExceededError",
     "MisuseError",
     "ResilienceError",
@@ -114,6 +116,38 @@ class BulkheadFullError(ResilienceError):
     def __str__(self) -> str:
         return (
             f"bulkhead {self.name!r} is full ({self.max_concurrent} concurrent calls); "
+            f"rejected after waiting {self.waited:.3f}s"
+        )
+
+
+class ConcurrencyLimitExceededError(BulkheadFullError):
+    """A `resilience.ConcurrencyLimit` had no free slot, or none freed up within `max_wait`.
+
+    `ConcurrencyLimitExceededError(name, limit, waited=0.0)`. A
+    `BulkheadFullError`, so everything that handles a full bulkhead handles
+    it too: breakers ignore it (nothing reached the downstream), `Retry`
+    retries it only when `on=` names it or `BulkheadFullError`, and the
+    server middleware answers 503 with `Retry-After`.
+
+    Attributes:
+        name: The limit's name.
+        limit: The limit in force when the call was rejected (also
+            `max_concurrent`).
+        waited: Seconds the call waited for a slot before it was rejected.
+    """
+
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str, limit: int, waited: float = 0.0) -> None: ...
+
+    @property
+    def limit(self) -> int:
+        """The concurrency limit in force at the rejection."""
+        return self.args[1]  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        return (
+            f"concurrency limit {self.name!r} reached ({self.limit} concurrent calls); "
             f"rejected after waiting {self.waited:.3f}s"
         )
 

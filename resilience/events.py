@@ -33,6 +33,8 @@ __all__ = [
     "CallRejected",
     "DeadlineExceeded",
     "Event",
+    "LimitChanged",
+    "LimitRejected",
     "Observer",
     "ObserverHub",
     "RetryBudgetExhausted",
@@ -269,6 +271,37 @@ class BulkheadRejected(Event):
 
         def __init__(
             self, *, name: str, time: float, max_concurrent: int, waited: float
+        ) -> None: ...
+
+
+class LimitRejected(Event):
+    """A concurrency limit rejected a call: no slot was free in time."""
+
+    __slots__ = ("limit", "waited")
+    kind: ClassVar[str] = "limit.rejected"
+    #: The limit in force at the rejection.
+    limit: int
+    waited: float
+
+    if TYPE_CHECKING:
+
+        def __init__(self, *, name: str, time: float, limit: int, waited: float) -> None: ...
+
+
+class LimitChanged(Event):
+    """An adaptive concurrency limit moved (published on every change of the whole limit)."""
+
+    __slots__ = ("from_limit", "in_flight", "to_limit")
+    kind: ClassVar[str] = "limit.changed"
+    from_limit: int
+    to_limit: int
+    #: Calls in flight when the limit moved (may exceed a lowered limit).
+    in_flight: int
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *, name: str, time: float, from_limit: int, to_limit: int, in_flight: int
         ) -> None: ...
 
 

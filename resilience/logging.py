@@ -17,14 +17,18 @@ Event names: `breaker.opened` (warning), `breaker.half_opened`,
 `breaker.metrics_only`, `breaker.threshold_crossed`, `call.rejected` (the
 first per open period; the count comes with the next transition),
 `retry.scheduled`, `retry.gave_up` (warning), `retry.budget_exhausted`,
-`bulkhead.rejected`, `deadline.exceeded` (these three at most once per
-`throttle` seconds per name, with a `suppressed` count), `registry.evicted`.
+`bulkhead.rejected`, `limit.rejected`, `deadline.exceeded` (these four at
+most once per `throttle` seconds per name, with a `suppressed` count),
+`registry.evicted`, and `limit.changed` when an adaptive concurrency limit
+has moved by a factor of `limit_factor` or more since its last line (a
+warning when it fell; also at most once per `throttle` seconds per name).
 Fields are names, states, numbers and exception type names: never call
 arguments, URLs or messages.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -39,6 +43,8 @@ from .events import (
     CallRejected,
     DeadlineExceeded,
     Event,
+    LimitChanged,
+    LimitRejected,
     RetryBudgetExhausted,
     RetryGaveUp,
     RetryScheduled,
@@ -69,11 +75,17 @@ class StructlogObserver:
         logger: A structlog logger; default `structlog.get_logger("resilience")`,
             resolved on each event so that a later `structlog.configure()` applies.
         throttle: Seconds between two lines for the same noisy event and name.
+        limit_factor: How far (a factor > 1) a concurrency limit must move
+            from the value last logged before `limit.changed` is logged.
     """
 
-    def __init__(self, logger: Any = None, *, throttle: float = 10.0) -> None:
+    def __init__(
+        self, logger: Any = None, *, throttle: float = 10.0, limit_factor: float = 1.5
+    ) -> None:
         self._logger = _check_logger(logger)
         self.throttle = check_seconds(throttle, "throttle", allow_zero=True)
+        self.limit_factor = _check_factor(limit_factor)
+        self._limits: dict[str, int] = {}  # limit name -> the limit last logged (or initial)
         self._lock = threading.Lock()
         self._rejected: dict[str, int] = {}  # breaker name -> rejections this open period
         self._last: dict[tuple[str, str], float] = {}  # (kind, name) -> last logged
@@ -126,6 +138,16 @@ class StructlogObserver:
                 max_concurrent=event.max_concurrent,
                 waited_seconds=round(event.waited, 6),
             )
+        elif isinstance(event, LimitChanged):
+            self._limit_changed(event)
+        elif isinstance(event, LimitRejected):
+            self._throttled(
+                "limit.rejected",
+                event.name,
+                "warning",
+                limit=event.limit,
+                waited_seconds=round(event.waited, 6),
+            )
         elif isinstance(event, DeadlineExceeded):
             self._throttled("deadline.exceeded", event.name, "warning", budget_seconds=event.budget)
         elif isinstance(event, BreakerEvicted):
@@ -160,6 +182,30 @@ class StructlogObserver:
                 retry_after_seconds=event.retry_after,
             )
 
+    def _limit_changed(self, event: LimitChanged) -> None:
+        key = ("limit.changed", event.name)
+        with self._lock:
+            base = self._limits.setdefault(event.name, event.from_limit)
+            new = event.to_limit
+            if max(new, base) < self.limit_factor * min(new, base):
+                return  # a small move: the metrics show it
+            now = time.monotonic()
+            last = self._last.get(key)
+            if last is not None and now - last < self.throttle:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            self._limits[event.name] = new
+            suppressed = self._suppressed.pop(key, 0)
+        getattr(self.logger, "warning" if new < base else "info")(
+            "limit.changed",
+            name=event.name,
+            from_limit=base,
+            to_limit=new,
+            in_flight=event.in_flight,
+            suppressed=suppressed,
+        )
+
     def _throttled(self, kind: str, name: str, level: str, **fields: Any) -> None:
         key = (kind, name)
         now = time.monotonic()
@@ -171,6 +217,14 @@ class StructlogObserver:
             self._last[key] = now
             suppressed = self._suppressed.pop(key, 0)
         getattr(self.logger, level)(kind, name=name, suppressed=suppressed, **fields)
+
+
+def _check_factor(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"limit_factor= must be a number > 1, got {value!r}")
+    if not 1 < value < math.inf:
+        raise ValueError(f"limit_factor= must be a finite number > 1, got {value!r}")
+    return float(value)
 
 
 def _check_logger(logger: Any) -> Any:
@@ -189,9 +243,9 @@ class _Installed:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        # Installs not undone, oldest first: (key, (logger, throttle), observer).
-        # The last one logs.
-        self.stack: list[tuple[object, tuple[Any, float], StructlogObserver]] = []
+        # Installs not undone, oldest first: (key, (logger, throttle, limit_factor),
+        # observer). The last one logs.
+        self.stack: list[tuple[object, tuple[Any, float, float], StructlogObserver]] = []
         self.unsubscribe: Callable[[], None] | None = None
 
     def __call__(self, event: Event) -> None:
@@ -205,24 +259,28 @@ class _Installed:
 _installed = _Installed()
 
 
-def install(logger: Any = None, *, throttle: float = 10.0) -> Callable[[], None]:
+def install(
+    logger: Any = None, *, throttle: float = 10.0, limit_factor: float = 1.5
+) -> Callable[[], None]:
     """Log every policy's events through structlog; return the function that undoes this call.
 
     Idempotent: however often it is called (a re-imported module, a fixture
     per test), every event is logged once, by the most recent call not yet
-    undone. A later call with other arguments takes over (its `logger` and
-    `throttle` apply) until its own undo function is called; then the
+    undone. A later call with other arguments takes over (its `logger`,
+    `throttle` and `limit_factor` apply) until its own undo function is called; then the
     earlier call's settings apply again. Logging stops when every call has
     been undone. Each returned function undoes exactly its own call; calling
     it again is harmless.
     """
-    observer = StructlogObserver(logger, throttle=throttle)  # validates the arguments
+    # validates the arguments
+    observer = StructlogObserver(logger, throttle=throttle, limit_factor=limit_factor)
     key = object()
+    settings = (logger, observer.throttle, observer.limit_factor)
     with _installed.lock:
         stack = _installed.stack
-        if stack and stack[-1][1][0] is logger and stack[-1][1][1] == observer.throttle:
+        if stack and stack[-1][1][0] is logger and stack[-1][1][1:] == settings[1:]:
             observer = stack[-1][2]  # same settings: keep its throttling state
-        stack.append((key, (logger, observer.throttle), observer))
+        stack.append((key, settings, observer))
         if _installed.unsubscribe is None:
             _installed.unsubscribe = global_hub.subscribe(_installed)
 

@@ -59,6 +59,10 @@ _LABELS: dict[str, list[str]] = {
     "resilience_retry_budget_exhausted": ["name"],
     "resilience_bulkhead_in_flight": ["name"],
     "resilience_bulkhead_rejected": ["name"],
+    "resilience_concurrency_limit": ["name"],
+    "resilience_concurrency_in_flight": ["name"],
+    "resilience_concurrency_rejected": ["name"],
+    "resilience_concurrency_dropped": ["name"],
     "resilience_deadline_exceeded": ["name"],
     "resilience_fallback_used": ["name"],
     "resilience_middleware_deadline_requests": ["name"],
@@ -77,7 +81,7 @@ _RETRY_OUTCOMES = (
 
 
 class ResilienceCollector(Collector):
-    """Exports every live breaker, retry, budget, bulkhead, timeout, fallback and middleware.
+    """Exports every live breaker, retry, budget, bulkhead, limit, timeout, fallback and middleware.
 
     Metric names and labels are those of DESIGN section 11; see the metrics
     reference in the docs.
@@ -94,6 +98,7 @@ class ResilienceCollector(Collector):
         self._retries(families)
         self._budgets(families)
         self._bulkheads(families)
+        self._limits(families)
         self._timeouts(families)
         self._fallbacks(families)
         self._middlewares(families)
@@ -156,6 +161,26 @@ class ResilienceCollector(Collector):
                 "resilience_bulkhead_rejected",
                 "Calls rejected by a full bulkhead.",
                 labels=_LABELS["resilience_bulkhead_rejected"],
+            ),
+            "limit": GaugeMetricFamily(
+                "resilience_concurrency_limit",
+                "The concurrency limit in force (adaptive limits).",
+                labels=_LABELS["resilience_concurrency_limit"],
+            ),
+            "limit_in_flight": GaugeMetricFamily(
+                "resilience_concurrency_in_flight",
+                "Calls holding a slot of a concurrency limit.",
+                labels=_LABELS["resilience_concurrency_in_flight"],
+            ),
+            "limit_rejected": CounterMetricFamily(
+                "resilience_concurrency_rejected",
+                "Calls rejected by a concurrency limit.",
+                labels=_LABELS["resilience_concurrency_rejected"],
+            ),
+            "limit_dropped": CounterMetricFamily(
+                "resilience_concurrency_dropped",
+                "Calls through a concurrency limit that ended in a drop (timeout, overload).",
+                labels=_LABELS["resilience_concurrency_dropped"],
             ),
             "deadline_exceeded": CounterMetricFamily(
                 "resilience_deadline_exceeded",
@@ -243,6 +268,16 @@ class ResilienceCollector(Collector):
         for name, counts in _summed((b.name, b.metrics()) for b in live("bulkhead")):
             families["in_flight"].add_metric([name], counts["in_flight"])
             families["bulkhead_rejected"].add_metric([name], counts["rejected"])
+
+    @staticmethod
+    def _limits(families: dict[str, Any]) -> None:
+        # Limits sharing a name are one series: limits and in-flight calls summed
+        # (the concurrency allowed towards that downstream), counters summed.
+        for name, counts in _summed((c.name, c.metrics()) for c in live("limit")):
+            families["limit"].add_metric([name], counts["limit"])
+            families["limit_in_flight"].add_metric([name], counts["in_flight"])
+            families["limit_rejected"].add_metric([name], counts["rejected"])
+            families["limit_dropped"].add_metric([name], counts["dropped"])
 
     @staticmethod
     def _timeouts(families: dict[str, Any]) -> None:
@@ -350,6 +385,8 @@ _GAUGE_MODES = {
     "resilience_breaker_state": "livemax",  # 1 if any live worker is in that state
     "resilience_breaker_failure_rate": "livemax",
     "resilience_bulkhead_in_flight": "livesum",
+    "resilience_concurrency_limit": "livesum",
+    "resilience_concurrency_in_flight": "livesum",
 }
 
 
@@ -362,7 +399,8 @@ class MultiprocessExporter:
     ordinary prometheus_client metrics backed by those files: counters grow by
     what changed since the last copy (so the scrape sums them across workers),
     `resilience_breaker_state` and `resilience_breaker_failure_rate` are the
-    maximum over live workers, `resilience_bulkhead_in_flight` their sum.
+    maximum over live workers, `resilience_bulkhead_in_flight`,
+    `resilience_concurrency_limit` and `resilience_concurrency_in_flight` their sum.
     It copies every `interval` seconds from a daemon thread, and at once on
     every breaker state change.
 

@@ -11,6 +11,20 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # What each example must print, so that an example that silently stops
 # demonstrating its point fails here.
 EXPECTED = {
+    "adaptive_limit.py": [
+        "round 1: limit  4, admitted  4, 503s 0, rejected at once 26 -> limit 7",
+        "round 2: limit  7, admitted  7, 503s 0, rejected at once 23 -> limit 11",
+        "round 3: limit 11, admitted 11, 503s 1, rejected at once 19 -> limit 14",
+        "round 4: limit 14, admitted 14, 503s 4, rejected at once 16 -> limit 10",
+        "round 5: limit 10, admitted 10, 503s 0, rejected at once 20 -> limit 16",
+        "round 6: limit 16, admitted 16, 503s 6, rejected at once 14 -> limit 8",
+        "round 7: limit  8, admitted  8, 503s 0, rejected at once 22 -> limit 13",
+        "round 8: limit 13, admitted 13, 503s 3, rejected at once 17 -> limit 11",
+        "rejected: concurrency limit 'inventory' reached (11 concurrent calls); rejected after waiting 0.000s",
+        "a BulkheadFullError too: True",
+        "metrics: {'limit': 11, 'in_flight': 0, 'waiting': 0, 'rejected': 158, 'succeeded': 69, 'dropped': 14, 'ignored': 11}",
+        "events: {'limit.changed': 48, 'limit.rejected': 158}",
+    ],
     "testing_with_fakeclock.py": [
         "ok: test_retries_wait_without_sleeping",
         "ok: test_the_breaker_opens_and_probes_after_its_open_period",

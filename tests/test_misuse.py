@@ -26,18 +26,22 @@ import pytest
 
 import resilience
 from resilience import (
+    AIMDLimit,
     Backoff,
     BreakerRegistry,
     Bulkhead,
     CircuitBreaker,
+    ConcurrencyLimit,
     CountWindow,
     Fallback,
+    Gradient2Limit,
     MisuseError,
     Retry,
     RetryBudget,
     State,
     Timeout,
     TimeWindow,
+    VegasLimit,
     compose,
     exponential_open_duration,
 )
@@ -61,6 +65,7 @@ POLICIES: dict[str, Callable[[], tuple[Any, CircuitBreaker | None]]] = {
     "breaker": lambda: (b := _breaker(), b),
     "retry": lambda: (Retry(on=Exception, attempts=3, wait=0), None),
     "bulkhead": lambda: (Bulkhead(2), None),
+    "limit": lambda: (ConcurrencyLimit(), None),
     "timeout": lambda: (Timeout(1.0), None),
     "fallback": lambda: (Fallback("fallback", on=Exception), None),
     "compose": lambda: (
@@ -69,6 +74,7 @@ POLICIES: dict[str, Callable[[], tuple[Any, CircuitBreaker | None]]] = {
             Retry(on=Exception, attempts=3, wait=0),
             b := _breaker(),
             Bulkhead(2),
+            ConcurrencyLimit(),
             Timeout(1.0),
         ),
         b,
@@ -134,6 +140,20 @@ def test_a_misuse_is_never_retried() -> None:
         retry.call(compose(_breaker()).call, returns_coroutine)
     assert calls == [1]
     assert retry.metrics()["retries"] == 0
+
+
+def test_sync_limit_wait_inside_a_running_loop_raises() -> None:
+    """`with limit:` (a ConcurrencyLimit) that would wait inside an event loop raises too."""
+    limit = ConcurrencyLimit(AIMDLimit(initial_limit=1), max_wait=1.0)
+
+    async def run() -> None:
+        async with limit:
+            with pytest.raises(MisuseError, match="async with limit"), limit:
+                pass
+        assert limit.in_flight == 0
+        assert limit.waiting == 0
+
+    asyncio.run(run())
 
 
 def test_sync_bulkhead_wait_inside_a_running_loop_raises() -> None:
@@ -228,6 +248,42 @@ TABLE: dict[Callable[..., Any], dict[str, list[object] | str]] = {
         "name": NAME,
         "clock": CLOCK,
     },
+    ConcurrencyLimit: {
+        "algorithm": [3, "aimd", AIMDLimit, object()],
+        "max_wait": [True, "1", None, math.nan, -1],
+        "max_queue": [True, 1.5, "2", -1],
+        "drop_if": CALLABLE,
+        "drop_on": "exception spec: tests/test_outcome.py (and tests/policies/test_limit.py)",
+        "name": NAME,
+        "clock": CLOCK,
+    },
+    AIMDLimit: {
+        "initial_limit": COUNT,
+        "min_limit": COUNT,
+        "max_limit": COUNT,
+        "backoff_ratio": [True, "0.9", math.nan, math.inf, 0.4, 1.0, -0.9],
+        "timeout": SECONDS,
+        "window": [s for s in SECONDS if s is not None],
+    },
+    Gradient2Limit: {
+        "initial_limit": COUNT,
+        "min_limit": COUNT,
+        "max_limit": COUNT,
+        "smoothing": [*RATIO, 0],
+        "queue_size": [True, 1.5, "4", None, -1],
+        "long_window": COUNT,
+        "rtt_tolerance": [True, "1.5", None, math.nan, math.inf, 0.5, -1],
+        "window": [s for s in SECONDS if s is not None],
+    },
+    VegasLimit: {
+        "initial_limit": COUNT,
+        "min_limit": COUNT,
+        "max_limit": COUNT,
+        "smoothing": [*RATIO, 0],
+        "probe_multiplier": COUNT,
+        "rng": [3, "seed", object()],
+        "window": [s for s in SECONDS if s is not None],
+    },
     Timeout: {"seconds": SECONDS, "name": NAME, "clock": CLOCK},
     resilience.deadline: {"seconds": [True, "1", None, math.nan, -1], "clock": CLOCK},
     Fallback: {
@@ -289,6 +345,10 @@ def test_every_parameter_is_in_the_table(factory: Callable[..., Any]) -> None:
         (RetryBudget, {"window": dt.timedelta(seconds=30)}),
         (TimeWindow, {"seconds": dt.timedelta(minutes=1)}),
         (CircuitBreaker, {"name": "td", "open_duration": dt.timedelta(seconds=10)}),
+        (ConcurrencyLimit, {"max_wait": dt.timedelta(seconds=1)}),
+        (AIMDLimit, {"timeout": dt.timedelta(seconds=1), "window": dt.timedelta(seconds=1)}),
+        (Gradient2Limit, {"window": dt.timedelta(milliseconds=100)}),
+        (VegasLimit, {"window": dt.timedelta(milliseconds=100)}),
     ],
     ids=lambda v: getattr(v, "__name__", ""),
 )

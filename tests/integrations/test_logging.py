@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import resilience
-from resilience.events import BulkheadRejected, ObserverHub
+from resilience.events import BulkheadRejected, LimitChanged, LimitRejected, ObserverHub
 from resilience.logging import StructlogObserver, install
 from resilience.testing import FakeClock
 
@@ -186,6 +186,12 @@ class RecordingLogger:
         ({"throttle": None}, TypeError, "throttle="),
         ({"logger": 3}, TypeError, "logger="),
         ({"logger": "resilience"}, TypeError, "logger="),
+        ({"limit_factor": 1}, ValueError, "limit_factor="),
+        ({"limit_factor": 0.5}, ValueError, "limit_factor="),
+        ({"limit_factor": math.inf}, ValueError, "limit_factor="),
+        ({"limit_factor": math.nan}, ValueError, "limit_factor="),
+        ({"limit_factor": True}, TypeError, "limit_factor="),
+        ({"limit_factor": "2"}, TypeError, "limit_factor="),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -199,3 +205,62 @@ def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: st
 def test_throttle_takes_a_timedelta() -> None:
     """throttle= is seconds, or a datetime.timedelta."""
     assert StructlogObserver(throttle=datetime.timedelta(minutes=1)).throttle == 60.0
+
+
+def _moved(name: str, old: int, new: int) -> LimitChanged:
+    return LimitChanged(name=name, time=0.0, from_limit=old, to_limit=new, in_flight=3)
+
+
+def test_a_limit_is_logged_when_it_moves_by_the_factor() -> None:
+    """limit.changed only once the limit is 1.5x (default) above or below the last logged value."""
+    hub = ObserverHub()
+    hub.subscribe(StructlogObserver(throttle=0))
+    with capture_logs() as logs:
+        for old, new in [(20, 21), (21, 25), (25, 29), (29, 30), (30, 24), (24, 19), (19, 5)]:
+            hub.publish(_moved("lim", old, new))
+    # base 20: 21, 25, 29 are < 30; 30 = 1.5 x 20 is logged (info), base 30;
+    # 24 > 30 / 1.5 = 20 is not; 19 < 20 is (warning), base 19; 5 <= 19 / 1.5 is too.
+    lines = [(log["event"], log["log_level"], log["from_limit"], log["to_limit"]) for log in logs]
+    assert lines == [
+        ("limit.changed", "info", 20, 30),
+        ("limit.changed", "warning", 30, 19),
+        ("limit.changed", "warning", 19, 5),
+    ]
+    assert logs[0]["in_flight"] == 3
+    assert logs[0]["name"] == "lim"
+
+
+def test_limit_lines_are_throttled() -> None:
+    """Large moves within `throttle` seconds of the last line are counted, not logged."""
+    hub = ObserverHub()
+    hub.subscribe(StructlogObserver(throttle=3600, limit_factor=2))
+    with capture_logs() as logs:
+        hub.publish(_moved("lim", 10, 40))
+        hub.publish(_moved("lim", 40, 5))
+        hub.publish(LimitRejected(name="lim", time=0.0, limit=5, waited=0.0))
+        hub.publish(LimitRejected(name="lim", time=0.0, limit=5, waited=0.0))
+    assert [(log["event"], log["suppressed"]) for log in logs] == [
+        ("limit.changed", 0),
+        ("limit.rejected", 0),
+    ]
+    assert logs[1]["limit"] == 5
+
+
+def test_a_real_limit_logs_through_install() -> None:
+    """A ConcurrencyLimit's events reach structlog once install() is called."""
+    clock = FakeClock()
+    limit = resilience.ConcurrencyLimit(
+        resilience.AIMDLimit(initial_limit=20, window=None), name="log-limit", clock=clock
+    )
+    uninstall = install(throttle=0)
+    try:
+        with capture_logs() as logs:
+            for _ in range(4):  # drops: int(L * 0.9): 20 -> 18 -> 16 -> 14 -> 12 <= 20 / 1.5
+                permit = limit.acquire()
+                clock.advance(0.1)
+                permit.record_drop()
+    finally:
+        uninstall()
+    assert [(log["event"], log["from_limit"], log["to_limit"]) for log in logs] == [
+        ("limit.changed", 20, 12)
+    ]

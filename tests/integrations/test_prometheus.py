@@ -427,3 +427,36 @@ async def test_fastapi_middleware_and_handlers_are_found(
     assert not any(
         dict(labels) == {"name": handlers, "outcome": "expired"} for labels in samples[responses]
     )
+
+
+def test_concurrency_limit_series(registry: CollectorRegistry) -> None:
+    """Limit, in-flight, rejections and drops of a ConcurrencyLimit, by name."""
+    clock = FakeClock()
+    limit = resilience.ConcurrencyLimit(
+        resilience.AIMDLimit(initial_limit=2, window=None), name="prom-limit", clock=clock
+    )
+    held = limit.acquire()
+    with limit, pytest.raises(resilience.ConcurrencyLimitExceededError):
+        limit.call(lambda: None)
+    dropped = limit.acquire()
+    clock.advance(0.1)
+    dropped.record_drop()  # AIMD: int(2 * 0.9) = 1
+    samples = scrape(registry)
+    assert value(samples, "resilience_concurrency_limit", name="prom-limit") == 1
+    assert value(samples, "resilience_concurrency_in_flight", name="prom-limit") == 1
+    assert value(samples, "resilience_concurrency_rejected_total", name="prom-limit") == 1
+    assert value(samples, "resilience_concurrency_dropped_total", name="prom-limit") == 1
+    # A limit is not a bulkhead in the metrics: no resilience_bulkhead_* series for it.
+    assert all(
+        dict(labels).get("name") != "prom-limit"
+        for labels in samples.get("resilience_bulkhead_in_flight", {})
+    )
+    held.release()
+    del limit
+
+
+def test_concurrency_limit_gauges_in_multiprocess_mode() -> None:
+    """The exporter knows how to aggregate the new gauges across workers (their sum)."""
+    exporter = rp.MultiprocessExporter()
+    for name in ("resilience_concurrency_limit", "resilience_concurrency_in_flight"):
+        assert exporter._metrics[name]._multiprocess_mode == "livesum"  # type: ignore[union-attr]
