@@ -3,7 +3,8 @@
 Cases (issue "The httpx transport"): a GET through httpx.Client on an
 in-memory httpx.MockTransport (the transport's own overhead, amplified), and a
 GET to a uvicorn server on 127.0.0.1 (what a real call sees). Ratios are to
-bare httpx in the same run.
+bare httpx in the same run: the best time of each, and the median of the
+ratios measured round by round (see `run`).
 
     python benchmarks/bench_transport.py [--json PATH] [--quick]
 """
@@ -14,6 +15,7 @@ import argparse
 import contextvars
 import itertools
 import platform
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -141,30 +143,55 @@ def run(
     repeat: int,
     *,
     parts: bool = False,
-) -> dict[str, float | None]:
-    """Best ns per GET for each transport; the rounds alternate between transports."""
+) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """Best ns per GET for each transport, and its median per-round ratio to bare httpx.
+
+    Each round times every transport once, back to back, in an order that
+    rotates from round to round. The ratio of a round compares runs made
+    moments apart, so a machine slowed down by other work for a while moves
+    both sides of it: its median is the figure to trust on a shared machine,
+    where the best times of different transports may come from different
+    moments.
+    """
     clients = {
         name: None if transport is None else httpx.Client(transport=transport)
         for name, transport in transports(inner, parts=parts).items()
     }
     best: dict[str, float | None] = dict.fromkeys(clients)
+    rounds: dict[str, list[float]] = {name: [] for name, client in clients.items() if client}
+    names = list(rounds)
     try:
         for client in clients.values():
             if client is not None:
                 for _ in range(200):  # warm up: connection, registry entry, full window
                     client.get(url)
-        for _ in range(repeat):
-            for name, client in clients.items():
-                if client is None:
-                    continue
+        for number_of_round in range(repeat):
+            shift = number_of_round % len(names)
+            for name in names[shift:] + names[:shift]:
+                client = clients[name]
                 ns = measure(lambda client=client: client.get(url), number=number, repeat=1)
+                rounds[name].append(ns)
                 previous = best[name]
                 best[name] = ns if previous is None else min(previous, ns)
     finally:
         for client in clients.values():
             if client is not None:
                 client.close()
-    return best
+    bare = rounds["bare httpx"]
+    ratios: dict[str, float | None] = {
+        name: statistics.median(ns / base for ns, base in zip(rounds[name], bare, strict=True))
+        if name in rounds
+        else None
+        for name in clients
+    }
+    return best, ratios
+
+
+def print_ratios(title: str, ratios: dict[str, float | None]) -> None:
+    print(f"\n{title}: median per-round ratio to bare httpx")
+    for name, ratio in ratios.items():
+        if ratio is not None:
+            print(f"  {name:<44} {ratio:>9.3f}")
 
 
 def main() -> None:
@@ -172,11 +199,15 @@ def main() -> None:
     parser.add_argument("--json", help="write results to this file")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = parser.parse_args()
-    number, repeat = (300, 3) if args.quick else (1000, 15)
+    number, repeat = (300, 3) if args.quick else (200, 75)
 
-    mock = run("http://bench.test/", lambda: httpx.MockTransport(ok), number, repeat, parts=True)
+    mock, mock_ratios = run(
+        "http://bench.test/", lambda: httpx.MockTransport(ok), number, repeat, parts=True
+    )
     with serve(asgi_ok) as base:
-        loopback = run(f"{base}/", httpx.HTTPTransport, max(number // 5, 100), repeat)
+        loopback, loopback_ratios = run(
+            f"{base}/", httpx.HTTPTransport, max(number // 5, 40), repeat
+        )
 
     print(
         f"Python {platform.python_version()} on {platform.machine()}, {number} requests x {repeat}"
@@ -184,11 +215,18 @@ def main() -> None:
     for title, rows in (("GET via MockTransport", mock), ("GET via loopback uvicorn", loopback)):
         available = {name: ns for name, ns in rows.items() if ns is not None}
         print_table(title, available, "bare httpx")
+    print_ratios("GET via MockTransport", mock_ratios)
+    print_ratios("GET via loopback uvicorn", loopback_ratios)
     if args.json:
         write_json(
             args.json,
             "transport",
-            {"mock_ns": mock, "loopback_ns": loopback},
+            {
+                "mock_ns": mock,
+                "loopback_ns": loopback,
+                "mock_ratio_median": mock_ratios,
+                "loopback_ratio_median": loopback_ratios,
+            },
             number=number,
             repeat=repeat,
         )

@@ -10,7 +10,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["live", "track"]
+__all__ = ["live", "track", "untrack"]
 
 _lock = threading.Lock()
 _live: dict[str, weakref.WeakSet[Any]] = {}
@@ -20,6 +20,14 @@ def track(kind: str, policy: object) -> None:
     """Remember `policy` (weakly) under `kind`: "breaker", "retry", "budget"..."""
     with _lock:
         _live.setdefault(kind, weakref.WeakSet()).add(policy)
+
+
+def untrack(kind: str, policy: object) -> None:
+    """Forget `policy`: it stays out of the metrics (an internal template, say)."""
+    with _lock:
+        policies = _live.get(kind)
+        if policies is not None:
+            policies.discard(policy)
 
 
 def live(kind: str) -> list[Any]:

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import copy
+import difflib
+import functools
+import inspect
 import operator
 import sys
+import threading
 import uuid
 from collections import deque
-from types import EllipsisType, MappingProxyType
+from types import EllipsisType, FunctionType, MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn, Self, cast
 
 import httpx
 
 from ._backoff import Backoff
 from ._budget import RetryBudget
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, resolve_clock
 from ._deadline import (
     DEADLINE_HEADER,
     Deadline,
@@ -30,11 +35,14 @@ from ._deadline import (
     leave_deadline,
 )
 from ._retry import Retry, RetryExhaustedError, _discard_for_this_call
+from ._tracking import untrack
 from ._validate import check_int, check_seconds
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import CircuitOpenError, DeadlineExceededError
+from .events import ObserverHub
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import (
         AsyncIterator,
         Callable,
@@ -78,6 +86,40 @@ NON_RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     httpx.StreamError,
     httpx.PoolTimeout,
 )
+#: The default total timeout, in seconds.
+_TOTAL_TIMEOUT = 30.0
+#: The most origins that get a default retry of their own (as the default breakers).
+_MAX_ORIGINS = 1000
+#: An httpx timeout that fires this close to the deadline (timers round) is the deadline's.
+_DEADLINE_SLACK = 0.001
+
+
+class _Default(float):
+    """A default number, told apart by identity from the same number passed on purpose."""
+
+    __slots__ = ()
+
+
+#: `attempt_timeout`'s default (10 s), shortened to a shorter total timeout
+#: when `attempt_timeout` is not given; `10.0` passed on purpose is checked.
+_ATTEMPT_TIMEOUT = _Default(10.0)
+#: What `httpx.HTTPTransport` and `httpx.AsyncHTTPTransport` take (httpx 0.28),
+#: with their defaults: passed on to the inner transport that they build.
+_HTTPX_DEFAULTS: Mapping[str, object] = MappingProxyType(
+    {
+        "verify": True,
+        "cert": None,
+        "trust_env": True,
+        "http1": True,
+        "http2": False,
+        "limits": httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        "proxy": None,
+        "uds": None,
+        "local_address": None,
+        "retries": 0,
+        "socket_options": None,
+    }
+)
 
 
 class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
@@ -96,10 +138,13 @@ class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
 
 
 class HTTPDeadlineExceededError(DeadlineExceededError, httpx.TimeoutException):
-    """No time was left for an attempt: a `DeadlineExceededError` and an httpx timeout.
+    """The deadline ran out: a `DeadlineExceededError` and an `httpx.TimeoutException`.
 
     `before_call` is True when nothing was sent (the deadline was spent before
-    the attempt started).
+    the attempt started). It is False when the deadline ran out during an
+    attempt, while waiting for a connection, the response or its body: the
+    error is then raised from the httpx timeout that fired (`__cause__`).
+    `name` is the origin (`scheme://host:port`).
     """
 
     def __init__(
@@ -114,8 +159,8 @@ class HTTPDeadlineExceededError(DeadlineExceededError, httpx.TimeoutException):
         self._request = request
 
 
-def _failure_status(status: int) -> bool:
-    """Breaker failures by default: 5xx and 429; other 4xx are the caller's problem."""
+def default_failure_status(status: int) -> bool:
+    """The default `failure_status=`: 5xx and 429; other 4xx are the caller's problem."""
     return status >= 500 or status == 429
 
 
@@ -142,10 +187,16 @@ class _Pipeline:
         max_drain_bytes: int,
         send_deadline_header: bool,
         half_open_max_wait: float | EllipsisType | None,
+        clock: Clock | None,
     ) -> None:
         self.total_timeout = (
             None if total_timeout is None else check_seconds(total_timeout, "total_timeout")
         )
+        if type(attempt_timeout) is _Default:
+            # Not given: 10 s, or the total timeout if that is shorter.
+            attempt_timeout = float(attempt_timeout)
+            if self.total_timeout is not None:
+                attempt_timeout = min(attempt_timeout, self.total_timeout)
         self.attempt_timeout = (
             None if attempt_timeout is None else check_seconds(attempt_timeout, "attempt_timeout")
         )
@@ -169,12 +220,23 @@ class _Pipeline:
         self.buffer_bodies = _flag(buffer_bodies, "buffer_bodies")
         self.max_drain_bytes = check_int(max_drain_bytes, "max_drain_bytes", minimum=0)
         self.send_deadline_header = _flag(send_deadline_header, "send_deadline_header")
+        #: The clock given as `clock=`, or None: then each request uses its
+        #: breaker's clock (the system clock without a breaker).
+        self.clock = None if clock is None else resolve_clock(clock)
+        self._policy_clock = resolve_clock(clock)  # for the default breakers and retries
+        #: The retry policy as configured: yours, the default, or None.
         self.retry = self._resolve_retry(retry)
+        # What runs a request's retries: each origin's copy of the default, or
+        # yours (with the status rule when it has no result rule of its own).
+        self._default_retry = self.retry if isinstance(self.retry, _DefaultRetry) else None
+        self._call_retry = None if self._default_retry is not None else self.retry
+        if self._call_retry is not None and self._call_retry.retry_if_result is None:
+            self._call_retry = _with_result_rule(self._call_retry, self.retryable_status)
         if half_open_max_wait is ...:
             # A probe that has not reported after the longest a request may take
             # is taken as lost (a response held open, never read nor closed).
             self.half_open_max_wait: float | None = (
-                self.total_timeout or self.attempt_timeout or _DEFAULTS["total_timeout"]
+                self.total_timeout or self.attempt_timeout or _TOTAL_TIMEOUT
             )
         elif breaker is not None and breaker is not True:
             raise TypeError(
@@ -192,25 +254,24 @@ class _Pipeline:
         resolved = self._resolve_breaker(breaker)
         self._registry = resolved if isinstance(resolved, BreakerRegistry) else None
         self._shared_breaker = resolved if isinstance(resolved, CircuitBreaker) else None
-        self._origin_names: dict[tuple[str, bytes, int | None], str] = {}
+        self._origin_names: dict[tuple[object, ...], str] = {}
+        #: Whether a request's origin is looked up: for its breaker or its retry.
+        self._by_origin = self._registry is not None or self._default_retry is not None
         #: Permits of streamed responses not settled yet, by id of their body
         #: stream: whoever pops one settles it (the stream when it closes, fails
         #: or is collected, or `abandon_open` when the transport closes).
         self.open_permits: dict[int, Permit] = {}
 
+    def retryable_status(self, response: httpx.Response) -> bool:
+        """The status rule of the default retry (and of a `Retry` that has none)."""
+        return response.status_code in self.retry_statuses
+
     def _resolve_retry(self, retry: Retry | bool | None) -> Retry | None:
         if retry is None or retry is True:
             # Polly's standard HTTP handler: 3 retries, exponential with jitter
-            # (base 2 s there; 0.2 s here, for service-to-service calls), Retry-After honoured.
-            return Retry(
-                on=_transient,
-                attempts=4,
-                wait=Backoff(initial=0.2, maximum=5.0),
-                retry_if_result=lambda response: response.status_code in self.retry_statuses,
-                budget=RetryBudget("http"),
-                max_retry_after=30.0,
-                name="http",
-            )
+            # (base 2 s there; 0.2 s here, for service-to-service calls), Retry-After
+            # honoured. Each origin gets its own copy, with its own budget.
+            return _DefaultRetry(self.retryable_status, self._policy_clock)
         if retry is False:
             return None
         if not isinstance(retry, Retry):
@@ -225,12 +286,13 @@ class _Pipeline:
             # opens the circuit for 5 s; one breaker per origin.
             window = max(30.0, 2 * (self.attempt_timeout or 0))
             return BreakerRegistry(
-                max_size=1000,
+                max_size=_MAX_ORIGINS,
                 failure_rate_threshold=0.1,
                 minimum_calls=100,
                 window=TimeWindow(seconds=window),
                 open_duration=5.0,
                 half_open_max_wait=self.half_open_max_wait,
+                clock=self._policy_clock,
             )
         if breaker is False:
             return None
@@ -273,30 +335,33 @@ class _Pipeline:
                 check_seconds(overrides[key], f'request.extensions["resilience"]["{key}"]')
         return overrides
 
-    def breaker_for(
-        self, request: httpx.Request, options: Mapping[str, Any]
-    ) -> CircuitBreaker | None:
-        if options and options.get("breaker") is False:
-            return None
-        registry = self._registry
-        if registry is None:
-            return self._shared_breaker
-        url = request.url
-        origin = (url.scheme, url.raw_host, url.port)
+    def origin_name(self, url: httpx.URL) -> str:
+        """`scheme://host:port` of `url`: the name of its breaker, retry and budget."""
+        origin = _url_origin(url._uri_reference) if _PARSED_URLS else _public_origin(url)
         name = self._origin_names.get(origin)
         if name is None:
             if len(self._origin_names) > 4096:  # bounded, like the registry
                 self._origin_names.clear()
-            port = url.port or (443 if url.scheme == "https" else 80)
-            name = self._origin_names[origin] = f"{url.scheme}://{url.host}:{port}"
-        return registry.get(name)
+            name = self._origin_names[origin] = _origin_name(url)
+        return name
 
-    def retry_for(
+    def route(
         self, request: httpx.Request, options: Mapping[str, Any]
-    ) -> tuple[Retry | None, str]:
-        """The retry policy for this request, or None and why not."""
+    ) -> tuple[CircuitBreaker | None, Retry | None, str]:
+        """The breaker and the retry policy for this request; if no retry, why not."""
+        origin = ""
+        if self._by_origin:
+            url = request.url
+            key = _url_origin(url._uri_reference) if _PARSED_URLS else _public_origin(url)
+            origin = self._origin_names.get(key) or self.origin_name(url)
+        if options and options.get("breaker") is False:
+            breaker = None
+        elif self._registry is not None:
+            breaker = self._registry.get(origin)
+        else:
+            breaker = self._shared_breaker
         if self.retry is None or (options and options.get("retry") is False):
-            return None, "retries are off"
+            return breaker, None, "retries are off"
         method = request.method.upper()
         safe = (
             method in self.retry_methods
@@ -305,15 +370,22 @@ class _Pipeline:
         )
         if not safe:
             if not self.idempotency_key or method not in ("POST", "PATCH"):
-                return None, f"{method} is not idempotent"
+                return breaker, None, f"{method} is not idempotent"
             # One key per logical request: every attempt below sends the same one.
             request.headers["Idempotency-Key"] = str(uuid.uuid4())
         if not isinstance(request.stream, httpx.ByteStream) and not self.buffer_bodies:
-            return None, (
-                "the request body is a one-shot stream (a generator or file); "
-                "pass bytes, or set buffer_bodies=True to retry it"
+            return (
+                breaker,
+                None,
+                (
+                    "the request body is a one-shot stream (a generator or file); "
+                    "pass bytes, or set buffer_bodies=True to retry it"
+                ),
             )
-        return self.retry, ""
+        default = self._default_retry
+        if default is None:
+            return breaker, self._call_retry, ""
+        return breaker, default._origins.get(origin) or default.for_origin(origin), ""
 
     def enter(
         self, options: Mapping[str, Any], clock: Clock
@@ -342,7 +414,10 @@ class _Pipeline:
             left = deadline.expires_at - deadline.clock.monotonic()
             if left <= 0:
                 raise HTTPDeadlineExceededError(
-                    "http", deadline.budget, request=request, before_call=True
+                    self.origin_name(request.url),
+                    deadline.budget,
+                    request=request,
+                    before_call=True,
                 )
             if limit is None or left < limit:
                 limit = left
@@ -368,19 +443,22 @@ class _Pipeline:
             _put_header(sent.headers, _DEADLINE_KEY, header)
         return sent
 
-    def settled_by_headers(self, permit: Permit, response: httpx.Response) -> bool:
+    def settle_by_status(
+        self, permit: Permit, response: httpx.Response, in_memory: bool
+    ) -> Permit | None:
         """Settle `permit` from a response's status, unless its body can still fail.
 
         A failure status settles as a failure; a success whose body is already
-        in memory as a success. Otherwise (False) the body stream must settle it.
+        in memory as a success. Otherwise the permit is returned, for the body
+        stream to settle.
         """
         if self.failure_status(response.status_code):
             permit.record_failure()
-        elif response.is_closed or isinstance(response.stream, httpx.ByteStream):
+        elif in_memory:
             permit.record_success()  # the body is in memory: nothing left to fail
         else:
-            return False
-        return True
+            return permit
+        return None
 
     def abandon_open(self) -> None:
         """The transport is closing: release (IGNORED) the permits of responses still open.
@@ -456,6 +534,31 @@ def _httpx_requests_are_plain() -> bool:
 
 
 _PLAIN_REQUESTS = _httpx_requests_are_plain()
+
+
+def _public_origin(url: httpx.URL) -> tuple[object, ...]:
+    """(scheme, host, port) of `url` through httpx's public API (default ports are None)."""
+    return (url.scheme, url.raw_host, url.port)
+
+
+#: (scheme, host, port) of an httpx URL's parsed form (see `_httpx_urls_keep_parts`):
+#: the same as `_public_origin` at a third of the cost (no credentials).
+_url_origin = operator.itemgetter(0, 2, 3)
+
+
+def _httpx_urls_keep_parts() -> bool:
+    """Whether httpx.URL keeps (scheme, userinfo, host, port, ...) in `_uri_reference`."""
+    for text in ("https://user:secret@Probe.invalid:8443/path", "http://probe.invalid:80/"):
+        probe = httpx.URL(text)
+        parts = getattr(probe, "_uri_reference", None)
+        if not isinstance(parts, tuple) or len(parts) < 4:
+            return False
+        if _url_origin(parts) != (probe.scheme, probe.raw_host.decode("ascii"), probe.port):
+            return False
+    return True
+
+
+_PARSED_URLS = _httpx_urls_keep_parts()
 
 
 def _httpx_keeps_raw_header_triples() -> bool:
@@ -565,22 +668,66 @@ def _release_queued() -> None:
         permit.release()
 
 
+#: Where a watched stream without a permit looks for one: never filled.
+_NO_PERMITS: dict[int, Permit] = {}
+
+
+def _origin_name(url: httpx.URL) -> str:
+    """`scheme://host:port`, the port spelled out (an IPv6 host in brackets)."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    host = url.host
+    return f"{url.scheme}://[{host}]:{port}" if ":" in host else f"{url.scheme}://{host}:{port}"
+
+
+def _cut_by_deadline(
+    exc: BaseException, deadline: Deadline | None, request: httpx.Request
+) -> HTTPDeadlineExceededError | None:
+    """The error to raise for an httpx timeout that fired because the deadline ran out.
+
+    The attempt's httpx timeouts were clamped to the time left, so a timeout
+    that fires as the deadline expires is the deadline's: None for anything
+    else (an attempt timeout or a client timeout with time left).
+    """
+    if (
+        deadline is None
+        or not isinstance(exc, httpx.TimeoutException)
+        or isinstance(exc, DeadlineExceededError)  # a nested resilient transport's
+        or deadline.expires_at - deadline.clock.monotonic() > _DEADLINE_SLACK
+    ):
+        return None
+    return HTTPDeadlineExceededError(_origin_name(request.url), deadline.budget, request=request)
+
+
 class _HoldsPermit:
     """The permit of a settling stream, settled by whichever way the body ends first.
 
-    It is kept in the transport's `open_permits` until one of them pops it.
+    It is kept in the transport's `open_permits` until one of them pops it. A
+    stream watched only for its deadline has no permit.
     """
 
-    def __init__(self, permit: Permit, permits: dict[int, Permit]) -> None:
-        self._permits = permits
-        permits[id(self)] = permit
+    def __init__(
+        self,
+        permit: Permit | None,
+        permits: dict[int, Permit],
+        deadline: Deadline | None,
+        request: httpx.Request,
+    ) -> None:
+        self._deadline = deadline
+        self._request = request
+        if permit is None:
+            self._permits = _NO_PERMITS
+        else:
+            self._permits = permits
+            permits[id(self)] = permit
 
     def _take(self) -> Permit | None:
         return self._permits.pop(id(self), None)
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> HTTPDeadlineExceededError | None:
+        """Settle the permit for `exc`; return the error to raise if the deadline cut it."""
         if not isinstance(exc, GeneratorExit):
             _settle_exception(self._take(), exc)
+        return _cut_by_deadline(exc, self._deadline, self._request)
 
     def _closed(self) -> None:
         permit = self._take()
@@ -607,20 +754,29 @@ class _SettlingStream(_HoldsPermit, httpx.SyncByteStream):
     failure; a body read or closed without error is a success; a response
     garbage-collected unclosed, or still open when the transport closes, is
     IGNORED. Once, whichever comes first, from any thread: the permit lives
-    in the transport's `open_permits` until one of them pops it.
+    in the transport's `open_permits` until one of them pops it. An httpx
+    timeout that fired because the deadline ran out is raised as
+    `HTTPDeadlineExceededError`, with or without a permit.
     """
 
     def __init__(
-        self, stream: httpx.SyncByteStream, permit: Permit, permits: dict[int, Permit]
+        self,
+        stream: httpx.SyncByteStream,
+        permit: Permit | None,
+        permits: dict[int, Permit],
+        deadline: Deadline | None,
+        request: httpx.Request,
     ) -> None:
-        super().__init__(permit, permits)
+        super().__init__(permit, permits, deadline, request)
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._stream
         except BaseException as exc:
-            self._failed(exc)
+            cut = self._failed(exc)
+            if cut is not None:
+                raise cut from exc
             raise
 
     def close(self) -> None:
@@ -634,18 +790,32 @@ class _AsyncSettlingStream(_HoldsPermit, httpx.AsyncByteStream):
     """The async twin of `_SettlingStream`."""
 
     def __init__(
-        self, stream: httpx.AsyncByteStream, permit: Permit, permits: dict[int, Permit]
+        self,
+        stream: httpx.AsyncByteStream,
+        permit: Permit | None,
+        permits: dict[int, Permit],
+        deadline: Deadline | None,
+        request: httpx.Request,
     ) -> None:
-        super().__init__(permit, permits)
+        super().__init__(permit, permits, deadline, request)
         self._stream = stream
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._stream.__aiter__()
         try:
-            async for chunk in self._stream:
+            async for chunk in chunks:
                 yield chunk
         except BaseException as exc:
-            self._failed(exc)
+            cut = self._failed(exc)
+            if cut is not None:
+                raise cut from exc
             raise
+        finally:
+            # Stopped early: close the inner async generator now, in this task
+            # (left to the garbage collector, trio cannot finalize it).
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def aclose(self) -> None:
         try:
@@ -707,49 +877,95 @@ class _AsyncBoundedBody(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
-_DEFAULTS: dict[str, Any] = {
-    "total_timeout": 30.0,
-    "attempt_timeout": 10.0,
-    "retry": True,
-    "breaker": True,
-    "retry_methods": IDEMPOTENT_METHODS,
-    "retry_statuses": RETRY_STATUSES,
-    "failure_status": _failure_status,
-    "idempotency_key": False,
-    "buffer_bodies": False,
-    "max_drain_bytes": 64 * 1024,
-    "send_deadline_header": True,
-    "half_open_max_wait": ...,  # the total timeout (else the attempt timeout, else 30 s)
-}
+class _DefaultRetry(Retry):
+    """The transport's default retry policy; each origin runs its own copy of it.
+
+    A copy is named after its origin (`scheme://host:port`), has a
+    `RetryBudget` of that name, and publishes its events on this policy's
+    `events` too. `metrics()` adds up the copies' counts; Prometheus reads
+    each copy by its name, not this policy (it would count them twice). At
+    most 1,000 origins keep a copy: past that the oldest copy is dropped
+    (its counts stay in `metrics()`).
+    """
+
+    def __init__(self, status_rule: Callable[[httpx.Response], bool], clock: Clock) -> None:
+        self._config: dict[str, Any] = {
+            "on": _transient,
+            "attempts": 4,
+            "wait": Backoff(initial=0.2, maximum=5.0),
+            "retry_if_result": status_rule,
+            "max_retry_after": 30.0,
+            "clock": clock,
+        }
+        super().__init__(**self._config, name="http")
+        untrack("retry", self)
+        self._origins: dict[str, Retry] = {}
+        self._dropped: dict[str, int] = dict.fromkeys(super().metrics(), 0)
+        self._lock = threading.Lock()
+
+    def for_origin(self, origin: str) -> Retry:
+        """The copy that retries the requests to `origin`, created on first use."""
+        retry = self._origins.get(origin)
+        if retry is not None:
+            return retry
+        with self._lock:
+            retry = self._origins.get(origin)
+            if retry is None:
+                budget = RetryBudget(origin, clock=self.clock)
+                retry = Retry(**self._config, budget=budget, name=origin)
+                retry.events = ObserverHub(parent=self.events)
+                while len(self._origins) >= _MAX_ORIGINS:
+                    dropped = self._origins.pop(next(iter(self._origins)))
+                    for key, value in dropped.metrics().items():
+                        self._dropped[key] += value
+                self._origins[origin] = retry
+            return retry
+
+    def metrics(self) -> dict[str, int]:
+        """Calls by outcome and retries, added up over every origin's copy."""
+        totals = super().metrics()
+        with self._lock:
+            copies = list(self._origins.values())
+            for key, value in self._dropped.items():
+                totals[key] += value
+        for retry in copies:
+            for key, value in retry.metrics().items():
+                totals[key] += value
+        return totals
 
 
-def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """Fill in defaults; a default attempt timeout never exceeds a given total timeout."""
-    merged = {**_DEFAULTS, **config}
-    total = merged["total_timeout"]
-    if "attempt_timeout" not in config and isinstance(total, (int, float)) and total > 0:
-        merged["attempt_timeout"] = min(_DEFAULTS["attempt_timeout"], total)
-    return merged
+def _with_result_rule(retry: Retry, rule: Callable[[httpx.Response], bool]) -> Retry:
+    """`retry` as this transport runs it: a copy that also retries on `rule`.
+
+    A shallow copy: it shares the original's counters, events, budget and
+    clock, so its metrics and observers see the transport's calls; the
+    original, which may serve other callers too, is not changed.
+    """
+    effective = copy.copy(retry)
+    effective.retry_if_result = rule
+    return effective
 
 
-def _configure(
+def _inner_transport(
     transport: Any,
-    options: dict[str, Any],
+    httpx_options: dict[str, Any],
     base: type,
     default: Callable[..., Any],
     other: tuple[type, str],
-) -> tuple[Any, _Pipeline]:
-    """Split options into pipeline settings and inner-transport arguments; build both.
+) -> Any:
+    """The inner transport: `transport`, or one built from the httpx arguments.
 
     `other` is the base class of the other kind of transport (async for a
     sync one) and the resilient transport that wraps that kind.
     """
-    config = {key: options.pop(key) for key in list(options) if key in _DEFAULTS}
-    if transport is not None and options:
-        raise TypeError(
-            f"pass either transport= or {default.__name__} arguments, not both: {sorted(options)}"
-        )
-    if transport is not None and not isinstance(transport, base):
+    if transport is None:
+        return default(**httpx_options)
+    given = sorted(
+        name for name, value in httpx_options.items() if not _is_httpx_default(name, value)
+    )
+    if given:
+        raise _not_both(default, given)
+    if not isinstance(transport, base):
         other_base, wrapper = other
         if isinstance(transport, other_base):
             raise TypeError(
@@ -757,8 +973,42 @@ def _configure(
                 f"httpx.{other_base.__name__}: use resilience.{wrapper} to wrap it"
             )
         raise TypeError(f"transport= must be an httpx.{base.__name__}, got {transport!r}")
-    inner = transport if transport is not None else default(**options)
-    return inner, _Pipeline(**_with_defaults(config))
+    return transport
+
+
+def _is_httpx_default(name: str, value: object) -> bool:
+    default = _HTTPX_DEFAULTS[name]
+    return value is default or (type(value) is type(default) and value == default)
+
+
+def _not_both(default: Callable[..., Any], given: Iterable[str]) -> TypeError:
+    return TypeError(
+        f"pass either transport= or {default.__name__} arguments, not both: {sorted(given)}"
+    )
+
+
+@functools.cache
+def _option_names(init: Callable[..., object]) -> tuple[str, ...] | None:
+    """The keyword arguments `init` takes, in order; None if it takes any (**kwargs)."""
+    names = []
+    for parameter in list(inspect.signature(init).parameters.values())[1:]:
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+            names.append(parameter.name)
+    return tuple(names)
+
+
+def _unknown_options(owner: str, unknown: list[str], names: tuple[str, ...]) -> TypeError:
+    """What a misspelled option gets: the closest valid name, and every valid one."""
+    spelled = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, names, n=1)
+        spelled.append(f"{name}= (did you mean {close[0]}=?)" if close else f"{name}=")
+    return TypeError(
+        f"{owner}() got an unknown option{'s' if len(unknown) > 1 else ''} "
+        f"{', '.join(spelled)}; valid options: {', '.join(name + '=' for name in names)}"
+    )
 
 
 def _wrong_client(transport: object) -> TypeError:
@@ -779,6 +1029,24 @@ class _Configured:
 
     _pipeline: _Pipeline
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        """Check the option names before `__init__` does, to name the valid ones.
+
+        Python's own error for an unexpected keyword names only the wrong one.
+        Type checkers take the signature from `__init__`.
+        """
+        names = _option_names(cls.__init__)
+        if names is not None:
+            unknown = [name for name in kwargs if name not in names]
+            if unknown:
+                raise _unknown_options(cls.__name__, unknown, names)
+            transport = kwargs.get("transport", args[0] if args else None)
+            given = [name for name in kwargs if name in _HTTPX_DEFAULTS and name in names]
+            if transport is not None and given:
+                sync = issubclass(cls, httpx.BaseTransport)
+                raise _not_both(httpx.HTTPTransport if sync else httpx.AsyncHTTPTransport, given)
+        return super().__new__(cls)
+
     @property
     def breakers(self) -> CircuitBreaker | BreakerRegistry | None:
         """The breaker or registry in use (for metrics and manual control)."""
@@ -786,7 +1054,12 @@ class _Configured:
 
     @property
     def retry(self) -> Retry | None:
-        """The retry policy in use."""
+        """The retry policy: the `Retry` you passed, the default one, or None (`retry=False`).
+
+        The default policy runs as one copy per origin, named after it with a
+        budget of its own; its `events` carry every copy's events and its
+        `metrics()` add up theirs.
+        """
         return self._pipeline.retry
 
 
@@ -801,18 +1074,27 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
     `httpx.Client(transport=...)` ignores the client's `verify`, `cert`,
     `http2`, `limits`, `trust_env` and environment proxies: pass them here
     (they build the inner `httpx.HTTPTransport`), or pass `transport=`.
+    Every option is keyword-only; a misspelled one is a `TypeError` that
+    suggests the closest valid name and lists them all.
 
     Args:
-        transport: The inner transport; default `httpx.HTTPTransport(**kwargs)`.
-        total_timeout: Seconds for the whole request, retries included (30).
-        attempt_timeout: Seconds per attempt, <= total_timeout (10, or the
-            total timeout if that is shorter and this is not given).
-        retry: A `resilience.Retry`, True for the default, False for none.
-        breaker: A `CircuitBreaker` for every origin, a `BreakerRegistry`
-            (one breaker per scheme://host:port), True for the default
-            registry, False for none.
+        transport: The inner transport. Default: an `httpx.HTTPTransport`
+            built from the httpx arguments below (`verify` to
+            `socket_options`); passing both is a `TypeError`.
+        total_timeout: Seconds for the whole request, retries included; None
+            for no total (an enclosing `resilience.deadline` still applies).
+        attempt_timeout: Seconds per attempt, at most `total_timeout`. When
+            not given: 10, or the total timeout if that is shorter.
+        retry: True for the default retry (one per origin), a
+            `resilience.Retry` of yours, or False for none. A `Retry` without
+            `retry_if_result` also retries the `retry_statuses` here; it is
+            not changed.
+        breaker: True for the default breakers (a `BreakerRegistry`, one
+            breaker per `scheme://host:port`), a `CircuitBreaker` for every
+            origin, a `BreakerRegistry` of yours, or False for none.
         retry_methods: Methods retried (default: the idempotent ones).
-        retry_statuses: Response statuses retried by the default retry.
+        retry_statuses: Response statuses retried, by the default retry and
+            by a `Retry` of yours that has no `retry_if_result`.
         failure_status: Which statuses the breaker counts as failures
             (default: 5xx and 429).
         idempotency_key: Give POST/PATCH an `Idempotency-Key` (one per
@@ -823,17 +1105,92 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
             before a retry, so its connection is reused; a longer one is closed.
         send_deadline_header: Send the time left as `x-resilience-deadline-ms`.
         half_open_max_wait: For the default breakers: reopen when a half-open
-            probe has not reported after this many seconds (default: the total
-            timeout, else the attempt timeout, else 30; None waits forever).
-        **kwargs: Arguments of `httpx.HTTPTransport` (verify, cert, http2,
-            limits, proxy, retries, ...), when `transport` is not given.
+            probe has not reported after this many seconds. `...` (the
+            default): the total timeout, else the attempt timeout, else 30;
+            None waits forever.
+        clock: A `resilience.Clock` for the deadline and the timings, also
+            given to the default breakers, retries and budgets (a
+            `resilience.testing.FakeClock` drives them in tests). Default:
+            your `breaker=`'s clock, else the system clock.
+        verify: `httpx.HTTPTransport`: an `ssl.SSLContext`, or False to skip
+            certificate checks (a CA bundle path is deprecated by httpx).
+        cert: `httpx.HTTPTransport`: a client certificate (deprecated by
+            httpx: load it into `verify`'s `ssl.SSLContext`).
+        trust_env: `httpx.HTTPTransport`: read `SSL_CERT_FILE` and
+            `SSL_CERT_DIR` (environment proxies are the client's: pass `proxy=`).
+        http1: `httpx.HTTPTransport`: allow HTTP/1.1.
+        http2: `httpx.HTTPTransport`: allow HTTP/2 (needs `httpx[http2]`).
+        limits: `httpx.HTTPTransport`: the connection pool's limits.
+        proxy: `httpx.HTTPTransport`: the proxy every request goes through.
+        uds: `httpx.HTTPTransport`: connect through this Unix domain socket.
+        local_address: `httpx.HTTPTransport`: the local IP address to bind to.
+        retries: `httpx.HTTPTransport`: retries of a failed connection
+            attempt, below this transport's retries.
+        socket_options: `httpx.HTTPTransport`: options set on each socket.
     """
 
-    def __init__(self, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
-        self._inner: httpx.BaseTransport
-        self._inner, self._pipeline = _configure(
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        total_timeout: float | None = 30.0,
+        attempt_timeout: float | None = 10.0,
+        retry: Retry | bool = True,
+        breaker: CircuitBreaker | BreakerRegistry | bool = True,
+        retry_methods: Collection[str] = IDEMPOTENT_METHODS,
+        retry_statuses: Container[int] = RETRY_STATUSES,
+        failure_status: Callable[[int], bool] = default_failure_status,
+        idempotency_key: bool = False,
+        buffer_bodies: bool = False,
+        max_drain_bytes: int = 65_536,
+        send_deadline_header: bool = True,
+        half_open_max_wait: float | EllipsisType | None = ...,
+        clock: Clock | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: str | tuple[str, str] | tuple[str, str, str] | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
+        proxy: httpx.URL | str | httpx.Proxy | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        retries: int = 0,
+        socket_options: Iterable[
+            tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
+        ]
+        | None = None,
+    ) -> None:
+        self._pipeline = _Pipeline(
+            total_timeout=total_timeout,
+            attempt_timeout=attempt_timeout,
+            retry=retry,
+            breaker=breaker,
+            retry_methods=retry_methods,
+            retry_statuses=retry_statuses,
+            failure_status=failure_status,
+            idempotency_key=idempotency_key,
+            buffer_bodies=buffer_bodies,
+            max_drain_bytes=max_drain_bytes,
+            send_deadline_header=send_deadline_header,
+            half_open_max_wait=half_open_max_wait,
+            clock=clock,
+        )
+        self._inner: httpx.BaseTransport = _inner_transport(
             transport,
-            options,
+            {
+                "verify": verify,
+                "cert": cert,
+                "trust_env": trust_env,
+                "http1": http1,
+                "http2": http2,
+                "limits": limits,
+                "proxy": proxy,
+                "uds": uds,
+                "local_address": local_address,
+                "retries": retries,
+                "socket_options": socket_options,
+            },
             httpx.BaseTransport,
             httpx.HTTPTransport,
             (httpx.AsyncBaseTransport, "AsyncResilientTransport"),
@@ -845,11 +1202,12 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
             _release_queued()
         pipeline = self._pipeline
         options = pipeline.options(request)
-        breaker = pipeline.breaker_for(request, options)
-        retry, not_retried = pipeline.retry_for(request, options)
+        breaker, retry, not_retried = pipeline.route(request, options)
         if retry is not None and not isinstance(request.stream, httpx.ByteStream):
             request.read()  # buffer_bodies=True: make the body replayable
-        clock = SYSTEM_CLOCK if breaker is None else breaker.clock
+        clock = pipeline.clock
+        if clock is None:
+            clock = SYSTEM_CLOCK if breaker is None else breaker.clock
         started = clock.monotonic()
         attempts = 0
         last: httpx.Response | None = None
@@ -859,7 +1217,9 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
             if last is not None and not last.is_closed:
                 self._discard(last)  # a discard_result= of the caller's left it open
             attempts += 1
-            last = self._attempt(pipeline.prepare(request, options, deadline), breaker)
+            last = self._attempt(
+                pipeline.prepare(request, options, deadline), breaker, deadline, request
+            )
             return last
 
         token, deadline = pipeline.enter(options, clock)
@@ -884,7 +1244,14 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         pipeline.report(response, attempts, breaker, clock.monotonic() - started)
         return response
 
-    def _attempt(self, request: httpx.Request, breaker: CircuitBreaker | None) -> httpx.Response:
+    def _attempt(
+        self,
+        sent: httpx.Request,
+        breaker: CircuitBreaker | None,
+        deadline: Deadline | None,
+        request: httpx.Request,
+    ) -> httpx.Response:
+        """One attempt: `sent` (the copy of `request` prepared for it) under its permit."""
         permit = None
         if breaker is not None:
             try:
@@ -892,26 +1259,35 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
             except CircuitOpenError as error:
                 raise _open_error(error, request) from None
         try:
-            response = self._inner.handle_request(request)
+            response = self._inner.handle_request(sent)
         except BaseException as exc:
             _settle_exception(permit, exc)
+            cut = _cut_by_deadline(exc, deadline, request)
+            if cut is not None:
+                raise cut from exc
             raise
+        if permit is None and deadline is None:
+            return response
+        pipeline = self._pipeline
+        in_memory = response.is_closed or isinstance(response.stream, httpx.ByteStream)
         if permit is not None:
-            pipeline = self._pipeline
             try:
-                settled = pipeline.settled_by_headers(permit, response)
+                unsettled = pipeline.settle_by_status(permit, response, in_memory)
             except BaseException:  # a failure_status= that raised
                 if not permit.settled:
                     permit.release()
                 with contextlib.suppress(Exception):  # the predicate's error is the one to raise
                     response.close()
                 raise
-            if not settled:
-                response.stream = _SettlingStream(
-                    response.stream,  # type: ignore[arg-type]
-                    permit,
-                    pipeline.open_permits,
-                )
+            permit = unsettled
+        if not in_memory:
+            response.stream = _SettlingStream(
+                response.stream,  # type: ignore[arg-type]
+                permit,
+                pipeline.open_permits,
+                deadline,
+                request,
+            )
         return response
 
     def _discard(self, response: httpx.Response) -> None:
@@ -990,15 +1366,123 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
 class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
     """The async twin of `ResilientTransport`, for `httpx.AsyncClient`.
 
-    Same arguments; `**kwargs` build an `httpx.AsyncHTTPTransport`. Works on
-    asyncio and trio.
+    The same options; the httpx arguments build an `httpx.AsyncHTTPTransport`.
+    Works on asyncio and trio.
+
+    Args:
+        transport: The inner transport. Default: an `httpx.AsyncHTTPTransport`
+            built from the httpx arguments below (`verify` to
+            `socket_options`); passing both is a `TypeError`.
+        total_timeout: Seconds for the whole request, retries included; None
+            for no total (an enclosing `resilience.deadline` still applies).
+        attempt_timeout: Seconds per attempt, at most `total_timeout`. When
+            not given: 10, or the total timeout if that is shorter.
+        retry: True for the default retry (one per origin), a
+            `resilience.Retry` of yours, or False for none. A `Retry` without
+            `retry_if_result` also retries the `retry_statuses` here; it is
+            not changed.
+        breaker: True for the default breakers (a `BreakerRegistry`, one
+            breaker per `scheme://host:port`), a `CircuitBreaker` for every
+            origin, a `BreakerRegistry` of yours, or False for none.
+        retry_methods: Methods retried (default: the idempotent ones).
+        retry_statuses: Response statuses retried, by the default retry and
+            by a `Retry` of yours that has no `retry_if_result`.
+        failure_status: Which statuses the breaker counts as failures
+            (default: 5xx and 429).
+        idempotency_key: Give POST/PATCH an `Idempotency-Key` (one per
+            logical request, the same on every attempt) and retry them.
+        buffer_bodies: Read one-shot request bodies into memory so that they
+            can be retried (otherwise such requests are not retried).
+        max_drain_bytes: A failed response is read up to this many bytes
+            before a retry, so its connection is reused; a longer one is closed.
+        send_deadline_header: Send the time left as `x-resilience-deadline-ms`.
+        half_open_max_wait: For the default breakers: reopen when a half-open
+            probe has not reported after this many seconds. `...` (the
+            default): the total timeout, else the attempt timeout, else 30;
+            None waits forever.
+        clock: A `resilience.Clock` for the deadline and the timings, also
+            given to the default breakers, retries and budgets (a
+            `resilience.testing.FakeClock` drives them in tests). Default:
+            your `breaker=`'s clock, else the system clock.
+        verify: `httpx.AsyncHTTPTransport`: an `ssl.SSLContext`, or False to
+            skip certificate checks (a CA bundle path is deprecated by httpx).
+        cert: `httpx.AsyncHTTPTransport`: a client certificate (deprecated by
+            httpx: load it into `verify`'s `ssl.SSLContext`).
+        trust_env: `httpx.AsyncHTTPTransport`: read `SSL_CERT_FILE` and
+            `SSL_CERT_DIR` (environment proxies are the client's: pass `proxy=`).
+        http1: `httpx.AsyncHTTPTransport`: allow HTTP/1.1.
+        http2: `httpx.AsyncHTTPTransport`: allow HTTP/2 (needs `httpx[http2]`).
+        limits: `httpx.AsyncHTTPTransport`: the connection pool's limits.
+        proxy: `httpx.AsyncHTTPTransport`: the proxy every request goes through.
+        uds: `httpx.AsyncHTTPTransport`: connect through this Unix domain socket.
+        local_address: `httpx.AsyncHTTPTransport`: the local IP address to bind to.
+        retries: `httpx.AsyncHTTPTransport`: retries of a failed connection
+            attempt, below this transport's retries.
+        socket_options: `httpx.AsyncHTTPTransport`: options set on each socket.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
-        self._inner: httpx.AsyncBaseTransport
-        self._inner, self._pipeline = _configure(
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        total_timeout: float | None = 30.0,
+        attempt_timeout: float | None = 10.0,
+        retry: Retry | bool = True,
+        breaker: CircuitBreaker | BreakerRegistry | bool = True,
+        retry_methods: Collection[str] = IDEMPOTENT_METHODS,
+        retry_statuses: Container[int] = RETRY_STATUSES,
+        failure_status: Callable[[int], bool] = default_failure_status,
+        idempotency_key: bool = False,
+        buffer_bodies: bool = False,
+        max_drain_bytes: int = 65_536,
+        send_deadline_header: bool = True,
+        half_open_max_wait: float | EllipsisType | None = ...,
+        clock: Clock | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: str | tuple[str, str] | tuple[str, str, str] | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),  # noqa: B008
+        proxy: httpx.URL | str | httpx.Proxy | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        retries: int = 0,
+        socket_options: Iterable[
+            tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
+        ]
+        | None = None,
+    ) -> None:
+        self._pipeline = _Pipeline(
+            total_timeout=total_timeout,
+            attempt_timeout=attempt_timeout,
+            retry=retry,
+            breaker=breaker,
+            retry_methods=retry_methods,
+            retry_statuses=retry_statuses,
+            failure_status=failure_status,
+            idempotency_key=idempotency_key,
+            buffer_bodies=buffer_bodies,
+            max_drain_bytes=max_drain_bytes,
+            send_deadline_header=send_deadline_header,
+            half_open_max_wait=half_open_max_wait,
+            clock=clock,
+        )
+        self._inner: httpx.AsyncBaseTransport = _inner_transport(
             transport,
-            options,
+            {
+                "verify": verify,
+                "cert": cert,
+                "trust_env": trust_env,
+                "http1": http1,
+                "http2": http2,
+                "limits": limits,
+                "proxy": proxy,
+                "uds": uds,
+                "local_address": local_address,
+                "retries": retries,
+                "socket_options": socket_options,
+            },
             httpx.AsyncBaseTransport,
             httpx.AsyncHTTPTransport,
             (httpx.BaseTransport, "ResilientTransport"),
@@ -1010,11 +1494,12 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
             _release_queued()
         pipeline = self._pipeline
         options = pipeline.options(request)
-        breaker = pipeline.breaker_for(request, options)
-        retry, not_retried = pipeline.retry_for(request, options)
+        breaker, retry, not_retried = pipeline.route(request, options)
         if retry is not None and not isinstance(request.stream, httpx.ByteStream):
             await request.aread()  # buffer_bodies=True: make the body replayable
-        clock = SYSTEM_CLOCK if breaker is None else breaker.clock
+        clock = pipeline.clock
+        if clock is None:
+            clock = SYSTEM_CLOCK if breaker is None else breaker.clock
         started = clock.monotonic()
         attempts = 0
         last: httpx.Response | None = None
@@ -1024,7 +1509,9 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
             if last is not None and not last.is_closed:
                 await self._discard(last)  # a discard_result= of the caller's left it open
             attempts += 1
-            last = await self._attempt(pipeline.prepare(request, options, deadline), breaker)
+            last = await self._attempt(
+                pipeline.prepare(request, options, deadline), breaker, deadline, request
+            )
             return last
 
         token, deadline = pipeline.enter(options, clock)
@@ -1046,8 +1533,13 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         return response
 
     async def _attempt(
-        self, request: httpx.Request, breaker: CircuitBreaker | None
+        self,
+        sent: httpx.Request,
+        breaker: CircuitBreaker | None,
+        deadline: Deadline | None,
+        request: httpx.Request,
     ) -> httpx.Response:
+        """The async twin of `ResilientTransport._attempt`."""
         permit = None
         if breaker is not None:
             try:
@@ -1055,26 +1547,35 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
             except CircuitOpenError as error:
                 raise _open_error(error, request) from None
         try:
-            response = await self._inner.handle_async_request(request)
+            response = await self._inner.handle_async_request(sent)
         except BaseException as exc:
             _settle_exception(permit, exc)
+            cut = _cut_by_deadline(exc, deadline, request)
+            if cut is not None:
+                raise cut from exc
             raise
+        if permit is None and deadline is None:
+            return response
+        pipeline = self._pipeline
+        in_memory = response.is_closed or isinstance(response.stream, httpx.ByteStream)
         if permit is not None:
-            pipeline = self._pipeline
             try:
-                settled = pipeline.settled_by_headers(permit, response)
+                unsettled = pipeline.settle_by_status(permit, response, in_memory)
             except BaseException:  # a failure_status= that raised
                 if not permit.settled:
                     permit.release()
                 with contextlib.suppress(Exception):  # the predicate's error is the one to raise
                     await response.aclose()
                 raise
-            if not settled:
-                response.stream = _AsyncSettlingStream(
-                    response.stream,  # type: ignore[arg-type]
-                    permit,
-                    pipeline.open_permits,
-                )
+            permit = unsettled
+        if not in_memory:
+            response.stream = _AsyncSettlingStream(
+                response.stream,  # type: ignore[arg-type]
+                permit,
+                pipeline.open_permits,
+                deadline,
+                request,
+            )
         return response
 
     async def _discard(self, response: httpx.Response) -> None:
@@ -1147,3 +1648,20 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
 
     def __exit__(self, *exc_info: object) -> NoReturn:
         raise _wrong_client(self)
+
+
+def _mark_default(init: Callable[..., None], name: str, marker: _Default) -> None:
+    """Make `init`'s default for `name` the `marker` (same value), to tell it apart.
+
+    The signature keeps the plain number, for type checkers, IDEs and the API
+    reference; at run time the default is the marker, so `_Pipeline` sees
+    whether `attempt_timeout` was given.
+    """
+    defaults = cast("FunctionType", init).__kwdefaults__
+    if defaults is None or defaults.get(name) != marker:
+        raise RuntimeError(f"{init.__qualname__}: the default of {name}= is not {marker!r}")
+    defaults[name] = marker
+
+
+_mark_default(ResilientTransport.__init__, "attempt_timeout", _ATTEMPT_TIMEOUT)
+_mark_default(AsyncResilientTransport.__init__, "attempt_timeout", _ATTEMPT_TIMEOUT)

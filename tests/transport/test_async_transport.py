@@ -85,9 +85,10 @@ async def test_deadline_clamps_the_attempt(server: LiveServer) -> None:
     """Inside deadline(0.3) a 2 s response times out at ~0.3 s."""
     async with client(retry=False) as http:
         start = time.monotonic()
-        with resilience.deadline(0.3), pytest.raises(httpx.ReadTimeout):
+        with resilience.deadline(0.3), pytest.raises(resilience.HTTPDeadlineExceededError) as cut:
             await http.get(f"{server.url}/slow?seconds=2", timeout=10)
     assert time.monotonic() - start < 1.5
+    assert isinstance(cut.value.__cause__, httpx.ReadTimeout)
 
 
 async def test_open_breaker_is_an_httpx_error() -> None:

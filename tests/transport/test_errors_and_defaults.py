@@ -40,9 +40,7 @@ def test_errors_no_retry_can_fix_are_not_retried_and_not_failures(error: Excepti
         sent.append(request)
         raise error
 
-    transport = ResilientTransport(httpx.MockTransport(fail))
-    assert transport.retry is not None
-    transport.retry.clock = FakeClock()  # were it retried, no real waits
+    transport = ResilientTransport(httpx.MockTransport(fail), clock=FakeClock())
     with httpx.Client(transport=transport) as http, pytest.raises(type(error)):
         http.get("http://api.test/")
     assert len(sent) == 1
@@ -55,12 +53,12 @@ def test_errors_no_retry_can_fix_are_not_retried_and_not_failures(error: Excepti
 
 def test_an_unsupported_scheme_from_the_real_pool_is_sent_once() -> None:
     """The real pool's own UnsupportedProtocol (no MockTransport): one attempt, no wait."""
-    transport = ResilientTransport()
-    assert transport.retry is not None
-    transport.retry.clock = clock = FakeClock()
+    clock = FakeClock()
+    transport = ResilientTransport(clock=clock)
     with httpx.Client(transport=transport) as http, pytest.raises(httpx.UnsupportedProtocol):
         http.get("ftp://127.0.0.1/")
     assert clock.sleeps == []
+    assert transport.retry is not None
     assert transport.retry.metrics()["failed_not_retryable"] == 1
 
 
@@ -78,9 +76,7 @@ def test_transient_transport_errors_are_still_retried_and_failures(error: Except
         raise error
 
     breaker = CircuitBreaker("transient", consecutive_failures=100)
-    transport = ResilientTransport(httpx.MockTransport(fail), breaker=breaker)
-    assert transport.retry is not None
-    transport.retry.clock = FakeClock()
+    transport = ResilientTransport(httpx.MockTransport(fail), breaker=breaker, clock=FakeClock())
     with httpx.Client(transport=transport) as http, pytest.raises(type(error)):
         http.get("http://api.test/")
     assert len(sent) == 4
@@ -197,7 +193,7 @@ def test_a_deadline_spent_before_the_attempt_says_so_and_pickles() -> None:
     assert error.before_call is True
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is HTTPDeadlineExceededError
-    assert (copy.before_call, copy.name, copy.budget) == (True, "http", error.budget)
+    assert (copy.before_call, copy.name, copy.budget) == (True, "http://api.test:80", error.budget)
     assert copy.request.url == "http://api.test/"
     assert HTTPDeadlineExceededError("x", 1.0).before_call is False
 

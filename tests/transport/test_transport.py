@@ -285,9 +285,11 @@ def test_deadline_clamps_timeouts_and_travels_downstream(server: LiveServer) -> 
     """Inside deadline(0.3) a 2 s response times out at ~0.3 s; the header says <= 300 ms."""
     with client(retry=False) as http:
         start = time.monotonic()
-        with resilience.deadline(0.3), pytest.raises(httpx.ReadTimeout):
+        with resilience.deadline(0.3), pytest.raises(resilience.HTTPDeadlineExceededError) as cut:
             http.get(f"{server.url}/slow?seconds=2", timeout=10)
         elapsed = time.monotonic() - start
+    assert isinstance(cut.value.__cause__, httpx.ReadTimeout)
+    assert cut.value.before_call is False
     assert elapsed < 1.5
     sent = [r["deadline"] for r in server.recorder.requests if r["key"] == "slow"][-1]
     assert sent is not None
