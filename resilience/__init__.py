@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .transport import (
         AsyncResilientTransport,
         HTTPCircuitOpenError,
+        HTTPConcurrencyLimitExceededError,
         HTTPDeadlineExceededError,
         ResilientTransport,
     )
@@ -69,6 +70,7 @@ __all__ = [
     "Fallback",
     "Gradient2Limit",
     "HTTPCircuitOpenError",
+    "HTTPConcurrencyLimitExceededError",
     "HTTPDeadlineExceededError",
     "LimitAlgorithm",
     "LimitPermit",
@@ -103,6 +105,7 @@ __all__ = [
 _LAZY = {
     "AsyncResilientTransport": "transport",
     "HTTPCircuitOpenError": "transport",
+    "HTTPConcurrencyLimitExceededError": "transport",
     "HTTPDeadlineExceededError": "transport",
     "ResilientTransport": "transport",
 }

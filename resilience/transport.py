@@ -34,11 +34,13 @@ from ._deadline import (
     enter_deadline,
     leave_deadline,
 )
+from ._limit import ConcurrencyLimit, LimitPermit
+from ._limit_algorithms import AIMDLimit
 from ._retry import Retry, RetryExhaustedError, _discard_for_this_call
 from ._tracking import untrack
 from ._validate import check_int, check_seconds
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
-from .errors import CircuitOpenError, DeadlineExceededError
+from .errors import CircuitOpenError, ConcurrencyLimitExceededError, DeadlineExceededError
 from .events import ObserverHub
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncResilientTransport",
     "HTTPCircuitOpenError",
+    "HTTPConcurrencyLimitExceededError",
     "HTTPDeadlineExceededError",
     "ResilientTransport",
 ]
@@ -68,7 +71,9 @@ __all__ = [
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: Statuses retried by default (transient: Polly's standard handler and Envoy's 5xx + 429).
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_OVERRIDES = frozenset({"retry", "breaker", "total_timeout", "attempt_timeout"})
+_OVERRIDES = frozenset(
+    {"retry", "breaker", "concurrency_limit", "total_timeout", "attempt_timeout"}
+)
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 _TIMEOUT_KEY_SET = frozenset(_TIMEOUT_KEYS)
 _NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
@@ -137,6 +142,32 @@ class HTTPCircuitOpenError(CircuitOpenError, httpx.TransportError):
         self._request = request
 
 
+class HTTPConcurrencyLimitExceededError(ConcurrencyLimitExceededError, httpx.TransportError):
+    """The origin's concurrency limit is reached: also an `httpx.TransportError`.
+
+    A `ConcurrencyLimitExceededError` (so a `BulkheadFullError`: breakers
+    ignore it and the default retry does not retry it) that httpx code
+    catches too. `name` is the limit's name (the origin, for the default
+    per-origin limits), `limit` the limit in force, `waited` the seconds
+    spent waiting for a slot (the limit's `max_wait`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        waited: float = 0.0,
+        *,
+        request: httpx.Request | None = None,
+    ) -> None:
+        Exception.__init__(self, name, limit, waited)
+        self._request = request
+
+
+if TYPE_CHECKING:
+    ConcurrencyLimitOption = ConcurrencyLimit | Callable[[str], ConcurrencyLimit] | bool | None
+
+
 class HTTPDeadlineExceededError(DeadlineExceededError, httpx.TimeoutException):
     """The deadline ran out: a `DeadlineExceededError` and an `httpx.TimeoutException`.
 
@@ -179,6 +210,7 @@ class _Pipeline:
         attempt_timeout: float | None,
         retry: Retry | bool | None,
         breaker: CircuitBreaker | BreakerRegistry | bool | None,
+        concurrency_limit: ConcurrencyLimitOption,
         retry_methods: Collection[str],
         retry_statuses: Container[int],
         failure_status: Callable[[int], bool],
@@ -261,6 +293,13 @@ class _Pipeline:
         #: stream: whoever pops one settles it (the stream when it closes, fails
         #: or is collected, or `abandon_open` when the transport closes).
         self.open_permits: dict[int, Permit] = {}
+        #: The same for the concurrency-limit permits of streamed responses.
+        self.open_limit_permits: dict[int, LimitPermit] = {}
+        self._shared_limit, self._limit_factory = self._resolve_limit(concurrency_limit)
+        #: Whether requests take a concurrency-limit permit at all.
+        self.limited = self._shared_limit is not None or self._limit_factory is not None
+        self._limits: dict[str, ConcurrencyLimit] = {}
+        self._limits_lock = threading.Lock()
 
     def retryable_status(self, response: httpx.Response) -> bool:
         """The status rule of the default retry (and of a `Retry` that has none)."""
@@ -308,6 +347,66 @@ class _Pipeline:
         """The registry of per-origin breakers, the one shared breaker, or None."""
         return self._registry if self._registry is not None else self._shared_breaker
 
+    def _resolve_limit(
+        self, value: ConcurrencyLimitOption
+    ) -> tuple[ConcurrencyLimit | None, Callable[[str], ConcurrencyLimit] | None]:
+        """(the one shared limit, the factory of per-origin limits); both None when off."""
+        if value is None or value is False:
+            return None, None
+        if isinstance(value, ConcurrencyLimit):  # callable too (a decorator): checked first
+            return value, None
+        if value is True:
+            clock = self._policy_clock
+            return None, lambda origin: ConcurrencyLimit(AIMDLimit(), name=origin, clock=clock)
+        if not callable(value):
+            raise TypeError(
+                f"concurrency_limit= must be True, False, a resilience.ConcurrencyLimit or a "
+                f"callable(origin) -> ConcurrencyLimit, got {value!r}"
+            )
+        return None, value
+
+    @property
+    def concurrency_limits(self) -> ConcurrencyLimit | Mapping[str, ConcurrencyLimit] | None:
+        """The shared limit, the per-origin limits by origin (a snapshot), or None."""
+        if self._shared_limit is not None:
+            return self._shared_limit
+        if self._limit_factory is None:
+            return None
+        with self._limits_lock:
+            return MappingProxyType(dict(self._limits))
+
+    def limit_for(
+        self, request: httpx.Request, options: Mapping[str, Any]
+    ) -> ConcurrencyLimit | None:
+        """The concurrency limit this request's attempts go through, or None."""
+        if options and options.get("concurrency_limit") is False:
+            return None
+        if self._shared_limit is not None:
+            return self._shared_limit
+        url = request.url
+        key = _url_origin(url._uri_reference) if _PARSED_URLS else _public_origin(url)
+        origin = self._origin_names.get(key) or self.origin_name(url)
+        limit = self._limits.get(origin)
+        return limit if limit is not None else self._new_limit(origin)
+
+    def _new_limit(self, origin: str) -> ConcurrencyLimit:
+        """The limit of `origin`, made by the factory on first use; at most 1,000 kept."""
+        made = cast("Callable[[str], ConcurrencyLimit]", self._limit_factory)(origin)
+        if not isinstance(made, ConcurrencyLimit):
+            raise TypeError(
+                f"concurrency_limit= must return a resilience.ConcurrencyLimit for origin "
+                f"{origin!r}, got {made!r}"
+            )
+        with self._limits_lock:
+            limit = self._limits.get(origin)
+            if limit is not None:  # another thread made it first
+                return limit
+            while len(self._limits) >= _MAX_ORIGINS:
+                # The oldest origin's limit goes (a request still holding it settles on it).
+                del self._limits[next(iter(self._limits))]
+            self._limits[origin] = made
+            return made
+
     # -- per request ---------------------------------------------------------------
 
     def options(self, request: httpx.Request) -> Mapping[str, Any]:
@@ -323,7 +422,7 @@ class _Pipeline:
                 f'unknown keys in request.extensions["resilience"]: {sorted(unknown)}; '
                 f"known: {sorted(_OVERRIDES)}"
             )
-        for key in ("retry", "breaker"):
+        for key in ("retry", "breaker", "concurrency_limit"):
             value = overrides.get(key)
             if value is not None and not isinstance(value, bool):
                 raise TypeError(
@@ -473,6 +572,11 @@ class _Pipeline:
             permit = permits.pop(key, None)
             if permit is not None:
                 permit.release()
+        held = self.open_limit_permits
+        for key in list(held):
+            limit_permit = held.pop(key, None)
+            if limit_permit is not None:
+                limit_permit.release()
 
     def report(
         self,
@@ -642,10 +746,10 @@ def _settle_exception(permit: Permit | None, exc: BaseException) -> None:
 
 #: Permits of responses collected while their breaker's lock was held (see
 #: `_release_collected`); the next request through a resilient transport releases them.
-_collected: deque[Permit] = deque()
+_collected: deque[Permit | LimitPermit] = deque()
 
 
-def _release_collected(permit: Permit) -> None:
+def _release_collected(permit: Permit | LimitPermit) -> None:
     """Queue the permit of a response garbage-collected unclosed; never settle it here.
 
     This runs inside the garbage collector, in whichever thread happened to
@@ -670,6 +774,64 @@ def _release_queued() -> None:
 
 #: Where a watched stream without a permit looks for one: never filled.
 _NO_PERMITS: dict[int, Permit] = {}
+_NO_LIMIT_PERMITS: dict[int, LimitPermit] = {}
+
+
+def _limit_error(
+    error: ConcurrencyLimitExceededError, permit: Permit | None, request: httpx.Request
+) -> HTTPConcurrencyLimitExceededError:
+    """The error for a limit that refused an attempt; its breaker permit is released first.
+
+    Nothing reached the origin: the breaker records nothing (IGNORED).
+    """
+    if permit is not None and not permit.settled:
+        permit.release()
+    return HTTPConcurrencyLimitExceededError(error.name, error.limit, error.waited, request=request)
+
+
+def _settle_limit(
+    held: LimitPermit, exc: BaseException, cut: HTTPDeadlineExceededError | None
+) -> None:
+    """An attempt or its body raised `exc`: settle its limit permit.
+
+    A deadline cut or a timeout is a drop; the `NON_RETRYABLE_ERRORS` (the
+    caller's, or the client's own pool) say nothing; the rest as the limit
+    classifies them (`ConcurrencyLimit.record_exception`: cancellation and
+    errors other than timeouts and overload answers say nothing).
+    """
+    if held.settled:
+        return
+    if cut is not None:
+        held.record_drop()
+    elif isinstance(exc, NON_RETRYABLE_ERRORS):
+        held.release()
+    else:
+        held.record_exception(exc)
+
+
+def _limit_by_status(
+    held: LimitPermit, response: httpx.Response, in_memory: bool
+) -> LimitPermit | None:
+    """Settle `held` from a response, unless its body is still to come (then return it).
+
+    An overload answer (the limit's `drop_if`: 429, 503) is a drop at once;
+    a body in memory ends the call (a sample, or whatever `drop_if` says);
+    a streamed body settles when it ends.
+    """
+    if in_memory:
+        held.record_result(response)
+        return None
+    drop_if = held._policy._drop_if
+    if drop_if is not None:
+        try:
+            dropped = drop_if(response)
+        except BaseException:
+            held.release()
+            raise
+        if dropped:
+            held.record_drop()
+            return None
+    return held
 
 
 def _origin_name(url: httpx.URL) -> str:
@@ -711,6 +873,8 @@ class _HoldsPermit:
         permits: dict[int, Permit],
         deadline: Deadline | None,
         request: httpx.Request,
+        held: LimitPermit | None = None,
+        limit_permits: dict[int, LimitPermit] = _NO_LIMIT_PERMITS,
     ) -> None:
         self._deadline = deadline
         self._request = request
@@ -719,20 +883,35 @@ class _HoldsPermit:
         else:
             self._permits = permits
             permits[id(self)] = permit
+        if held is None:
+            self._limit_permits = _NO_LIMIT_PERMITS
+        else:
+            self._limit_permits = limit_permits
+            limit_permits[id(self)] = held
 
     def _take(self) -> Permit | None:
         return self._permits.pop(id(self), None)
 
+    def _take_limit(self) -> LimitPermit | None:
+        return self._limit_permits.pop(id(self), None)
+
     def _failed(self, exc: BaseException) -> HTTPDeadlineExceededError | None:
-        """Settle the permit for `exc`; return the error to raise if the deadline cut it."""
+        """Settle the permits for `exc`; return the error to raise if the deadline cut it."""
+        cut = _cut_by_deadline(exc, self._deadline, self._request)
         if not isinstance(exc, GeneratorExit):
             _settle_exception(self._take(), exc)
-        return _cut_by_deadline(exc, self._deadline, self._request)
+            held = self._take_limit()
+            if held is not None:
+                _settle_limit(held, exc, cut)
+        return cut
 
     def _closed(self) -> None:
         permit = self._take()
         if permit is not None:
             permit.record_success()
+        held = self._take_limit()
+        if held is not None:
+            held.record_success()  # its latency: from admission to the end of the body
 
     def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
         # Collected without close(): hand the permit back (a half-open probe
@@ -743,6 +922,9 @@ class _HoldsPermit:
             permit = self._take()
             if permit is not None:
                 _release_collected(permit)
+            held = self._take_limit()
+            if held is not None:
+                _release_collected(held)
         except Exception:  # noqa: BLE001, S110  (nobody could catch it here)
             pass
 
@@ -766,8 +948,10 @@ class _SettlingStream(_HoldsPermit, httpx.SyncByteStream):
         permits: dict[int, Permit],
         deadline: Deadline | None,
         request: httpx.Request,
+        held: LimitPermit | None = None,
+        limit_permits: dict[int, LimitPermit] = _NO_LIMIT_PERMITS,
     ) -> None:
-        super().__init__(permit, permits, deadline, request)
+        super().__init__(permit, permits, deadline, request, held, limit_permits)
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
@@ -796,8 +980,10 @@ class _AsyncSettlingStream(_HoldsPermit, httpx.AsyncByteStream):
         permits: dict[int, Permit],
         deadline: Deadline | None,
         request: httpx.Request,
+        held: LimitPermit | None = None,
+        limit_permits: dict[int, LimitPermit] = _NO_LIMIT_PERMITS,
     ) -> None:
-        super().__init__(permit, permits, deadline, request)
+        super().__init__(permit, permits, deadline, request, held, limit_permits)
         self._stream = stream
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -1053,6 +1239,11 @@ class _Configured:
         return self._pipeline.breakers
 
     @property
+    def concurrency_limits(self) -> ConcurrencyLimit | Mapping[str, ConcurrencyLimit] | None:
+        """The shared `ConcurrencyLimit`, the per-origin limits by origin (a snapshot), or None."""
+        return self._pipeline.concurrency_limits
+
+    @property
     def retry(self) -> Retry | None:
         """The retry policy: the `Retry` you passed, the default one, or None (`retry=False`).
 
@@ -1092,6 +1283,11 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         breaker: True for the default breakers (a `BreakerRegistry`, one
             breaker per `scheme://host:port`), a `CircuitBreaker` for every
             origin, a `BreakerRegistry` of yours, or False for none.
+        concurrency_limit: An adaptive concurrency limit for each attempt
+            (off by default): True for one `ConcurrencyLimit(AIMDLimit())`
+            per `scheme://host:port`, named after it; a callable(origin)
+            that makes each origin's limit; or one `ConcurrencyLimit` for
+            every origin. A full limit raises `HTTPConcurrencyLimitExceededError`.
         retry_methods: Methods retried (default: the idempotent ones).
         retry_statuses: Response statuses retried, by the default retry and
             by a `Retry` of yours that has no `retry_if_result`.
@@ -1137,6 +1333,7 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         attempt_timeout: float | None = 10.0,
         retry: Retry | bool = True,
         breaker: CircuitBreaker | BreakerRegistry | bool = True,
+        concurrency_limit: ConcurrencyLimit | Callable[[str], ConcurrencyLimit] | bool = False,
         retry_methods: Collection[str] = IDEMPOTENT_METHODS,
         retry_statuses: Container[int] = RETRY_STATUSES,
         failure_status: Callable[[int], bool] = default_failure_status,
@@ -1166,6 +1363,7 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
             attempt_timeout=attempt_timeout,
             retry=retry,
             breaker=breaker,
+            concurrency_limit=concurrency_limit,
             retry_methods=retry_methods,
             retry_statuses=retry_statuses,
             failure_status=failure_status,
@@ -1203,6 +1401,7 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         pipeline = self._pipeline
         options = pipeline.options(request)
         breaker, retry, not_retried = pipeline.route(request, options)
+        limit = pipeline.limit_for(request, options) if pipeline.limited else None
         if retry is not None and not isinstance(request.stream, httpx.ByteStream):
             request.read()  # buffer_bodies=True: make the body replayable
         clock = pipeline.clock
@@ -1218,7 +1417,7 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
                 self._discard(last)  # a discard_result= of the caller's left it open
             attempts += 1
             last = self._attempt(
-                pipeline.prepare(request, options, deadline), breaker, deadline, request
+                pipeline.prepare(request, options, deadline), breaker, deadline, request, limit
             )
             return last
 
@@ -1250,6 +1449,7 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
         breaker: CircuitBreaker | None,
         deadline: Deadline | None,
         request: httpx.Request,
+        limit: ConcurrencyLimit | None = None,
     ) -> httpx.Response:
         """One attempt: `sent` (the copy of `request` prepared for it) under its permit."""
         permit = None
@@ -1258,28 +1458,44 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
                 permit = breaker.acquire()
             except CircuitOpenError as error:
                 raise _open_error(error, request) from None
+        held = None
+        if limit is not None:  # inside the breaker: a rejection here is not the origin's
+            try:
+                held = limit.acquire()
+            except ConcurrencyLimitExceededError as error:
+                raise _limit_error(error, permit, request) from None
+            except BaseException:  # cancelled while waiting for a slot, or misuse
+                if permit is not None:
+                    permit.release()
+                raise
         try:
             response = self._inner.handle_request(sent)
         except BaseException as exc:
             _settle_exception(permit, exc)
             cut = _cut_by_deadline(exc, deadline, request)
+            if held is not None:
+                _settle_limit(held, exc, cut)
             if cut is not None:
                 raise cut from exc
             raise
-        if permit is None and deadline is None:
+        if permit is None and deadline is None and held is None:
             return response
         pipeline = self._pipeline
         in_memory = response.is_closed or isinstance(response.stream, httpx.ByteStream)
-        if permit is not None:
+        if permit is not None or held is not None:
             try:
-                unsettled = pipeline.settle_by_status(permit, response, in_memory)
-            except BaseException:  # a failure_status= that raised
-                if not permit.settled:
+                if permit is not None:
+                    permit = pipeline.settle_by_status(permit, response, in_memory)
+                if held is not None:
+                    held = _limit_by_status(held, response, in_memory)
+            except BaseException:  # a failure_status= or drop_if= that raised
+                if permit is not None and not permit.settled:
                     permit.release()
+                if held is not None and not held.settled:
+                    held.release()
                 with contextlib.suppress(Exception):  # the predicate's error is the one to raise
                     response.close()
                 raise
-            permit = unsettled
         if not in_memory:
             response.stream = _SettlingStream(
                 response.stream,  # type: ignore[arg-type]
@@ -1287,6 +1503,8 @@ class ResilientTransport(_Configured, httpx.BaseTransport):
                 pipeline.open_permits,
                 deadline,
                 request,
+                held,
+                pipeline.open_limit_permits,
             )
         return response
 
@@ -1384,6 +1602,11 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         breaker: True for the default breakers (a `BreakerRegistry`, one
             breaker per `scheme://host:port`), a `CircuitBreaker` for every
             origin, a `BreakerRegistry` of yours, or False for none.
+        concurrency_limit: An adaptive concurrency limit for each attempt
+            (off by default): True for one `ConcurrencyLimit(AIMDLimit())`
+            per `scheme://host:port`, named after it; a callable(origin)
+            that makes each origin's limit; or one `ConcurrencyLimit` for
+            every origin. A full limit raises `HTTPConcurrencyLimitExceededError`.
         retry_methods: Methods retried (default: the idempotent ones).
         retry_statuses: Response statuses retried, by the default retry and
             by a `Retry` of yours that has no `retry_if_result`.
@@ -1429,6 +1652,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         attempt_timeout: float | None = 10.0,
         retry: Retry | bool = True,
         breaker: CircuitBreaker | BreakerRegistry | bool = True,
+        concurrency_limit: ConcurrencyLimit | Callable[[str], ConcurrencyLimit] | bool = False,
         retry_methods: Collection[str] = IDEMPOTENT_METHODS,
         retry_statuses: Container[int] = RETRY_STATUSES,
         failure_status: Callable[[int], bool] = default_failure_status,
@@ -1458,6 +1682,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
             attempt_timeout=attempt_timeout,
             retry=retry,
             breaker=breaker,
+            concurrency_limit=concurrency_limit,
             retry_methods=retry_methods,
             retry_statuses=retry_statuses,
             failure_status=failure_status,
@@ -1495,6 +1720,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         pipeline = self._pipeline
         options = pipeline.options(request)
         breaker, retry, not_retried = pipeline.route(request, options)
+        limit = pipeline.limit_for(request, options) if pipeline.limited else None
         if retry is not None and not isinstance(request.stream, httpx.ByteStream):
             await request.aread()  # buffer_bodies=True: make the body replayable
         clock = pipeline.clock
@@ -1510,7 +1736,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
                 await self._discard(last)  # a discard_result= of the caller's left it open
             attempts += 1
             last = await self._attempt(
-                pipeline.prepare(request, options, deadline), breaker, deadline, request
+                pipeline.prepare(request, options, deadline), breaker, deadline, request, limit
             )
             return last
 
@@ -1538,6 +1764,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         breaker: CircuitBreaker | None,
         deadline: Deadline | None,
         request: httpx.Request,
+        limit: ConcurrencyLimit | None = None,
     ) -> httpx.Response:
         """The async twin of `ResilientTransport._attempt`."""
         permit = None
@@ -1546,28 +1773,44 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
                 permit = await breaker.aacquire()
             except CircuitOpenError as error:
                 raise _open_error(error, request) from None
+        held = None
+        if limit is not None:  # inside the breaker: a rejection here is not the origin's
+            try:
+                held = await limit.aacquire()
+            except ConcurrencyLimitExceededError as error:
+                raise _limit_error(error, permit, request) from None
+            except BaseException:  # cancelled while waiting for a slot, or misuse
+                if permit is not None:
+                    permit.release()
+                raise
         try:
             response = await self._inner.handle_async_request(sent)
         except BaseException as exc:
             _settle_exception(permit, exc)
             cut = _cut_by_deadline(exc, deadline, request)
+            if held is not None:
+                _settle_limit(held, exc, cut)
             if cut is not None:
                 raise cut from exc
             raise
-        if permit is None and deadline is None:
+        if permit is None and deadline is None and held is None:
             return response
         pipeline = self._pipeline
         in_memory = response.is_closed or isinstance(response.stream, httpx.ByteStream)
-        if permit is not None:
+        if permit is not None or held is not None:
             try:
-                unsettled = pipeline.settle_by_status(permit, response, in_memory)
-            except BaseException:  # a failure_status= that raised
-                if not permit.settled:
+                if permit is not None:
+                    permit = pipeline.settle_by_status(permit, response, in_memory)
+                if held is not None:
+                    held = _limit_by_status(held, response, in_memory)
+            except BaseException:  # a failure_status= or drop_if= that raised
+                if permit is not None and not permit.settled:
                     permit.release()
+                if held is not None and not held.settled:
+                    held.release()
                 with contextlib.suppress(Exception):  # the predicate's error is the one to raise
                     await response.aclose()
                 raise
-            permit = unsettled
         if not in_memory:
             response.stream = _AsyncSettlingStream(
                 response.stream,  # type: ignore[arg-type]
@@ -1575,6 +1818,8 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
                 pipeline.open_permits,
                 deadline,
                 request,
+                held,
+                pipeline.open_limit_permits,
             )
         return response
 

@@ -15,6 +15,7 @@ PUBLIC_API = {
     "AsyncResilientTransport",
     "DEADLINE_HEADER",
     "HTTPCircuitOpenError",
+    "HTTPConcurrencyLimitExceededError",
     "HTTPDeadlineExceededError",
     "ResilientTransport",
     "Bulkhead",

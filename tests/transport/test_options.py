@@ -31,6 +31,7 @@ OPTIONS = {
     "attempt_timeout": 10.0,
     "retry": True,
     "breaker": True,
+    "concurrency_limit": False,
     "retry_methods": IDEMPOTENT_METHODS,
     "retry_statuses": RETRY_STATUSES,
     "failure_status": default_failure_status,

@@ -23,6 +23,7 @@ sync_transport = ResilientTransport(
     attempt_timeout=None,
     retry=resilience.Retry(on=(httpx.TransportError,)),
     breaker=resilience.BreakerRegistry(),
+    concurrency_limit=True,
     retry_methods={"GET", "PUT"},
     retry_statuses=range(500, 600),
     failure_status=lambda status: status >= 500,
@@ -50,7 +51,9 @@ async_transport = AsyncResilientTransport(
     retry=False,
     breaker=resilience.CircuitBreaker("api"),
     half_open_max_wait=...,
+    concurrency_limit=lambda origin: resilience.ConcurrencyLimit(name=origin),
 )
+shared = ResilientTransport(concurrency_limit=resilience.ConcurrencyLimit(name="all"))
 
 # A misspelled option is an error (mypy suggests the right name).
 ResilientTransport(total_timout=2)  # type: ignore[call-arg]
@@ -60,6 +63,8 @@ ResilientTransport(verfy=False)  # type: ignore[call-arg]
 ResilientTransport(total_timeout="2")  # type: ignore[arg-type]
 ResilientTransport(retry=3)  # type: ignore[arg-type]
 AsyncResilientTransport(breaker="on")  # type: ignore[arg-type]
+ResilientTransport(concurrency_limit=20)  # type: ignore[arg-type]
+ResilientTransport(concurrency_limit=resilience.AIMDLimit())  # type: ignore[arg-type]
 ResilientTransport(limits=10)  # type: ignore[arg-type]
 ResilientTransport(clock=object())  # type: ignore[arg-type]
 # Options are keyword-only: only the inner transport is positional.
