@@ -21,17 +21,24 @@ import itertools
 import math
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 from ._clock import Clock, resolve_clock
 from ._compose import is_async_callable
 from ._counter import peek
 from ._deadline import DEADLINE_HEADER, Deadline, enter_deadline, leave_deadline
+from ._limit import ConcurrencyLimit, LimitPermit
+from ._limit_algorithms import Gradient2Limit
 from ._tracking import track
 from ._validate import check_int, check_seconds, check_string
-from .errors import BulkheadFullError, CircuitOpenError, DeadlineExceededError
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConcurrencyLimitExceededError,
+    DeadlineExceededError,
+)
 from .events import DeadlineExceeded, ObserverHub, global_hub
 
 if TYPE_CHECKING:
@@ -41,9 +48,11 @@ __all__ = [
     "DEADLINE_SLACK",
     "ENVOY_TIMEOUT_HEADER",
     "GRPC_TIMEOUT_HEADER",
+    "ASGIConcurrencyLimitMiddleware",
     "ASGIDeadlineMiddleware",
     "Answer",
     "ErrorAnswers",
+    "WSGIConcurrencyLimitMiddleware",
     "WSGIDeadlineMiddleware",
     "parse_deadline_header",
 ]
@@ -623,3 +632,250 @@ class _WatchedStart:
             return write(data)
 
         return watched_write
+
+
+#: Statuses a handler answers when it is itself overloaded: a drop for the limit.
+DEFAULT_DROP_STATUSES = frozenset({429, 503})
+
+
+class _Shedding:
+    """What both load-shedding middlewares share: the limit, the answer, the counts."""
+
+    def __init__(
+        self,
+        *,
+        limit: ConcurrencyLimit | None,
+        drop_statuses: Iterable[int],
+        shed_status: int,
+        retry_after: float,
+        name: str,
+    ) -> None:
+        name = check_string(name, "name")
+        if limit is None:
+            limit = ConcurrencyLimit(Gradient2Limit(), name=name)
+        elif not isinstance(limit, ConcurrencyLimit):
+            raise TypeError(f"limit= must be a resilience.ConcurrencyLimit or None, got {limit!r}")
+        self.limit = limit
+        if isinstance(drop_statuses, (str, bytes)) or not isinstance(drop_statuses, Iterable):
+            raise TypeError(f"drop_statuses= takes a collection of statuses, got {drop_statuses!r}")
+        self.drop_statuses = frozenset(
+            _check_status(status, "drop_statuses") for status in drop_statuses
+        )
+        self.answers = ErrorAnswers(
+            name=name, shed_status=shed_status, retry_after=retry_after, clock=limit.clock
+        )
+        self.name = name
+
+    def shed(self, exc: ConcurrencyLimitExceededError) -> Answer:
+        answer = cast("Answer", self.answers.answer(exc, None))
+        self.answers.record(answer, exc, None)
+        return answer
+
+    def settle(self, permit: LimitPermit, status: int | None) -> None:
+        """The response ended (or the handler returned): a sample, a drop, or nothing."""
+        if permit.settled:
+            return
+        if status is None:
+            permit.release()  # no response: nothing measured
+        elif status in self.drop_statuses:
+            permit.record_drop()
+        else:
+            permit.record_success()
+
+    def metrics(self) -> dict[str, int]:
+        """Requests shed, then the limit's own counts (`ConcurrencyLimit.metrics()`)."""
+        return {"shed": self.answers.metrics()["shed"], **self.limit.metrics()}
+
+
+class ASGIConcurrencyLimitMiddleware:
+    """Shed inbound HTTP requests over the service's own adaptive concurrency limit.
+
+    ```python
+    app.add_middleware(resilience.middleware.ASGIConcurrencyLimitMiddleware)
+    # or: app = ASGIConcurrencyLimitMiddleware(app, limit=ConcurrencyLimit(VegasLimit()))
+    ```
+
+    Each HTTP request is admitted through `limit` before the app sees it. A
+    request over the limit (at once, or after the limit's `max_wait`) gets
+    `shed_status` (503) with `Retry-After` and never reaches the app. An
+    admitted request is settled exactly once: when the last body message
+    has been sent, a sample of the whole request's latency, or a drop if the
+    app answered one of `drop_statuses` (429, 503); an exception, as the
+    limit classifies it (a timeout or deadline cut is a drop; cancellation,
+    a client that went away and other errors say nothing); a handler that
+    returned without answering says nothing. Lifespan and websocket scopes
+    pass through untouched.
+
+    Args:
+        app: The ASGI application.
+        limit: The `resilience.ConcurrencyLimit` (default: one with
+            `Gradient2Limit()`, a latency-based algorithm, named `name`).
+        drop_statuses: Statuses of the app's answers that are drops (429, 503).
+        shed_status: The status of a shed request (503).
+        retry_after: `Retry-After` seconds of a shed request (1; rounded up).
+        name: Names the middleware (and the default limit) in metrics.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: ConcurrencyLimit | None = None,
+        drop_statuses: Iterable[int] = DEFAULT_DROP_STATUSES,
+        shed_status: int = 503,
+        retry_after: float = 1.0,
+        name: str = "asgi-limit",
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be an ASGI application, got {app!r}")
+        self.app = app
+        self._shedding = _Shedding(
+            limit=limit,
+            drop_statuses=drop_statuses,
+            shed_status=shed_status,
+            retry_after=retry_after,
+            name=name,
+        )
+        self.name = self._shedding.name
+        #: The limit every request goes through.
+        self.limit = self._shedding.limit
+        track("middleware", self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Admit one HTTP request through the limit, or answer 503; other scopes pass."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        shedding = self._shedding
+        try:
+            permit = await shedding.limit.aacquire()
+        except ConcurrencyLimitExceededError as exc:
+            await _send_answer(send, shedding.shed(exc))
+            return
+        status: int | None = None
+
+        async def watched(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False):
+                shedding.settle(permit, status)  # the response is complete
+
+        try:
+            await self.app(scope, receive, watched)
+        except BaseException as exc:
+            if not permit.settled:
+                permit.record_exception(exc)
+            raise
+        shedding.settle(permit, status)
+
+    def metrics(self) -> dict[str, int]:
+        """`shed` (answered 503 here), then the limit's counts: `limit`, `in_flight`..."""
+        return self._shedding.metrics()
+
+
+class WSGIConcurrencyLimitMiddleware:
+    """The WSGI twin of `ASGIConcurrencyLimitMiddleware` (Flask, Django...).
+
+    ```python
+    app.wsgi_app = resilience.middleware.WSGIConcurrencyLimitMiddleware(app.wsgi_app)
+    ```
+
+    A request waits for a slot blocking its own thread (the limit's
+    `max_wait`, 0 by default). An admitted request is settled when the
+    server closes the response iterable (PEP 3333 servers always do): a
+    sample of the latency to the end of the body, or a drop for one of
+    `drop_statuses`; an exception from the app or while the body is
+    iterated, as the limit classifies it. Same arguments as the ASGI one
+    (`name` defaults to "wsgi-limit").
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        limit: ConcurrencyLimit | None = None,
+        drop_statuses: Iterable[int] = DEFAULT_DROP_STATUSES,
+        shed_status: int = 503,
+        retry_after: float = 1.0,
+        name: str = "wsgi-limit",
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI application, got {app!r}")
+        if is_async_callable(app):
+            raise TypeError(
+                f"app {app!r} is async (an ASGI application?): use ASGIConcurrencyLimitMiddleware"
+            )
+        self.app = app
+        self._shedding = _Shedding(
+            limit=limit,
+            drop_statuses=drop_statuses,
+            shed_status=shed_status,
+            retry_after=retry_after,
+            name=name,
+        )
+        self.name = self._shedding.name
+        #: The limit every request goes through.
+        self.limit = self._shedding.limit
+        track("middleware", self)
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """Admit one request through the limit, or answer 503."""
+        shedding = self._shedding
+        try:
+            permit = shedding.limit.acquire()
+        except ConcurrencyLimitExceededError as exc:
+            answer = shedding.shed(exc)
+            start_response(answer.status_line, answer.headers)
+            return [answer.body]
+        body = _SettlingBody(shedding, permit)
+
+        def watched(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            code = status.split(" ", 1)[0]
+            body.status = int(code) if code.isdigit() else None
+            if exc_info is None:
+                return start_response(status, headers)
+            return start_response(status, headers, exc_info)
+
+        try:
+            body.body = self.app(environ, watched)
+        except BaseException as exc:
+            permit.record_exception(exc)
+            raise
+        return body
+
+    def metrics(self) -> dict[str, int]:
+        """`shed` (answered 503 here), then the limit's counts: `limit`, `in_flight`..."""
+        return self._shedding.metrics()
+
+
+class _SettlingBody:
+    """A WSGI response iterable that settles its request's permit once, when it ends."""
+
+    __slots__ = ("body", "permit", "shedding", "status")
+
+    def __init__(self, shedding: _Shedding, permit: LimitPermit) -> None:
+        self.shedding = shedding
+        self.permit = permit
+        self.status: int | None = None
+        self.body: Iterable[bytes] = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.body
+        except BaseException as exc:
+            if not self.permit.settled:
+                self.permit.record_exception(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.shedding.settle(self.permit, self.status)
