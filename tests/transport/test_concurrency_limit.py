@@ -434,3 +434,29 @@ async def test_async_deadline_cut_on_a_real_server_is_a_drop(server: LiveServer)
         with pytest.raises(resilience.HTTPDeadlineExceededError):
             await client.get(f"{server.url}/slow", params={"seconds": 2})
     assert counts(limit) == {"in_flight": 0, "succeeded": 0, "dropped": 1, "ignored": 0}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [httpx.PoolTimeout("pool full"), httpx.ConnectError("refused"), httpx.UnsupportedProtocol("x")],
+)
+def test_the_requests_own_errors_and_other_errors_are_not_samples(error: Exception) -> None:
+    def fails(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    limit = fixed()
+    transport = ResilientTransport(httpx.MockTransport(fails), concurrency_limit=limit, retry=False)
+    with httpx.Client(transport=transport) as client, pytest.raises(type(error)):
+        client.get("http://a.test/")
+    assert counts(limit) == {"in_flight": 0, "succeeded": 0, "dropped": 0, "ignored": 1}
+
+
+def test_a_connect_timeout_is_a_drop() -> None:
+    def fails(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("slow")
+
+    limit = fixed()
+    transport = ResilientTransport(httpx.MockTransport(fails), concurrency_limit=limit, retry=False)
+    with httpx.Client(transport=transport) as client, pytest.raises(httpx.ConnectTimeout):
+        client.get("http://a.test/")
+    assert counts(limit) == {"in_flight": 0, "succeeded": 0, "dropped": 1, "ignored": 0}
