@@ -124,6 +124,17 @@ def leave_deadline(token: Token[Deadline | None]) -> None:
     _current.reset(token)
 
 
+def outlive_deadline(token: Token[Deadline | None]) -> None:
+    """From here on in this context, the deadline in force before `enter_deadline` applies.
+
+    For work that outlives what the deadline was for (a server's background
+    tasks, run after the response was sent); `leave_deadline(token)` still
+    undoes the whole entry afterwards.
+    """
+    previous = token.old_value
+    _current.set(None if previous is Token.MISSING else previous)
+
+
 class deadline:
     """Bound everything inside the block to `seconds` from now (or less, if nested).
 

@@ -222,10 +222,14 @@ class Timeout(Policy):
                 "Timeout.__exit__ without a matching __enter__ in this thread or task: "
                 "a `with` block must end where it began"
             )
-        rest = block.outer
-        for other in reversed(above):
-            rest = _Block(other.timeout, other.token, other.cut, rest)
-        _blocks.set(rest)
+        if above:
+            # Deadlines nest: leaving this one first would restore a stale
+            # deadline for the blocks still open, and keep it after them.
+            raise RuntimeError(
+                "Timeout blocks must end innermost first: this one is still enclosing "
+                f"{len(above)} open block(s) of another Timeout in this thread or task"
+            )
+        _blocks.set(block.outer)
         return block
 
     # -- reporting ----------------------------------------------------------------------

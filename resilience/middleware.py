@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 from ._clock import Clock, resolve_clock
 from ._compose import is_async_callable
 from ._counter import peek
-from ._deadline import DEADLINE_HEADER, Deadline, enter_deadline, leave_deadline
+from ._deadline import DEADLINE_HEADER, Deadline, enter_deadline, leave_deadline, outlive_deadline
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import Gradient2Limit
 from ._tracking import track
@@ -137,6 +137,22 @@ class Answer(NamedTuple):
         return f"{self.status} {phrase}"
 
 
+#: The longest `Retry-After` answered, in seconds (a day): a breaker open for
+#: longer (or for ever) still gets a finite, well-formed header.
+MAX_RETRY_AFTER = 86_400.0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The errors in an exception group, nested groups flattened."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(_leaves(exc))
+        else:
+            leaves.append(exc)
+    return leaves
+
+
 class ErrorAnswers:
     """What an exception escaping a request handler becomes, and how often it happened.
 
@@ -189,7 +205,17 @@ class ErrorAnswers:
         """The answer for `exc` escaping a request whose deadline is `deadline`, or None.
 
         Pure: nothing is counted until `record()`, once the answer was given.
+        An exception group (a route that fanned out with a task group) is
+        answered when every error in it is: 504 if any is a deadline's, else 503.
         """
+        if isinstance(exc, BaseExceptionGroup):
+            answers = [self.answer(leaf, deadline) for leaf in _leaves(exc)]
+            if not answers or any(answer is None for answer in answers):
+                return None
+            return next(
+                (a for a in answers if a is not None and a.outcome == "deadline_exceeded"),
+                answers[0],
+            )
         if isinstance(exc, DeadlineExceededError) or (
             deadline is not None
             and _is_httpx_timeout(exc)
@@ -203,6 +229,7 @@ class ErrorAnswers:
             if isinstance(exc, CircuitOpenError) and exc.retry_after is not None:
                 seconds = exc.retry_after
             headers = _headers(_SHED_BODY)
+            seconds = min(seconds, MAX_RETRY_AFTER) if seconds == seconds else self.retry_after
             headers.append(("retry-after", str(max(1, math.ceil(seconds)))))
             return Answer(self.shed_status, headers, _SHED_BODY, "shed")
         return None
@@ -419,17 +446,26 @@ class ASGIDeadlineMiddleware:
             return
         token, entered = self.policy.enter(budget)
         try:
-            if not self.map_errors:
-                await self.app(scope, receive, send)
-                return
             started = False
 
             async def watched(message: MutableMapping[str, Any]) -> None:
                 nonlocal started
-                if message["type"] == "http.response.start":
+                kind = message["type"]
+                if kind == "http.response.start":
                     started = True
                 await send(message)
+                if (
+                    token is not None
+                    and kind == "http.response.body"
+                    and not message.get("more_body", False)
+                ):
+                    # The response is complete: work after it (background
+                    # tasks) is no longer bound by the caller's deadline.
+                    outlive_deadline(token)
 
+            if not self.map_errors:
+                await self.app(scope, receive, watched)
+                return
             try:
                 await self.app(scope, receive, watched)
             except Exception as exc:

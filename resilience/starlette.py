@@ -42,6 +42,7 @@ HANDLED: tuple[type[Exception], ...] = (
     CircuitOpenError,
     BulkheadFullError,
     httpx.TimeoutException,
+    ExceptionGroup,
 )
 
 
@@ -66,7 +67,10 @@ def install_exception_handlers(
       other httpx timeout, and every one in an app without the middleware,
       is re-raised from the handler, unchanged (a 500, as without handlers);
     - `CircuitOpenError`, `BulkheadFullError`: `shed_status`, with
-      `Retry-After`.
+      `Retry-After`;
+    - an `ExceptionGroup` (a route that fanned out with a task group) whose
+      errors are all answered above: `deadline_status` if any is a
+      deadline's, else `shed_status`; any other group is re-raised.
 
     Args:
         app: A `starlette.applications.Starlette` or `fastapi.FastAPI`.

@@ -157,9 +157,9 @@ class NotOurs(Exception):
         TimeoutError("the handler's own"),
         resilience.RetryBudgetExhaustedError("payments"),
         httpx.ConnectError("refused"),
-        ExceptionGroup("several", [resilience.DeadlineExceededError()]),
+        ExceptionGroup("mixed", [resilience.DeadlineExceededError(), NotOurs("and this")]),
     ],
-    ids=["NotOurs", "TimeoutError", "RetryBudgetExhausted", "ConnectError", "ExceptionGroup"],
+    ids=["NotOurs", "TimeoutError", "RetryBudgetExhausted", "ConnectError", "MixedGroup"],
 )
 async def test_other_exceptions_propagate_unchanged(error: Exception) -> None:
     """Any other exception is re-raised as itself, and nothing is counted."""
@@ -607,3 +607,64 @@ def test_wsgi_errors_of_a_lazy_body_are_not_mapped() -> None:
     with pytest.raises(resilience.DeadlineExceededError):
         next(body)
     assert middleware.metrics()["deadline_exceeded"] == 0
+
+
+# -- exception groups, Retry-After bounds, work after the response -----------------------------
+
+SHED = resilience.BulkheadFullError("pool", 4)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ExceptionGroup("fan-out", [resilience.DeadlineExceededError(), SHED]), 504),
+        (ExceptionGroup("fan-out", [SHED, SHED]), 503),
+        (
+            ExceptionGroup(
+                "outer", [ExceptionGroup("inner", [resilience.DeadlineExceededError()])]
+            ),
+            504,
+        ),
+    ],
+    ids=["deadline-and-shed", "all-shed", "nested"],
+)
+async def test_a_group_of_answered_errors_is_answered(error: Exception, status: int) -> None:
+    """A route that fanned out (TaskGroup): answered when every error in the group is."""
+    client, _middleware = asgi(lambda request: error)
+    async with client:
+        response = await client.get("/", headers={"x-resilience-deadline-ms": "800"})
+    assert response.status_code == status
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [(math.inf, "86400"), (1e300, "86400"), (math.nan, "1"), (2.2, "3")],
+)
+async def test_retry_after_is_finite_and_at_most_a_day(retry_after: float, header: str) -> None:
+    """retry_after inf or 1e300 answers a one-day Retry-After; NaN the default."""
+    error = resilience.CircuitOpenError("payments", OPEN, retry_after)
+    client, _ = asgi(lambda request: error)
+    async with client:
+        response = await client.get("/")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == header
+
+
+@pytest.mark.anyio
+async def test_work_after_the_response_is_not_bound_by_the_deadline() -> None:
+    """Background tasks run after the response is complete: no caller deadline any more."""
+    seen: list[float | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(resilience.remaining())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done", "more_body": False})
+        seen.append(resilience.remaining())  # what a BackgroundTask sees
+
+    _sent, raised = await _call(ASGIDeadlineMiddleware(app))
+    assert raised is None
+    assert seen[0] is not None
+    assert 0 < seen[0] <= 0.8
+    assert seen[1] is None

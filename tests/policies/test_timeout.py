@@ -694,3 +694,21 @@ def test_timeout_blocks_nest_and_must_end_where_they_began() -> None:
     assert remaining() is None
     with pytest.raises(RuntimeError, match="end where it began"):
         timeout.__exit__(None, None, None)
+
+
+def test_timeout_blocks_exited_out_of_order_raise() -> None:
+    """Leaving an enclosing Timeout before the one inside it is refused, loudly.
+
+    Deadlines nest: allowing it would restore a stale deadline for the block
+    still open, and keep it after both ended.
+    """
+    import resilience
+
+    outer, inner = Timeout(5.0), Timeout(10.0)
+    outer.__enter__()
+    inner.__enter__()
+    with pytest.raises(RuntimeError, match="innermost first"):
+        outer.__exit__(None, None, None)
+    inner.__exit__(None, None, None)
+    outer.__exit__(None, None, None)
+    assert resilience.current_deadline() is None
