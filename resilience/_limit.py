@@ -140,11 +140,17 @@ class LimitPermit:
 
     def record_result(self, result: object) -> None:
         """Settle a call that returned `result`: a drop if `drop_if(result)`, else a sample."""
+        self._check_unsettled()
         self._policy._on_return(self, result)
 
     def record_exception(self, exc: BaseException) -> None:
         """Settle a call that raised `exc`: a drop, or no sample (see `ConcurrencyLimit`)."""
+        self._check_unsettled()
         self._policy._on_error(self, exc)
+
+    def _check_unsettled(self) -> None:
+        if self.settled:
+            raise RuntimeError(f"{self!r} was already settled; settle a permit exactly once")
 
     def __repr__(self) -> str:
         return (
@@ -369,43 +375,47 @@ class ConcurrencyLimit(Admission[LimitPermit]):
         rtt = now - start
         moved: tuple[int, int, int] | None = None
         granted: list[_Waiter] | None = None
-        with self._lock:
-            try:
-                if kind == _SUCCESS:
-                    self._succeeded += 1
-                    if rtt > 0:  # else the clock did not move: nothing was measured
+        try:
+            with self._lock:
+                try:
+                    if kind == _SUCCESS:
+                        self._succeeded += 1
+                        if rtt > 0:  # else the clock did not move: nothing was measured
+                            if self.window is None:
+                                moved = self._update(rtt, in_flight, False)
+                            else:  # the common case, inlined: add to the window
+                                self._w_sum += rtt
+                                self._w_count += 1
+                                if in_flight > self._w_in_flight:
+                                    self._w_in_flight = in_flight
+                                if rtt < self._w_min:
+                                    self._w_min = rtt
+                                if now >= self._w_end and self._w_count >= _WINDOW_SAMPLES:
+                                    moved = self._close_window(now)
+                    elif kind == _DROP:
+                        self._dropped += 1
                         if self.window is None:
-                            moved = self._update(rtt, in_flight, False)
-                        else:  # the common case, inlined: add to the window
-                            self._w_sum += rtt
+                            moved = self._update(rtt, in_flight, True)
+                        else:
+                            self._w_sum += max(rtt, 0.0)
                             self._w_count += 1
                             if in_flight > self._w_in_flight:
                                 self._w_in_flight = in_flight
-                            if rtt < self._w_min:
-                                self._w_min = rtt
+                            self._w_drop = True
                             if now >= self._w_end and self._w_count >= _WINDOW_SAMPLES:
                                 moved = self._close_window(now)
-                elif kind == _DROP:
-                    self._dropped += 1
-                    if self.window is None:
-                        moved = self._update(rtt, in_flight, True)
                     else:
-                        self._w_sum += max(rtt, 0.0)
-                        self._w_count += 1
-                        if in_flight > self._w_in_flight:
-                            self._w_in_flight = in_flight
-                        self._w_drop = True
-                        if now >= self._w_end and self._w_count >= _WINDOW_SAMPLES:
-                            moved = self._close_window(now)
-                else:
-                    self._ignored += 1
-            finally:
-                self._in_flight -= 1
-                if self._waiters:
-                    granted = self._grant()
-        if granted:
-            for waiter in granted:
-                _wake(waiter)
+                        self._ignored += 1
+                finally:
+                    self._in_flight -= 1
+                    if self._waiters:
+                        granted = self._grant()
+        finally:
+            # Outside the lock, and even when the algorithm raised: a waiter
+            # granted the slot must not sleep out its max_wait.
+            if granted:
+                for waiter in granted:
+                    _wake(waiter)
         if moved is not None and self.events.active:
             self.events.publish(
                 LimitChanged(

@@ -18,7 +18,7 @@ import operator
 import sys
 import threading
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from types import EllipsisType, FunctionType, MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn, Self, cast
 
@@ -298,7 +298,7 @@ class _Pipeline:
         self._shared_limit, self._limit_factory = self._resolve_limit(concurrency_limit)
         #: Whether requests take a concurrency-limit permit at all.
         self.limited = self._shared_limit is not None or self._limit_factory is not None
-        self._limits: dict[str, ConcurrencyLimit] = {}
+        self._limits: OrderedDict[str, ConcurrencyLimit] = OrderedDict()
         self._limits_lock = threading.Lock()
 
     def retryable_status(self, response: httpx.Response) -> bool:
@@ -387,7 +387,11 @@ class _Pipeline:
         key = _url_origin(url._uri_reference) if _PARSED_URLS else _public_origin(url)
         origin = self._origin_names.get(key) or self.origin_name(url)
         limit = self._limits.get(origin)
-        return limit if limit is not None else self._new_limit(origin)
+        if limit is None:
+            return self._new_limit(origin)
+        with self._limits_lock, contextlib.suppress(KeyError):
+            self._limits.move_to_end(origin)  # used now: the least recently used goes first
+        return limit
 
     def _new_limit(self, origin: str) -> ConcurrencyLimit:
         """The limit of `origin`, made by the factory on first use; at most 1,000 kept."""
@@ -401,9 +405,15 @@ class _Pipeline:
             limit = self._limits.get(origin)
             if limit is not None:  # another thread made it first
                 return limit
-            while len(self._limits) >= _MAX_ORIGINS:
-                # The oldest origin's limit goes (a request still holding it settles on it).
-                del self._limits[next(iter(self._limits))]
+            if len(self._limits) >= _MAX_ORIGINS:
+                # The least recently used limit with nothing in flight goes: one in
+                # use is never replaced by a fresh one (that would double its
+                # origin's concurrency). If every limit is busy, the oldest goes.
+                idle = next(
+                    (name for name, kept in self._limits.items() if kept.in_flight == 0),
+                    next(iter(self._limits)),
+                )
+                del self._limits[idle]
             self._limits[origin] = made
             return made
 

@@ -792,3 +792,56 @@ def test_bulkhead_and_limit_share_the_admission_core() -> None:
     assert issubclass(Bulkhead, Admission)
     assert issubclass(ConcurrencyLimit, Admission)
     assert Bulkhead._enter is Admission._admit
+
+
+def test_recording_a_result_or_an_exception_on_a_settled_permit_raises() -> None:
+    """Every way of settling a permit a second time raises, as the docs promise."""
+    limit, _, _ = make()
+    for first, second in (
+        ("record_success", lambda permit: permit.record_result("x")),
+        ("record_success", lambda permit: permit.record_exception(ValueError())),
+        ("release", lambda permit: permit.record_result("x")),
+    ):
+        permit = limit.acquire()
+        getattr(permit, first)()
+        with pytest.raises(RuntimeError, match="exactly once"):
+            second(permit)
+    assert limit.in_flight == 0
+
+
+def test_an_algorithm_that_raises_still_wakes_the_waiter_it_granted() -> None:
+    """A slot freed by a settle whose algorithm raised goes to the waiter at once.
+
+    Not after the waiter's max_wait.
+    """
+    import threading
+    import time
+
+    class Broken(resilience.LimitAlgorithm):
+        def __init__(self) -> None:
+            super().__init__(initial_limit=1, min_limit=1, max_limit=1, window=None)
+
+        def update(self, limit: float, rtt: float, in_flight: int, dropped: bool) -> float:
+            raise ArithmeticError("the algorithm's bug")
+
+    limit = resilience.ConcurrencyLimit(Broken(), max_wait=5.0)
+    holder = limit.acquire()
+    waited: list[float] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        limit.acquire().release()
+        waited.append(time.monotonic() - started)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    for _ in range(200):  # until the waiter is queued (2 s at most)
+        if limit.metrics()["waiting"]:
+            break
+        time.sleep(0.01)
+    time.sleep(0.01)  # a measurable rtt
+    with pytest.raises(ArithmeticError):
+        holder.record_success()
+    waiter.join(timeout=5)
+    assert waited
+    assert waited[0] < 2.0

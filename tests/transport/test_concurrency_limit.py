@@ -92,6 +92,7 @@ def counts(limit: ConcurrencyLimit) -> dict[str, int]:
 
 
 def test_off_by_default_takes_no_permit_and_makes_no_limit() -> None:
+    gc.collect()  # limits of earlier tests must not disappear from the count meanwhile
     before = len(list(live("limit")))
     transport = ResilientTransport(answer(200))
     assert transport.concurrency_limits is None
@@ -124,6 +125,24 @@ def test_per_origin_limits_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         for host in ("a", "b", "c"):
             client.get(f"http://{host}.test/")
     assert sorted(transport.concurrency_limits) == ["http://b.test:80", "http://c.test:80"]  # type: ignore[arg-type]
+
+
+def test_a_busy_or_recently_used_origin_keeps_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full table drops the least recently used idle limit, never one with calls in flight."""
+    monkeypatch.setattr(transport_module, "_MAX_ORIGINS", 2)
+    transport = ResilientTransport(streaming(), concurrency_limit=lambda origin: fixed(1))
+    with httpx.Client(transport=transport) as client:
+        held = client.send(client.build_request("GET", "http://hot.test/"), stream=True)
+        hot = transport.concurrency_limits["http://hot.test:80"]  # type: ignore[index]
+        for host in ("a", "b", "c"):  # each new origin needs room
+            client.get(f"http://{host}.test/")
+        assert transport.concurrency_limits["http://hot.test:80"] is hot  # type: ignore[index]
+        with pytest.raises(resilience.ConcurrencyLimitExceededError):
+            client.get("http://hot.test/")  # still its limit of 1, with the held call in it
+        held.close()
+        client.get("http://hot.test/")
+        client.get("http://d.test/")  # hot was used last: c.test goes
+    assert sorted(transport.concurrency_limits) == ["http://d.test:80", "http://hot.test:80"]  # type: ignore[arg-type]
 
 
 def test_a_factory_makes_each_origins_limit_once() -> None:
