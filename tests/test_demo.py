@@ -52,3 +52,21 @@ def test_quick_demo_shows_what_the_library_is_for(tmp_path: Path) -> None:
     for name in ("cascade", "retry-storm"):
         assert Path(report["plots"][name]).is_file()
     assert "better?" in result.stdout
+
+
+def test_cascade_protected_arm_uses_the_adaptive_limits() -> None:
+    """The protected orders sheds through a ConcurrencyLimit; callers get AIMD limits per origin."""
+    import resilience
+    from resilience.demo import _cascade
+    from resilience.middleware import ASGIConcurrencyLimitMiddleware
+
+    counters: dict[str, float] = {}
+    assert isinstance(
+        _cascade.orders_app(True, "http://127.0.0.1:1", counters), ASGIConcurrencyLimitMiddleware
+    )
+    assert not isinstance(
+        _cascade.orders_app(False, "http://127.0.0.1:1", counters), ASGIConcurrencyLimitMiddleware
+    )
+    limit = _cascade.origin_limits(timeout=0.25)("http://127.0.0.1:1")
+    assert isinstance(limit, resilience.ConcurrencyLimit)
+    assert limit.name == "http://127.0.0.1:1"

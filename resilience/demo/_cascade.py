@@ -2,7 +2,8 @@
 
 The same load runs twice: once with plain httpx clients between the services,
 once with `resilience` (transport with a per-origin breaker, budgeted retries,
-deadlines propagated by the middleware, a fallback at orders).
+an adaptive concurrency limit per origin, deadlines propagated by the
+middleware, load shedding and a fallback at orders).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import resilience
-from resilience.middleware import ASGIDeadlineMiddleware
+from resilience.middleware import ASGIConcurrencyLimitMiddleware, ASGIDeadlineMiddleware
 
 from ._harness import Gauge, RunResult, percentile, recovery_time, run_load, serve, success_rate
 
@@ -44,6 +45,31 @@ def timeline(duration: float) -> Timeline:
 
 
 OPEN_DURATION = 1.0  # the demo breaker's open period: how fast it notices healing
+
+
+def origin_limits(
+    *, timeout: float, max_wait: float = 0.0
+) -> Callable[[str], resilience.ConcurrencyLimit]:
+    """A caller's adaptive limit, one per origin (the transports' `concurrency_limit=`).
+
+    AIMD, the loss-based algorithm for clients: a hung downstream gives no
+    error, only timeouts, and those are drops. `timeout` is the latency the
+    caller accepts (a window's mean above it is a drop too), so the limit
+    backs off as soon as calls queue, before attempts time out; a backoff
+    of 0.5 halves it per window of drops, not by 10%.
+    """
+
+    def limit(origin: str) -> resilience.ConcurrencyLimit:
+        algorithm = resilience.AIMDLimit(backoff_ratio=0.5, timeout=timeout)
+        return resilience.ConcurrencyLimit(algorithm, name=origin, max_wait=max_wait)
+
+    return limit
+
+
+def orders_shedding(app: Any) -> ASGIConcurrencyLimitMiddleware:
+    """Orders sheds what it cannot serve with 503 + Retry-After (latency-based, for a server)."""
+    limit = resilience.ConcurrencyLimit(resilience.Gradient2Limit(), name="orders")
+    return ASGIConcurrencyLimitMiddleware(app, limit=limit, name="orders")
 
 
 class Clock:
@@ -95,6 +121,8 @@ def orders_app(protected: bool, payments: str, counters: dict[str, float]) -> An
                         window=resilience.TimeWindow(seconds=5),
                         open_duration=OPEN_DURATION,
                     ),
+                    # Half the attempt timeout: payments answers in milliseconds when well.
+                    concurrency_limit=origin_limits(timeout=0.25),
                     idempotency_key=True,
                     limits=httpx.Limits(max_connections=500),
                 )
@@ -118,7 +146,8 @@ def orders_app(protected: bool, payments: str, counters: dict[str, float]) -> An
                 return JSONResponse({"error": "payments failed"}, status_code=502)
 
     app = Starlette(routes=[Route("/order", order, methods=["POST"])])
-    return ASGIDeadlineMiddleware(app) if protected else app
+    # Shedding outside the deadline middleware: a shed request costs nothing more.
+    return orders_shedding(ASGIDeadlineMiddleware(app)) if protected else app
 
 
 def gateway_app(protected: bool, orders: str) -> Any:
@@ -129,7 +158,13 @@ def gateway_app(protected: bool, orders: str) -> Any:
             limits = httpx.Limits(max_connections=500)
             if protected:
                 transport = resilience.AsyncResilientTransport(
-                    total_timeout=2.0, retry=False, breaker=False, limits=limits
+                    total_timeout=2.0,
+                    retry=False,
+                    breaker=False,
+                    # The 2 s SLA: orders, with its fallback, answers well within it.
+                    # Waiting up to 0.5 s for a slot rides out bursts (all clients start at once).
+                    concurrency_limit=origin_limits(timeout=2.0, max_wait=0.5),
+                    limits=limits,
                 )
                 state["client"] = httpx.AsyncClient(transport=transport)
             else:
