@@ -308,6 +308,7 @@ class Guard(Policy, Generic[Token]):
         # The body of `call`, inlined: one Python frame less per decorated call.
         refuse_generators(fn, self)
         enter, raised, returned = self._enter, self._raised, self._returned
+        on_return, plain = self._on_return, PLAIN_TYPES
 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             token = enter()
@@ -316,7 +317,10 @@ class Guard(Policy, Generic[Token]):
             except BaseException as exc:
                 raised(token, exc)
                 raise
-            returned(token, fn, result)
+            if type(result) in plain:
+                on_return(token, result)
+            else:
+                returned(token, fn, result)  # may be an awaitable: misuse
             return result
 
         return wrapper

@@ -7,11 +7,10 @@ import sys
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, cast
 
 from ._admission import Admission, _wake
-from ._awaitable import PLAIN_TYPES, is_awaitable_type
-from ._compose import _NOTHING, refuse_generators, returned_awaitable
+from ._compose import _NOTHING, refuse_generators
 from ._counter import peek
 from ._deadline import current_deadline
-from ._limit_algorithms import AIMDLimit, LimitAlgorithm
+from ._limit_algorithms import AIMDLimit, LimitAlgorithm, _clamp
 from ._outcome import ExceptionFilter, ExceptionSpec, ResultPredicate, is_rejection
 from ._tracking import track
 from .errors import ConcurrencyLimitExceededError
@@ -449,7 +448,7 @@ class ConcurrencyLimit(Admission[LimitPermit]):
         estimate = algorithm.update(self._estimate, rtt, in_flight, dropped)
         if estimate != estimate:  # NaN from a custom algorithm: keep the limit
             return None
-        estimate = max(algorithm.min_limit, min(algorithm.max_limit, estimate))
+        estimate = _clamp(estimate, algorithm.min_limit, algorithm.max_limit)
         self._estimate = estimate
         old, new = self._limit, int(estimate)
         if new == old:
@@ -461,11 +460,7 @@ class ConcurrencyLimit(Admission[LimitPermit]):
 
     def _returned_slow(self, start: float, in_flight: int, fn: object, result: object) -> None:
         """Settle a decorated sync call whose result needs a look: an awaitable, `drop_if`."""
-        permit = LimitPermit(self, start, in_flight)
-        if type(result) not in PLAIN_TYPES and is_awaitable_type(type(result)):
-            self._on_misuse(permit)
-            raise returned_awaitable(self, fn, result)
-        self._on_return(permit, result)
+        self._returned(LimitPermit(self, start, in_flight), fn, result)
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         refuse_generators(fn, self)

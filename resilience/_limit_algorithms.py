@@ -18,7 +18,7 @@ import abc
 import math
 from typing import TYPE_CHECKING, ClassVar
 
-from ._validate import check_int, check_seconds
+from ._validate import check_int, check_ratio, check_seconds
 
 if TYPE_CHECKING:
     import random
@@ -222,7 +222,7 @@ class Gradient2Limit(LimitAlgorithm):
         super().__init__(
             initial_limit=initial_limit, min_limit=min_limit, max_limit=max_limit, window=window
         )
-        self.smoothing = _check_smoothing(smoothing)
+        self.smoothing = check_ratio(smoothing, "smoothing")
         self.queue_size = check_int(queue_size, "queue_size", minimum=0)
         self.long_window = check_int(long_window, "long_window")
         if isinstance(rtt_tolerance, bool) or not isinstance(rtt_tolerance, (int, float)):
@@ -333,7 +333,7 @@ class VegasLimit(LimitAlgorithm):
         super().__init__(
             initial_limit=initial_limit, min_limit=min_limit, max_limit=max_limit, window=window
         )
-        self.smoothing = _check_smoothing(smoothing)
+        self.smoothing = check_ratio(smoothing, "smoothing")
         self.probe_multiplier = check_int(probe_multiplier, "probe_multiplier")
         import random  # here: `import resilience` stays cheap
 
@@ -387,11 +387,3 @@ class VegasLimit(LimitAlgorithm):
             f"{super()._params()}, smoothing={self.smoothing}, "
             f"probe_multiplier={self.probe_multiplier}"
         )
-
-
-def _check_smoothing(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"smoothing= must be a number in (0, 1], got {value!r}")
-    if not 0 < value <= 1:
-        raise ValueError(f"smoothing= must be in (0, 1], got {value!r}")
-    return float(value)

@@ -7,9 +7,10 @@ The rules (DESIGN section 4):
   KeyboardInterrupt, SystemExit, GeneratorExit) is IGNORED, always;
 - an exception matching `ignore=` is IGNORED, even when `record=` matches too;
 - the library's own rejections (`CircuitOpenError`, `BulkheadFullError`,
-  `RetryBudgetExhaustedError`, and a `DeadlineExceededError` whose deadline
-  was spent before the call started) are IGNORED: nothing reached the
-  downstream. Naming one of their classes in `record=` counts it again;
+  `RetryBudgetExhaustedError`, a `DeadlineExceededError` whose deadline
+  was spent before the call started, and `MisuseError`) are IGNORED: nothing
+  reached the downstream. Naming one of their classes in `record=` counts it
+  again, except `MisuseError` (a bug in the calling code, never a failure);
 - an exception matching `record=` is a FAILURE;
 - any other exception is IGNORED: it says nothing about the downstream's
   health, and counting it as a success would reset failure counts by accident.
@@ -148,7 +149,7 @@ class Classifier:
         """Classify a call that raised `exc`."""
         if not isinstance(exc, Exception) or self.ignore.matches(exc):
             return Outcome.IGNORED
-        if is_rejection(exc) and not self._names_rejection(exc):
+        if is_rejection(exc) and (isinstance(exc, MisuseError) or not self._names_rejection(exc)):
             return Outcome.IGNORED
         if self.record.matches(exc):
             return Outcome.FAILURE

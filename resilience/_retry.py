@@ -14,12 +14,12 @@ from ._awaitable import PLAIN_TYPES, is_awaitable_type
 from ._backoff import Backoff, retry_after_of
 from ._budget import RetryBudget
 from ._clock import Clock, resolve_clock
-from ._compose import MisuseError, Policy, not_awaitable, returned_awaitable
+from ._compose import _NOTHING, MisuseError, Policy, not_awaitable, returned_awaitable
 from ._counter import peek
 from ._deadline import current_deadline
 from ._outcome import ExceptionFilter, ExceptionSpec
 from ._tracking import track
-from ._validate import check_int, check_seconds, check_string
+from ._validate import check_bool, check_int, check_seconds, check_string
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -70,10 +70,6 @@ class RetryExhaustedError(ResilienceError):
 # The default names of `Retry(name=)` and `RetryBudget(name)`: a name left at its default.
 _DEFAULT_NAME = "retry"
 _DEFAULT_BUDGET_NAME = "retry-budget"
-
-# What `pending` holds in the async entry points until the callable has returned:
-# a TypeError raised while it is still this came from the call itself, not the await.
-_UNCALLED: Any = object()
 
 # A discard hook for the calls made in this context, for callers that use a
 # Retry they do not own (the httpx transport closes failed responses with it).
@@ -223,8 +219,8 @@ class Retry(Policy):
             # An unnamed retry is named after the downstream its budget names.
             self.name = budget.name
         self.max_retry_after = check_seconds(max_retry_after, "max_retry_after", allow_zero=True)
-        self.raise_on_result = _check_bool(raise_on_result, "raise_on_result")
-        self.retry_circuit_open = _check_bool(retry_circuit_open, "retry_circuit_open")
+        self.raise_on_result = check_bool(raise_on_result, "raise_on_result")
+        self.retry_circuit_open = check_bool(retry_circuit_open, "retry_circuit_open")
         if discard_result is not None and not callable(discard_result):
             raise TypeError(f"discard_result= must be callable(result), got {discard_result!r}")
         self.discard_result = discard_result
@@ -312,12 +308,12 @@ class Retry(Policy):
             self.budget.deposit()
         failure: Exception | None = None
         started = self._monotonic()
-        pending: Any = _UNCALLED
+        pending: Any = _NOTHING
         try:
             pending = fn(*args, **kwargs)
             result: R = await pending
         except Exception as exc:
-            if isinstance(exc, TypeError) and pending is not _UNCALLED:
+            if isinstance(exc, TypeError):
                 # A plain value (a sync function) fails the await: misuse, checked only here.
                 misuse = not_awaitable(self, fn, pending)
                 if misuse is not None:
@@ -359,13 +355,13 @@ class Retry(Policy):
                 attempts.slept += delay
             attempts.number += 1
             begun = self._monotonic()
-            pending: Any = _UNCALLED
+            pending: Any = _NOTHING
             try:
                 pending = fn(*args, **kwargs)
                 result = await pending
             except Exception as error:
                 attempts.ended(begun, self._monotonic())
-                if isinstance(error, TypeError) and pending is not _UNCALLED:
+                if isinstance(error, TypeError):
                     misuse = not_awaitable(self, fn, pending)
                     if misuse is not None:
                         raise misuse from None
@@ -383,7 +379,7 @@ class Retry(Policy):
     # -- decisions ----------------------------------------------------------------
 
     def _retryable(self, exc: Exception) -> bool:
-        if isinstance(exc, (ResilienceError, MisuseError)) and not self._may_retry_own(exc):
+        if isinstance(exc, ResilienceError) and not self._may_retry_own(exc):
             return False
         return self.on.matches(exc)
 
@@ -400,7 +396,7 @@ class Retry(Policy):
         if isinstance(exc, RetryBudgetExhaustedError):
             return False  # retrying it would spend what the budget refused
         if isinstance(exc, DeadlineExceededError):
-            return not getattr(exc, "before_call", False)  # a spent deadline stays spent
+            return not exc.before_call  # a spent deadline stays spent
         return True
 
     def _not_retried(self, exc: Exception, counter: itertools.count[int]) -> None:
@@ -608,9 +604,3 @@ def _tenacity_kind(value: object) -> str | None:
         if isinstance(cls, type) and isinstance(value, cls):
             return kind
     return None
-
-
-def _check_bool(value: object, param: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{param}= must be True or False, got {value!r}")
-    return value

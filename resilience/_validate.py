@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import math
 
-__all__ = ["check_int", "check_ratio", "check_seconds", "check_string"]
+__all__ = ["check_bool", "check_int", "check_ratio", "check_seconds", "check_string"]
 
 
 def check_seconds(
@@ -44,6 +44,13 @@ def check_ratio(value: object, param: str, *, allow_zero: bool = False) -> float
     if not (0 <= ratio <= 1) or (ratio == 0 and not allow_zero):
         raise ValueError(f"{param}= must be a ratio in {bounds} (0.5 means 50%), got {value!r}")
     return ratio
+
+
+def check_bool(value: object, param: str) -> bool:
+    """Return `value` if it is True or False (not 0, 1 or None)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{param}= must be True or False, got {value!r}")
+    return value
 
 
 def check_int(value: object, param: str, *, minimum: int = 1) -> int:

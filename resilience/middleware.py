@@ -32,7 +32,7 @@ from ._deadline import DEADLINE_HEADER, Deadline, enter_deadline, leave_deadline
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import Gradient2Limit
 from ._tracking import track
-from ._validate import check_int, check_seconds, check_string
+from ._validate import check_bool, check_int, check_seconds, check_string
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -288,9 +288,7 @@ class _DeadlinePolicy:
                 f"safety_margin={safety_margin!r} must be less than max_seconds={max_seconds!r}: "
                 f"every caller's budget would be spent before the handler started"
             )
-        if not isinstance(reject_expired, bool):
-            raise TypeError(f"reject_expired= must be True or False, got {reject_expired!r}")
-        self.reject_expired = reject_expired
+        self.reject_expired = check_bool(reject_expired, "reject_expired")
         self.expired_status = _check_status(expired_status, "expired_status")
         if isinstance(headers, (str, bytes)) or not isinstance(headers, Iterable):
             raise TypeError(f"headers= takes a sequence of header names, got {headers!r}")
@@ -416,7 +414,7 @@ class ASGIDeadlineMiddleware:
             headers=headers,
             clock=clock,
         )
-        self.map_errors = _check_flag(map_errors, "map_errors")
+        self.map_errors = check_bool(map_errors, "map_errors")
         self.answers = ErrorAnswers(
             name=name,
             deadline_status=deadline_status,
@@ -487,12 +485,6 @@ class ASGIDeadlineMiddleware:
         `shed` (a breaker or bulkhead refused a call).
         """
         return {**self.policy.metrics(), **self.answers.metrics()}
-
-
-def _check_flag(value: object, param: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{param}= must be True or False, got {value!r}")
-    return value
 
 
 async def _send_answer(send: Send, answer: Answer) -> None:
@@ -575,7 +567,7 @@ class WSGIDeadlineMiddleware:
             headers=headers,
             clock=clock,
         )
-        self.map_errors = _check_flag(map_errors, "map_errors")
+        self.map_errors = check_bool(map_errors, "map_errors")
         self.answers = ErrorAnswers(
             name=name,
             deadline_status=deadline_status,

@@ -281,11 +281,11 @@ class fast_retries:
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Run every call of `fn` (sync or `async def`) inside the switch."""
-        import inspect
+        from ._compose import is_async_callable
 
         if not callable(fn):
             raise TypeError(f"fast_retries decorates callables, got {fn!r}")
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:

@@ -38,7 +38,7 @@ from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import AIMDLimit
 from ._retry import Retry, RetryExhaustedError, _discard_for_this_call
 from ._tracking import untrack
-from ._validate import check_int, check_seconds
+from ._validate import check_bool, check_int, check_seconds
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import CircuitOpenError, ConcurrencyLimitExceededError, DeadlineExceededError
 from .events import ObserverHub
@@ -248,10 +248,10 @@ class _Pipeline:
         self.failure_status = failure_status
         self.retry_methods = _methods(retry_methods)
         self.retry_statuses = _statuses(retry_statuses)
-        self.idempotency_key = _flag(idempotency_key, "idempotency_key")
-        self.buffer_bodies = _flag(buffer_bodies, "buffer_bodies")
+        self.idempotency_key = check_bool(idempotency_key, "idempotency_key")
+        self.buffer_bodies = check_bool(buffer_bodies, "buffer_bodies")
         self.max_drain_bytes = check_int(max_drain_bytes, "max_drain_bytes", minimum=0)
-        self.send_deadline_header = _flag(send_deadline_header, "send_deadline_header")
+        self.send_deadline_header = check_bool(send_deadline_header, "send_deadline_header")
         #: The clock given as `clock=`, or None: then each request uses its
         #: breaker's clock (the system clock without a breaker).
         self.clock = None if clock is None else resolve_clock(clock)
@@ -577,16 +577,15 @@ class _Pipeline:
         """
         if _collected:
             _release_queued()
-        permits = self.open_permits
-        for key in list(permits):
-            permit = permits.pop(key, None)
-            if permit is not None:
-                permit.release()
-        held = self.open_limit_permits
-        for key in list(held):
-            limit_permit = held.pop(key, None)
-            if limit_permit is not None:
-                limit_permit.release()
+        open_ones: tuple[dict[int, Permit] | dict[int, LimitPermit], ...] = (
+            self.open_permits,
+            self.open_limit_permits,
+        )
+        for permits in open_ones:
+            for key in list(permits):
+                permit = permits.pop(key, None)
+                if permit is not None:
+                    permit.release()
 
     def report(
         self,
@@ -728,12 +727,6 @@ def _statuses(value: object) -> Container[int]:
     return value
 
 
-def _flag(value: object, param: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{param}= must be True or False, got {value!r}")
-    return value
-
-
 def _open_error(error: CircuitOpenError, request: httpx.Request) -> HTTPCircuitOpenError:
     return HTTPCircuitOpenError(error.name, error.state, error.retry_after, request=request)
 
@@ -794,7 +787,7 @@ def _limit_error(
 
     Nothing reached the origin: the breaker records nothing (IGNORED).
     """
-    if permit is not None and not permit.settled:
+    if permit is not None:
         permit.release()
     return HTTPConcurrencyLimitExceededError(error.name, error.limit, error.waited, request=request)
 

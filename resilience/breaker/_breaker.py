@@ -32,7 +32,7 @@ from .._histogram import DurationHistogram
 from .._outcome import Classifier, ExceptionSpec, Outcome, ResultPredicate
 from .._state import State
 from .._tracking import track
-from .._validate import check_int, check_ratio, check_seconds, check_string
+from .._validate import check_bool, check_int, check_ratio, check_seconds, check_string
 from ..errors import CircuitOpenError
 from ..events import (
     CallRejected,
@@ -147,6 +147,8 @@ class Permit:
 
         A bug in a classifying predicate propagates, after the permit is released.
         """
+        if self.settled:
+            raise RuntimeError(f"{self!r} was already settled; settle a permit exactly once")
         self._breaker._on_error(self, exc)
 
     def __repr__(self) -> str:
@@ -357,8 +359,7 @@ class CircuitBreaker(Guard[Permit]):
         self.events = ObserverHub(parent=global_hub)
 
         # Outcomes need a timestamp only for slow calls and time windows.
-        if not isinstance(record_durations, bool):
-            raise TypeError(f"record_durations= must be True or False, got {record_durations!r}")
+        check_bool(record_durations, "record_durations")
         self._durations = DurationHistogram() if record_durations else None
         self._needs_time = (
             self.slow_call_duration is not None

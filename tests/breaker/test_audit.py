@@ -535,3 +535,43 @@ def test_seconds_parameters_take_a_timedelta() -> None:
     assert breaker.retry_after() == 30.0
     growing = exponential_open_duration(dt.timedelta(seconds=1), maximum=dt.timedelta(minutes=1))
     assert [growing(n) for n in (1, 2, 10)] == [1.0, 2.0, 60.0]
+
+
+# -- the permit API the transport uses, and misuse that record= cannot count ---------------
+
+
+def test_record_exception_settles_by_the_breakers_own_classification() -> None:
+    """record_exception: record= and ignore= decide, as for a decorated call."""
+    breaker = make(consecutive_failures=2, ignore=(KeyError,))
+    breaker.acquire().record_exception(KeyError("ignored"))
+    breaker.acquire().record_exception(ValueError("failure"))
+    permit = breaker.acquire()
+    permit.record_exception(ValueError("failure"))
+    assert breaker.metrics().calls == {"success": 0, "failure": 2, "ignored": 1, "rejected": 0}
+    assert breaker.state is State.OPEN
+    with pytest.raises(RuntimeError, match="exactly once"):
+        permit.record_exception(ValueError())
+
+
+@pytest.mark.anyio
+async def test_aacquire_admits_and_rejects_like_acquire() -> None:
+    """aacquire() is acquire() for async code: a permit, or CircuitOpenError."""
+    breaker = make(consecutive_failures=1)
+    (await breaker.aacquire()).record_failure()
+    with pytest.raises(CircuitOpenError):
+        await breaker.aacquire()
+
+
+@pytest.mark.parametrize("path", ["decorator", "call"])
+def test_a_misuse_is_never_a_failure_even_when_named_in_record(path: str) -> None:
+    """record=MisuseError cannot make a bug in the calling code a downstream failure."""
+    breaker = make(consecutive_failures=1, record=(resilience.MisuseError, ValueError))
+
+    def nested_misuse() -> None:
+        raise resilience.MisuseError("from a policy nested inside")
+
+    for _ in range(3):
+        with pytest.raises(resilience.MisuseError):
+            breaker(nested_misuse)() if path == "decorator" else breaker.call(nested_misuse)
+    assert breaker.state is State.CLOSED
+    assert breaker.metrics().calls["ignored"] == 3
