@@ -4,12 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# `make demo` installs only the package and its `demo` extra, not the dev tools.
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test lint typecheck pytest docs-check bench fleet-sim clean
 
 help:
-	@echo "make demo    the cascading-failure lab: plain httpx vs resilience, measured here"
+	@echo "make demo    the cascading-failure lab: plain httpx vs an HAProxy sidecar vs resilience"
 	@echo "make test    lint, type-check, run the whole test suite and build the docs"
 	@echo "make bench   per-call overhead next to a bare call, a minimal decorator and the peers"
 	@echo "make fleet-sim  the Redis fleet protocol simulation, long run (FLEET_SIM_EXAMPLES)"
@@ -22,6 +24,14 @@ $(STAMP): pyproject.toml
 	  && $(BIN)/python -m pip install --editable ".[demo]" --group dev; } > $(VENV)/install.log 2>&1 \
 	  || { tail -n 40 $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing resilience and the demo's dependencies into $(VENV) (log: $(VENV)/install-demo.log)"
+	@{ $(BIN)/python -m pip install --upgrade "pip>=25.1" \
+	  && $(BIN)/python -m pip install --editable ".[demo]"; } > $(VENV)/install-demo.log 2>&1 \
+	  || { tail -n 40 $(VENV)/install-demo.log; exit 1; }
+	@touch $(DEMO_STAMP)
 
 venv: $(STAMP)
 
@@ -41,7 +51,9 @@ docs-check: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir $(VENV)/site
 	$(BIN)/python docs/check_links.py $(VENV)/site
 
-demo: $(STAMP)
+# Plots and figures go to demo-output/ (git-ignored). The sidecar arm needs
+# haproxy (apt-get install haproxy); without it the demo runs the other arms.
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m resilience.demo --scenario all
 
 test: lint typecheck pytest docs-check
@@ -64,4 +76,4 @@ fleet-sim: $(STAMP)
 	  tests/integrations/test_redis_protocol.py::test_fleet_protocol_simulation
 
 clean:
-	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) site demo-output .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,4 +1,9 @@
-"""What both demo scenarios share: servers on loopback, a load loop, statistics."""
+"""What every demo scenario shares: servers on loopback, a load loop, honest statistics.
+
+An answer is one of three outcomes: *full* (the whole chain worked),
+*degraded* (a fallback answered) or *failed* (an error or no answer in time).
+Every count below is checked to add up: full + degraded + failed = answers.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,19 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import uvicorn
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+Outcome = Literal["full", "degraded", "failed"]
+OUTCOMES: tuple[Outcome, ...] = ("full", "degraded", "failed")
+#: "Recovered" means more than this share of a one-second window's answers were full.
+RECOVERED_SHARE = 0.99
 
 
 @contextmanager
@@ -30,7 +40,8 @@ def serve(app: Any) -> Iterator[str]:
         log_level="critical",
         lifespan="off",
         timeout_keep_alive=30,
-        timeout_graceful_shutdown=1,
+        # Hung requests are not waited for (a float works: it goes to asyncio.timeout).
+        timeout_graceful_shutdown=0.2,  # type: ignore[arg-type]
         backlog=2048,
     )
     server = uvicorn.Server(config)
@@ -49,6 +60,13 @@ def serve(app: Any) -> Iterator[str]:
         sock.close()
 
 
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (for a process that binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class Gauge:
     """A concurrency gauge that remembers its peak (used from one event loop)."""
@@ -64,25 +82,32 @@ class Gauge:
         self.now -= 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sample:
     """One request the load generator made."""
 
     started: float  # seconds since the run began
     latency: float
-    ok: bool
+    outcome: Outcome
 
 
-@dataclass
-class RunResult:
-    """What a run measured; every figure comes from these samples and counters."""
+@dataclass(frozen=True)
+class Bucket:
+    """The answers to the requests started in one second of a run."""
 
-    samples: list[Sample] = field(default_factory=list)
-    counters: dict[str, float] = field(default_factory=dict)
+    start: float
+    full: int
+    degraded: int
+    failed: int
+    p99_seconds: float
+
+    @property
+    def answers(self) -> int:
+        return self.full + self.degraded + self.failed
 
 
 async def run_load(
-    call: Callable[[httpx.AsyncClient], Awaitable[bool]],
+    call: Callable[[httpx.AsyncClient], Awaitable[Outcome]],
     *,
     clients: int,
     duration: float,
@@ -99,12 +124,13 @@ async def run_load(
 
         async def loop() -> None:
             while (now := time.monotonic()) < end:
+                outcome: Outcome
                 try:
-                    ok = await asyncio.wait_for(call(client), client_timeout)
+                    outcome = await asyncio.wait_for(call(client), client_timeout)
                 except Exception:  # noqa: BLE001  (a failed request is a data point)
-                    ok = False
-                samples.append(Sample(now - begin, time.monotonic() - now, ok))
-                if not ok:
+                    outcome = "failed"
+                samples.append(Sample(now - begin, time.monotonic() - now, outcome))
+                if outcome == "failed":
                     await asyncio.sleep(0.01)  # a real client does not spin on errors
 
         async def ticker() -> None:
@@ -117,7 +143,7 @@ async def run_load(
     return samples
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by nearest rank; NaN for no values."""
     if not values:
         return math.nan
@@ -126,32 +152,75 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
-def success_rate(samples: list[Sample]) -> float:
-    return sum(s.ok for s in samples) / len(samples) if samples else math.nan
+def count_outcomes(samples: Sequence[Sample]) -> dict[str, int]:
+    """answers, full, degraded, failed; raises if the three do not add up to the answers."""
+    counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+    for sample in samples:
+        counts[sample.outcome] += 1
+    totals = {"answers": len(samples), **counts}
+    check_outcomes(totals)
+    return totals
 
 
-def recovery_time(samples: list[Sample], fault_end: float, *, bucket: float = 0.5) -> float | None:
-    """Seconds after `fault_end` until a bucket of requests succeeds at >= 95%, or None."""
-    last = max((s.started for s in samples), default=fault_end)
-    t = fault_end
-    while t <= last:
-        window = [s for s in samples if t <= s.started < t + bucket]
-        if window and success_rate(window) >= 0.95:
-            return t - fault_end
-        t += bucket
+def check_outcomes(totals: dict[str, Any]) -> None:
+    """Full + degraded + failed must be all the answers: no answer is counted twice or lost."""
+    parts = totals["full"] + totals["degraded"] + totals["failed"]
+    if parts != totals["answers"]:
+        raise AssertionError(
+            f"full {totals['full']} + degraded {totals['degraded']} + failed "
+            f"{totals['failed']} = {parts}, not the {totals['answers']} answers"
+        )
+
+
+def per_second(samples: Sequence[Sample], duration: float) -> list[Bucket]:
+    """One bucket per second of the run, by the second each request started in."""
+    groups: list[list[Sample]] = [[] for _ in range(max(math.ceil(duration), 1))]
+    for sample in samples:
+        groups[min(int(sample.started), len(groups) - 1)].append(sample)
+    buckets = []
+    for second, group in enumerate(groups):
+        counts = count_outcomes(group)
+        buckets.append(
+            Bucket(
+                float(second),
+                counts["full"],
+                counts["degraded"],
+                counts["failed"],
+                percentile([s.latency for s in group], 99),
+            )
+        )
+    return buckets
+
+
+def recovery_seconds(samples: Sequence[Sample], fault_end: float, run_end: float) -> float | None:
+    """Seconds from the end of the fault until full answers are back above 99%.
+
+    One-second windows start at the fault's end, then one, two... seconds
+    later; the answer is the start of the first window, relative to the end
+    of the fault, in which more than 99% of the requests started were
+    answered in full. None when no whole window within the run qualifies.
+    """
+    k = 0
+    while fault_end + k + 1 <= run_end + 1e-9:
+        window = [s for s in samples if fault_end + k <= s.started < fault_end + k + 1]
+        if window and sum(s.outcome == "full" for s in window) > RECOVERED_SHARE * len(window):
+            return float(k)
+        k += 1
     return None
 
 
-def timeline(samples: list[Sample], *, bucket: float = 0.5) -> list[tuple[float, float, float]]:
-    """(time, success rate, p99 latency) per bucket, for the plot."""
-    if not samples:
-        return []
-    rows = []
-    end = max(s.started for s in samples)
-    t = 0.0
-    while t <= end:
-        window = [s for s in samples if t <= s.started < t + bucket]
-        if window:
-            rows.append((t, success_rate(window), percentile([s.latency for s in window], 99)))
-        t += bucket
-    return rows
+async def paired_latencies(
+    direct: Callable[[], Awaitable[object]], via: Callable[[], Awaitable[object]], count: int
+) -> tuple[list[float], list[float]]:
+    """`count` calls each way, one after the other and interleaved (the same noise hits both).
+
+    Returns the latencies in seconds of the direct calls and of the calls via the hop.
+    """
+    direct_latencies: list[float] = []
+    via_latencies: list[float] = []
+    for _ in range(count):
+        for call, latencies in ((direct, direct_latencies), (via, via_latencies)):
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+    return direct_latencies, via_latencies
