@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,7 +96,10 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], options: Options) 
         lines = _report.compare(scenario, results)
         _report.print_table(console, scenario, results, lines)
         for note in _report.closing_notes(scenario, results, lines):
-            console.print(f"  - {note}", highlight=False)
+            text = textwrap.fill(
+                note, width=min(console.width, 80), initial_indent="  - ", subsequent_indent="    "
+            )
+            console.print(text, highlight=False, soft_wrap=True)
         part = _report.summary(plan, header, results, lines)
         part["skipped"] = skipped
         plot = Path(args.plot_dir) / f"resilience-demo-{scenario.name}.png"

@@ -163,29 +163,41 @@ def markdown(
 
 
 def plot(path: Path, scenario: Scenario, plan: Plan, results: dict[str, ArmResult]) -> None:
-    """Per second and per arm: the share answered in full, the share degraded, the p99."""
+    """Per second and per arm: the share answered in full, the share degraded, the p99.
+
+    The shares are of the requests started in that second (full, degraded
+    and failed add up to 1).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
-    full, degraded, latency = axes
+    # The degraded panel only where some arm has a fallback (it would be a flat 0).
+    with_degraded = any(b.degraded for result in results.values() for b in result.buckets)
+    panels = 3 if with_degraded else 2
+    figure, axes = plt.subplots(panels, 1, figsize=(9, 2.5 * panels), sharex=True)
+    full, latency = axes[0], axes[-1]
     for name, result in results.items():
         buckets = [b for b in result.buckets if b.answers]
         seconds = [b.start + 0.5 for b in buckets]
         (line,) = full.plot(seconds, [b.full / b.answers for b in buckets], label=name)
-        degraded.plot(
-            seconds, [b.degraded / b.answers for b in buckets], label=name, color=line.get_color()
-        )
+        if with_degraded:
+            axes[1].plot(
+                seconds,
+                [b.degraded / b.answers for b in buckets],
+                label=name,
+                color=line.get_color(),
+            )
         latency.plot(seconds, [b.p99_seconds for b in buckets], label=name, color=line.get_color())
     for axis in axes:
         axis.axvspan(*plan.fault, color="red", alpha=0.1, label="fault")
     full.legend(loc="lower left", fontsize="small")
     full.set_ylabel("answered in full")
-    degraded.set_ylabel("degraded (fallback)")
-    for axis in (full, degraded):
+    for axis in axes[:-1]:
         axis.set_ylim(-0.05, 1.05)
+    if with_degraded:
+        axes[1].set_ylabel("degraded (fallback)")
     latency.set_ylabel("p99 latency (s)")
     latency.set_xlabel("seconds (requests grouped by the second they started in)")
     figure.suptitle(f"resilience demo: {scenario.name}")
@@ -219,11 +231,13 @@ def progress(
     seen: list[str] = []
     began = time.monotonic()
 
+    starts = dict(zip((phase.name for phase in plan.phases), plan.starts(), strict=True))
+
     def announce(now: float) -> None:
         phase = plan.phase_at(now).name
         if phase not in seen:
             seen.append(phase)
-            console.print(f"  {name}: {phase} ({now:.1f} s)", highlight=False)
+            console.print(f"  {name}: {phase} (from {starts[phase]:.1f} s)", highlight=False)
 
     result = run(announce)
     console.print(f"  {name}: done ({time.monotonic() - began:.1f} s)", highlight=False)
