@@ -182,7 +182,7 @@ def _is_haproxy(pid: int) -> bool:
 
 
 _INTERRUPTED_ARM = """
-import json, os, sys
+import json, os, signal, sys
 from pathlib import Path
 from resilience.demo._scenario import Options
 from resilience.demo.scenarios import _cascade
@@ -202,13 +202,16 @@ def haproxy_children():
 
 
 report = {}
-for name, error in (("KeyboardInterrupt", KeyboardInterrupt), ("RuntimeError", RuntimeError)):
+for name, error in (("SIGINT", KeyboardInterrupt), ("RuntimeError", RuntimeError)):
     seen = []
 
     def tick(now):
-        if now > 0.3:
+        if now > 0.3 and not seen:
             seen.extend(haproxy_children())
-            raise error("in the middle")
+            if name == "SIGINT":  # Ctrl-C: the signal, through asyncio.run's handler
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise error("in the middle")
 
     try:
         _cascade.run("sidecar", _cascade.plan(Options(duration=3.0)), Options(clients=2), tick)
@@ -219,7 +222,7 @@ print(json.dumps(report))
 
 
 def test_sidecar_arm_stops_haproxy_when_interrupted() -> None:
-    """Ctrl-C (KeyboardInterrupt) or a failure in the middle of the arm leaves no haproxy."""
+    """Ctrl-C (a real SIGINT) or a failure in the middle of the arm leaves no haproxy behind."""
     require_haproxy()
     result = subprocess.run(
         [sys.executable, "-c", _INTERRUPTED_ARM],
@@ -230,7 +233,7 @@ def test_sidecar_arm_stops_haproxy_when_interrupted() -> None:
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"KeyboardInterrupt", "RuntimeError"}
+    assert set(report) == {"SIGINT", "RuntimeError"}
     for pids in report.values():
         assert len(pids["seen"]) == 2  # one sidecar per caller was running
         assert pids["left"] == []

@@ -10,7 +10,6 @@ however it ends (Ctrl-C or an error included).
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -147,28 +146,27 @@ def sidecar(hop: HopSettings, server_url: str) -> Iterator[tuple[str, int]]:
     with tempfile.TemporaryDirectory(prefix="resilience-demo-") as directory:
         config = Path(directory) / f"{hop.caller}-sidecar.cfg"
         config.write_text(haproxy_config(hop, listen_port=port, server=server))
-        log = (Path(directory) / "haproxy.log").open("w+")
-        # -db: stay in the foreground, as our child (no daemon to orphan).
-        process = subprocess.Popen(  # noqa: S603  (haproxy from PATH, our own config)
-            [binary, "-db", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        log_path = Path(directory) / "haproxy.log"
+        with log_path.open("w") as log:
+            # -db: stay in the foreground, as our child (no daemon to orphan).
+            process = subprocess.Popen(  # noqa: S603  (haproxy from PATH, our own config)
+                [binary, "-db", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            _wait_listening(process, port, log)
+            _wait_listening(process, port, log_path)
             yield f"http://127.0.0.1:{port}", process.pid
         finally:
             _stop(process)
-            log.close()
 
 
-def _wait_listening(process: subprocess.Popen[bytes], port: int, log: object) -> None:
+def _wait_listening(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
     give_up = time.monotonic() + 15
     while True:
         if process.poll() is not None:
-            text = Path(getattr(log, "name", os.devnull)).read_text()
-            raise RuntimeError(f"haproxy exited with {process.returncode}:\n{text}")
+            raise RuntimeError(f"haproxy exited with {process.returncode}:\n{log_path.read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
