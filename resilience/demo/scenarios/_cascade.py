@@ -379,18 +379,23 @@ SCENARIO = register(
         ),
         why_behind={
             "recovery_seconds": (
-                "after the fault the breaker stays open until its next probe "
-                "(one per open period, 1 s) succeeds; a health check can land sooner"
+                "after the fault the breaker stays open until its next probe succeeds "
+                "(one per second), and the adaptive limit, cut during the fault, grows "
+                "back one slot per window: calls over it get the fallback meanwhile"
             ),
             "payments_requests_while_down": (
                 "the breaker's probes are real requests (one per second), and the "
                 "adaptive limit lets its current limit through before the breaker opens"
             ),
             "full": (
-                "the library works inside the services' own Python process and shares "
-                "its CPU; HAProxy runs in processes of its own"
+                "the library's work runs in the services' own Python process and takes "
+                "its CPU (HAProxy runs in processes of its own), and orders' adaptive "
+                "limit, whose yardstick is 0.25 s, sends calls to the fallback whenever "
+                "the busy process slows payments' answers past it, even when healthy"
             ),
             "failed": "HAProxy fails fast too, and its callers then send more requests",
+            "p50_seconds": "the library's work shares the services' Python process",
+            "p99_seconds": "the library's work shares the services' Python process",
             "hop_added_median_ms": (
                 "the library's work is Python in the caller's process (timeouts, retry, "
                 "breaker and limit bookkeeping); HAProxy's extra hop is C on another "
@@ -400,8 +405,6 @@ SCENARIO = register(
                 "the library's work is Python in the caller's process, paused whenever "
                 "that process is; HAProxy runs on another core"
             ),
-            "p50_seconds": "the library's work shares the services' Python process",
-            "p99_seconds": "the library's work shares the services' Python process",
         },
     )
 )
