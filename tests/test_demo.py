@@ -267,6 +267,7 @@ def test_generated_haproxy_config_mirrors_the_library_settings() -> None:
     assert "retry-on none" in gateway
     assert "timeout server 2000ms" in gateway
     assert "timeout queue 500ms" in gateway
+    assert f"maxconn {_cascade.GATEWAY_TO_ORDERS.max_limit}" in gateway
     assert "check" not in gateway.split("backend", 1)[1]
     for text in (config, gateway):
         checked = _sidecar.check_config(text)
@@ -359,6 +360,21 @@ def test_the_table_marks_only_real_improvements() -> None:
     assert lines["degraded"].note == ""
     notes = _report.closing_notes(scenario, results, list(lines.values()))
     assert notes == ["resilience is behind sidecar on 'p99': because of the test"]
+
+
+def test_the_table_leaves_out_an_arm_that_did_not_run() -> None:
+    """Without haproxy the other arms still make a table (docs/why.md: "runs the other arms")."""
+    scenario = _fake_scenario({})
+    results = {
+        "plain": ArmResult([], {"full": 10, "p99": 1.0, "recover": 0.0, "degraded": 0}),
+        "resilience": ArmResult([], {"full": 12, "p99": 0.5, "recover": 1.0, "degraded": 5}),
+    }
+    lines = {line.key: line for line in _report.compare(scenario, results)}
+    assert lines["full"].cells == ["10", f"12 {_report.MARK}"]
+    assert lines["p99"].behind == []
+    text = _report.markdown(scenario, "fake", results, list(lines.values()), {"sidecar": "why"})
+    assert "| measured | plain | resilience | note |" in text
+    assert "- sidecar did not run: why" in text
 
 
 def test_a_scenario_needs_one_baseline_first_and_one_protected_arm() -> None:
