@@ -394,6 +394,14 @@ SCENARIO = register(
                 "the busy process slows payments' answers past it, even when healthy"
             ),
             "failed": "HAProxy fails fast too, and its callers then send more requests",
+            "full_during_fault": (
+                "full answers during the fault come from requests that reached payments "
+                "just before it hung: a handful either way"
+            ),
+            "orders_peak_in_flight": (
+                "what orders holds is what its callers let through; HAProxy's fast 503s "
+                "free orders' requests sooner than the library's fallback answers them"
+            ),
             "p50_seconds": "the library's work shares the services' Python process",
             "p99_seconds": "the library's work shares the services' Python process",
             "hop_added_median_ms": (
