@@ -29,8 +29,13 @@ RECOVERED_SHARE = 0.99
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run an ASGI app under uvicorn on 127.0.0.1 (a free port) in a thread; yield its URL."""
+def serve(app: Any, *, stops: list[Callable[[], None]] | None = None) -> Iterator[str]:
+    """Run an ASGI app under uvicorn on 127.0.0.1 (a free port) in a thread; yield its URL.
+
+    `stops`, if given, receives a function that asks the server to stop
+    without waiting for it: call those of several servers first, and they
+    shut down together instead of one after the other.
+    """
     # IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted sockets (no 40 ms stalls).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -52,6 +57,8 @@ def serve(app: Any) -> Iterator[str]:
         if time.monotonic() > give_up or not thread.is_alive():
             raise RuntimeError("a loopback server did not start")
         time.sleep(0.01)
+    if stops is not None:
+        stops.append(lambda: setattr(server, "should_exit", True))
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

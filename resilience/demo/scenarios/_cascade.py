@@ -276,21 +276,30 @@ def run(mode: Mode, plan: Plan, options: Options, on_tick: Callable[[float], Non
     details: dict[str, Any] = {}
     clock = Clock()
     with ExitStack() as stack:
-        payments = stack.enter_context(serve(payments_app(plan, clock, counters)))
+        stops: list[Callable[[], None]] = []
+        payments = stack.enter_context(serve(payments_app(plan, clock, counters), stops=stops))
         payments_for_orders = payments
         if mode == "sidecar":
             payments_for_orders, pid = stack.enter_context(
                 _sidecar.sidecar(ORDERS_TO_PAYMENTS, payments)
             )
             details.setdefault("sidecar_pids", []).append(pid)
-        orders = stack.enter_context(serve(orders_app(mode, payments_for_orders, counters)))
+        orders = stack.enter_context(
+            serve(orders_app(mode, payments_for_orders, counters), stops=stops)
+        )
         orders_for_gateway = orders
         if mode == "sidecar":
             orders_for_gateway, pid = stack.enter_context(
                 _sidecar.sidecar(GATEWAY_TO_ORDERS, orders)
             )
             details["sidecar_pids"].append(pid)
-        gateway = stack.enter_context(serve(gateway_app(mode, orders_for_gateway)))
+        gateway = stack.enter_context(serve(gateway_app(mode, orders_for_gateway), stops=stops))
+
+        def stop_together() -> None:
+            for stop in stops:
+                stop()
+
+        stack.callback(stop_together)  # unwinding runs it first: the servers stop together
 
         async def call(client: httpx.AsyncClient) -> Outcome:
             return outcome(await client.post(f"{gateway}/checkout"))
