@@ -106,6 +106,8 @@ PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 _ENABLE_RETRIES = "grpc.enable_retries"
 #: A gRPC timeout that ends this close to the deadline (timers round) is the deadline's.
 _DEADLINE_SLACK = 0.001
+#: More seconds left than this is grpcio's "no deadline" (its infinite future).
+_NO_DEADLINE = 1e9
 #: The most targets x methods with a breaker of their own in the default registry.
 _MAX_BREAKERS = 1000
 #: A marker: a stream ended before its first message.
@@ -1070,7 +1072,7 @@ class _AioUnaryStream(_AioInterceptor, grpc.aio.UnaryStreamClientInterceptor):
         finally:
             if token is not None:
                 leave_deadline(token)
-        return _aio_stream(
+        return _AioRetryingStream(
             client, continuation, client_call_details, request, breaker, call, deadline
         )
 
@@ -1183,60 +1185,134 @@ async def _aio_once(
             leave_deadline(token)
 
 
-async def _aio_stream(
-    client: _Client,
-    continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-    original: grpc.aio.ClientCallDetails,
-    request: Any,
-    breaker: CircuitBreaker | None,
-    call: Any,
-    deadline: Deadline | None,
-) -> AsyncIterator[Any]:
-    """The messages of a server-streaming call; attempts that fail before any are retried."""
-    attempts = 1
-    current = call
+if TYPE_CHECKING:
+    _AioStreamCall = grpc.aio.UnaryStreamCall[Any, Any]
+else:
+    _AioStreamCall = grpc.aio.UnaryStreamCall  # not generic at runtime
 
-    async def first() -> Any:
-        nonlocal attempts, current
-        if current is None:
-            current = await _aio_start(
-                client, continuation, original, request, breaker, deadline, attempts
+
+class _AioRetryingStream(_AioStreamCall):
+    """A `grpc.aio` server-streaming call whose first message may come from a retried attempt.
+
+    Each method is answered by the attempt in use. Reading the first message
+    runs the retry loop: an attempt that fails before any message is
+    retried; once one message arrived, never.
+    """
+
+    def __init__(
+        self,
+        client: _Client,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+        breaker: CircuitBreaker | None,
+        call: Any,
+        deadline: Deadline | None,
+    ) -> None:
+        self._client = client
+        self._continuation = continuation
+        self._details = details
+        self._request = request
+        self._breaker = breaker
+        self._call = call
+        self._deadline = deadline
+        self._attempts = 1
+        self._failed = False
+        self._messages: AsyncIterator[Any] | None = None
+
+    async def _first(self) -> Any:
+        """One attempt's first message (the next attempt starts if the last one failed)."""
+        client = self._client
+        if self._failed:
+            self._failed = False
+            self._call = await _aio_start(
+                client,
+                self._continuation,
+                self._details,
+                self._request,
+                self._breaker,
+                self._deadline,
+                self._attempts,
             )
-            attempts += 1
+            self._attempts += 1
         try:
-            message = await current.read()
+            message = await self._call.read()
         except grpc.RpcError as error:
-            current = None
-            cut = client.cut(error, deadline)
+            self._failed = True
+            cut = client.cut(error, self._deadline)
             if cut is not None:
                 raise cut from error
             raise
         return _END if message is grpc.aio.EOF else message
 
-    retry = client.retry
-    token = None
-    try:
-        if deadline is not None:
-            token, _ = enter_deadline(deadline.remaining(), deadline.clock)
+    async def _read_all(self) -> AsyncIterator[Any]:
+        client, deadline, retry = self._client, self._deadline, self._client.retry
         try:
-            message = await (retry.acall(first) if retry is not None else first())
-        finally:
-            if token is not None:
-                leave_deadline(token)
-        while message is not _END:
-            yield message
+            token = None
+            if deadline is not None:
+                token, _ = enter_deadline(deadline.remaining(), deadline.clock)
             try:
-                message = await current.read()
-            except grpc.RpcError as error:
-                cut = client.cut(error, deadline)
-                if cut is not None:
-                    raise cut from error
-                raise
-            if message is grpc.aio.EOF:
-                message = _END
-    finally:
-        if current is not None and not current.done():
-            current.cancel()
+                message = await (retry.acall(self._first) if retry is not None else self._first())
+            finally:
+                if token is not None:
+                    leave_deadline(token)
+            while message is not _END:
+                yield message
+                try:
+                    message = await self._call.read()
+                except grpc.RpcError as error:
+                    cut = client.cut(error, deadline)
+                    if cut is not None:
+                        raise cut from error
+                    raise
+                if message is grpc.aio.EOF:
+                    message = _END
+        finally:
+            if not self._call.done():
+                self._call.cancel()  # the reader left early: the attempt goes too
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        if self._messages is None:
+            self._messages = self._read_all()
+        return self._messages
+
+    async def read(self) -> Any:
+        try:
+            return await self.__aiter__().__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF
+
+    # -- the rest of grpc.aio.UnaryStreamCall, answered by the attempt in use ------------
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def add_done_callback(self, callback: Any) -> None:
+        self._call.add_done_callback(callback)
+
+    def time_remaining(self) -> Any:
+        return self._call.time_remaining()
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await self._call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        return cast("grpc.StatusCode", await self._call.code())
+
+    async def details(self) -> str:
+        return cast("str", await self._call.details())
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()
 
 
 # -- server side ----------------------------------------------------------------------
@@ -1268,7 +1344,7 @@ class _DeadlineOptions:
     def budget(self, context: Any) -> float | None:
         """The handler's budget: the caller's time remaining, clamped, minus the margin."""
         left = cast("float | None", context.time_remaining())
-        if left is None:
+        if left is None or left > _NO_DEADLINE:  # sync grpcio: ~9.2e18 s without a deadline
             return self.default
         return max(min(left, self.max_seconds) - self.safety_margin, 0.0)
 
