@@ -32,8 +32,13 @@ import functools
 import threading
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast, overload
 
-import grpc
-import grpc.aio
+try:
+    import grpc
+    import grpc.aio
+except ModuleNotFoundError as missing:  # pragma: no cover  (grpcio is in the test dependencies)
+    raise ModuleNotFoundError(
+        "resilience.grpc needs grpcio: pip install 'resilience[grpc]'", name=missing.name
+    ) from missing
 
 from ._backoff import Backoff
 from ._budget import RetryBudget
@@ -78,6 +83,7 @@ __all__ = [
     "GrpcDeadlineExceededError",
     "ResilientClientInterceptor",
     "channel_options",
+    "pushback_of",
 ]
 
 _Code = grpc.StatusCode
