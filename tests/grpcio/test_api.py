@@ -143,3 +143,26 @@ def test_aio_server_refuses_the_sync_server_interceptor() -> None:
             grpc.aio.server(interceptors=[DeadlineServerInterceptor()])
 
     asyncio.run(build())
+
+
+def test_defaults() -> None:
+    """docs/guide/grpc.md, "Defaults": breakers per target, retry and budget named after it."""
+    interceptor = ResilientClientInterceptor(target="payments:50051")
+    registry = interceptor.breakers
+    assert isinstance(registry, resilience.BreakerRegistry)
+    breaker = registry.get("payments:50051")
+    assert breaker.failure_rate_threshold == 0.1
+    assert breaker.minimum_calls == 100
+    assert breaker.window.seconds == 30.0  # type: ignore[union-attr]
+    assert breaker.half_open_max_wait == 30.0
+    retry = interceptor.retry
+    assert retry is not None
+    assert retry.attempts == 4
+    assert retry.name == "payments:50051"
+    assert retry.budget is not None
+    assert retry.budget.name == "payments:50051"
+    assert retry.max_retry_after == 30.0
+    assert interceptor.concurrency_limit is None
+    limited = ResilientClientInterceptor(target="payments:50051", concurrency_limit=True)
+    assert limited.concurrency_limit is not None
+    assert limited.concurrency_limit.name == "payments:50051"

@@ -282,3 +282,23 @@ async def test_aio_cancellation_settles_the_permit_once() -> None:
     finally:
         await channel.close()
         await grpc_server.stop(None)
+
+
+def test_future_calls_get_the_breaker_not_retries(server: SyncServer) -> None:
+    """docs/guide/grpc.md: `.future()` calls are not retried; the breaker counts them."""
+    breaker = resilience.CircuitBreaker("echo")
+    methods, _ = sync_channel(server.target, breaker=breaker, clock=FakeClock())
+    server.script.add(Step(UNAVAILABLE))
+    future = methods["unary"].future(b"x")
+    with pytest.raises(grpc.RpcError):
+        future.result(timeout=5)
+    assert server.script.count() == 1
+    assert methods["unary"].future(b"y").result(timeout=5) == b"y"
+    for _ in range(500):  # settled from grpcio's callback thread
+        if breaker.metrics().calls["success"] == 1:
+            break
+        import time
+
+        time.sleep(0.005)
+    calls = breaker.metrics().calls
+    assert (calls["failure"], calls["success"]) == (1, 1)

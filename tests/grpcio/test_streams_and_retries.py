@@ -130,9 +130,11 @@ def test_no_double_retries_with_channel_options(server: SyncServer) -> None:
     options = channel_options([("grpc.service_config", SERVICE_CONFIG)])
     unary = sync_setup(server.target, channel_opts=options, retry=retry)["unary"]
     _always_unavailable(server.script, 20)
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(grpc.RpcError) as raised:
         unary(b"x")
     assert server.script.count(UNARY) == 3
+    assert raised.value.code() is UNAVAILABLE  # grpcio's own error, raised as itself
+    assert "gave up after 3 attempts" in raised.value.__notes__[0]
 
 
 def test_without_channel_options_grpcio_retries_multiply(server: SyncServer) -> None:

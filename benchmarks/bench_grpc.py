@@ -1,0 +1,248 @@
+"""gRPC unary calls through resilience.grpc's interceptors, next to a bare stub call.
+
+Cases (issue "gRPC: the same protection for the other request/response
+protocol"): a unary call on 127.0.0.1 to a grpcio server running in another
+process (so it does not share this process's GIL), made by
+
+- a bare channel (no interceptor): the baseline;
+- a channel with a do-nothing interceptor: grpcio's own interceptor cost,
+  the floor for any interceptor;
+- a channel with grpcio's built-in retry policy (service config, A6);
+- a channel with `ResilientClientInterceptor` (default breakers, retry with
+  a budget, deadline) on `channel_options()`.
+
+Sync (`grpc`) and `grpc.aio`. Each round times every case once, back to
+back, in an order that rotates; the figure is the median per-round ratio to
+the bare call (robust on a shared machine), next to the best ns per call.
+
+    python benchmarks/bench_grpc.py [--json PATH] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+import grpc.aio
+from _harness import measure, print_table, write_json
+
+import resilience.grpc
+
+METHOD = "/bench.Echo/Unary"
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "bench.Echo"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+)
+
+
+def serve() -> None:
+    """The server process: echo, print the port, run until stdin closes."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(lambda r, c: r)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    server.stop(None)
+
+
+class NoopInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """The least an interceptor does: call on (what grpcio charges for any interceptor)."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(details, request)
+
+
+class AioNoopInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """The same for grpc.aio."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(details, request)
+
+
+def sync_channels(target: str) -> dict[str, grpc.Channel]:
+    return {
+        "bare stub call": grpc.insecure_channel(target),
+        "no-op interceptor (grpcio floor)": grpc.intercept_channel(
+            grpc.insecure_channel(target), NoopInterceptor()
+        ),
+        "grpcio retry policy (service config)": grpc.insecure_channel(
+            target, options=[("grpc.service_config", SERVICE_CONFIG)]
+        ),
+        "resilience.grpc interceptor": grpc.intercept_channel(
+            grpc.insecure_channel(target, options=resilience.grpc.channel_options()),
+            resilience.grpc.ResilientClientInterceptor(target=target),
+        ),
+    }
+
+
+def aio_channels(target: str) -> dict[str, grpc.aio.Channel]:
+    return {
+        "bare stub call": grpc.aio.insecure_channel(target),
+        "no-op interceptor (grpcio floor)": grpc.aio.insecure_channel(
+            target, interceptors=[AioNoopInterceptor()]
+        ),
+        "grpcio retry policy (service config)": grpc.aio.insecure_channel(
+            target, options=[("grpc.service_config", SERVICE_CONFIG)]
+        ),
+        "resilience.grpc interceptor": grpc.aio.insecure_channel(
+            target,
+            options=resilience.grpc.channel_options(),
+            interceptors=resilience.grpc.AsyncResilientClientInterceptor(target=target),
+        ),
+    }
+
+
+def rounds_of(
+    calls: dict[str, Callable[[], float]], repeat: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Best ns per call of each case and its median per-round ratio to the bare call."""
+    names = list(calls)
+    rounds: dict[str, list[float]] = {name: [] for name in names}
+    for number in range(repeat):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            rounds[name].append(calls[name]())
+    bare = rounds["bare stub call"]
+    best = {name: min(values) for name, values in rounds.items()}
+    ratios = {
+        name: statistics.median(ns / base for ns, base in zip(values, bare, strict=True))
+        for name, values in rounds.items()
+    }
+    return best, ratios
+
+
+def run_sync(target: str, number: int, repeat: int) -> tuple[dict[str, float], dict[str, float]]:
+    channels = sync_channels(target)
+    stubs = {name: channel.unary_unary(METHOD) for name, channel in channels.items()}
+    try:
+        for stub in stubs.values():
+            for _ in range(300):  # warm up: connection, registry entry
+                stub(b"x", timeout=5)
+        calls = {
+            name: (lambda stub=stub: measure(lambda: stub(b"x"), number=number, repeat=1))
+            for name, stub in stubs.items()
+        }
+        return rounds_of(calls, repeat)
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+def run_aio(target: str, number: int, repeat: int) -> tuple[dict[str, float], dict[str, float]]:
+    async def main() -> tuple[dict[str, float], dict[str, float]]:
+        channels = aio_channels(target)
+        stubs = {name: channel.unary_unary(METHOD) for name, channel in channels.items()}
+        try:
+            for stub in stubs.values():
+                for _ in range(300):
+                    await stub(b"x", timeout=5)
+            names = list(stubs)
+            rounds: dict[str, list[float]] = {name: [] for name in names}
+            for round_number in range(repeat):
+                shift = round_number % len(names)
+                for name in names[shift:] + names[:shift]:
+                    rounds[name].append(await timed(stubs[name], number))
+            bare = rounds["bare stub call"]
+            best = {name: min(values) for name, values in rounds.items()}
+            ratios = {
+                name: statistics.median(n / b for n, b in zip(values, bare, strict=True))
+                for name, values in rounds.items()
+            }
+            return best, ratios
+        finally:
+            for channel in channels.values():
+                await channel.close()
+
+    return asyncio.run(main())
+
+
+async def timed(stub: Callable[..., Awaitable[Any]], number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        await stub(b"x")
+    return (time.perf_counter() - start) / number * 1e9
+
+
+def print_ratios(title: str, ratios: dict[str, float]) -> None:
+    print(f"\n{title}: median per-round ratio to the bare stub call")
+    for name, ratio in ratios.items():
+        print(f"  {name:<44} {ratio:>9.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--json", help="write results to this file")
+    parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return
+    number, repeat = (50, 3) if args.quick else (400, 21)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        target = f"127.0.0.1:{int(server.stdout.readline())}"
+        sync_best, sync_ratios = run_sync(target, number, repeat)
+        aio_best, aio_ratios = run_aio(target, number, repeat)
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(timeout=10)
+    print_table("sync grpc: unary call on 127.0.0.1 (best)", sync_best, "bare stub call")
+    print_ratios("sync grpc", sync_ratios)
+    print_table("grpc.aio: unary call on 127.0.0.1 (best)", aio_best, "bare stub call")
+    print_ratios("grpc.aio", aio_ratios)
+    if args.json:
+        write_json(
+            args.json,
+            "grpc",
+            {
+                "sync_ns_best": sync_best,
+                "sync_ratio_median": sync_ratios,
+                "aio_ns_best": aio_best,
+                "aio_ratio_median": aio_ratios,
+            },
+            grpcio=grpc.__version__,
+            calls_per_round=number,
+            rounds=repeat,
+            target_ratio=1.10,
+        )
+
+
+if __name__ == "__main__":
+    main()
