@@ -55,6 +55,7 @@ from .errors import (
     ConcurrencyLimitExceededError,
     DeadlineExceededError,
     MisuseError,
+    ResilienceError,
 )
 
 if TYPE_CHECKING:
@@ -171,6 +172,53 @@ class _Status:
     def debug_error_string(self) -> str:
         """The error's message (there is no transport-level debug string)."""
         return str(self)
+
+    # A finished call and future too, as grpcio's own errors are: an interceptor
+    # outside this one gets it back from its continuation as the call's outcome.
+
+    def done(self) -> bool:
+        """True: the call is over."""
+        return True
+
+    def running(self) -> bool:
+        """False: the call is over."""
+        return False
+
+    def cancelled(self) -> bool:
+        """False: the call was refused, not cancelled."""
+        return False
+
+    def cancel(self) -> bool:
+        """False: nothing to cancel."""
+        return False
+
+    def is_active(self) -> bool:
+        """False: the call is over."""
+        return False
+
+    def time_remaining(self) -> float | None:
+        """None: the call is over."""
+        return None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Raise this error, as a failed call's `result()` does."""
+        raise cast("BaseException", self)
+
+    def exception(self, timeout: float | None = None) -> BaseException:
+        """This error."""
+        return cast("BaseException", self)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        """This error's traceback."""
+        return cast("BaseException", self).__traceback__
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """False: the call is over (the callback is not kept)."""
+        return False
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Call `fn(self)` now: the call is over."""
+        fn(self)
 
 
 class GrpcCircuitOpenError(_Status, CircuitOpenError, grpc.RpcError):
@@ -528,28 +576,35 @@ class _Client:
         error: BaseException | None,
         code: grpc.StatusCode | None = None,
     ) -> None:
-        """Settle an attempt's permits from how it ended: `error`, or `code` without one."""
+        """Settle an attempt's permits from how it ended: `error`, or `code` without one.
+
+        A gRPC status decides by the status rules. resilience's own errors
+        (an inner interceptor's open breaker...) and interrupts are classified
+        by the breaker and the limit (IGNORED, DESIGN 15); any other exception
+        raised on this side (a serializer's, grpcio's usage errors) says
+        nothing about the server: the permits are released.
+        """
         if error is not None:
-            code = _code_of(error)
-        if permit is not None and not permit.settled:
-            if code is None:
-                if error is None:
-                    permit.record_success()
-                else:
+            if isinstance(error, ResilienceError) or not isinstance(error, Exception):
+                if permit is not None and not permit.settled:
                     permit.record_exception(error)
+                if held is not None and not held.settled:
+                    held.record_exception(error)
+                return
+            code = _code_of(error)
+            if code is None:
+                code = _Code.CANCELLED  # local: released below, like a cancellation
+        if permit is not None and not permit.settled:
+            if code is None or code is _Code.OK:
+                permit.record_success()
             elif code in self.rules.failure_codes:
                 permit.record_failure()
             elif code is _Code.CANCELLED:
                 permit.release()  # cancelled (here or there): says nothing about the server
             else:
-                permit.record_success()  # OK, or the caller's problem (INVALID_ARGUMENT...)
+                permit.record_success()  # the caller's problem (INVALID_ARGUMENT...)
         if held is not None and not held.settled:
-            if code is None:
-                if error is None:
-                    held.record_success()
-                else:
-                    held.record_exception(error)
-            elif code in _DROP_CODES:
+            if code in _DROP_CODES:
                 held.record_drop()
             elif code is _Code.CANCELLED:
                 held.release()
@@ -1385,10 +1440,13 @@ def _sync_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], st
         if budget is None:
             yield from behaviour(request, context)
             return
-        # Each step of the handler's generator runs inside the deadline.
+        # Each step of the handler's generator runs inside the deadline (entered
+        # per step: the generator may be closed from another thread).
         token, entered = enter_deadline(budget, options.clock)
-        leave_deadline(token)
-        iterator = iter(behaviour(request, context))
+        try:
+            iterator = iter(behaviour(request, context))
+        finally:
+            leave_deadline(token)
         while True:
             token, _ = enter_deadline(entered.remaining(), options.clock)
             try:
@@ -1469,7 +1527,9 @@ def _aio_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], str
                 await result
         finally:
             if token is not None:
-                leave_deadline(token)
+                # A generator closed by the collector runs this in another context.
+                with contextlib.suppress(ValueError):
+                    leave_deadline(token)
 
     return streaming if streams else unary
 

@@ -302,3 +302,21 @@ def test_future_calls_get_the_breaker_not_retries(server: SyncServer) -> None:
         time.sleep(0.005)
     calls = breaker.metrics().calls
     assert (calls["failure"], calls["success"]) == (1, 1)
+
+
+def test_an_inner_open_breaker_is_ignored_by_the_outer_one(server: SyncServer) -> None:
+    """DESIGN 15: resilience's own rejections are not evidence about the server (IGNORED)."""
+    inner_breaker = resilience.CircuitBreaker("inner")
+    inner_breaker.force_open()
+    outer_breaker = resilience.CircuitBreaker("outer", consecutive_failures=1)
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target),
+        ResilientClientInterceptor(target="outer", breaker=outer_breaker),
+        ResilientClientInterceptor(target="inner", breaker=inner_breaker),
+    )
+    with pytest.raises(GrpcCircuitOpenError) as raised:
+        channel.unary_unary(UNARY)(b"x")
+    assert raised.value.name == "inner"
+    assert outer_breaker.state is resilience.State.CLOSED
+    assert outer_breaker.metrics().calls["ignored"] == 1
+    assert server.script.count() == 0

@@ -9,6 +9,7 @@ shares one budget.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -258,6 +259,7 @@ def test_one_budget_through_http_then_two_grpc_hops() -> None:
 
         async def gateway(request: Request) -> JSONResponse:
             seen["gateway"] = resilience.remaining()
+            await asyncio.sleep(0.1)  # work before the next hop (more than grpc-timeout rounds)
             async with grpc.aio.insecure_channel(
                 orders_target,
                 options=channel_options(),
@@ -281,5 +283,7 @@ def test_one_budget_through_http_then_two_grpc_hops() -> None:
     assert orders_left is not None
     assert leaf_left is not None
     assert 0 < leaf_left < orders_left < gateway_left < budget
-    assert orders_left - leaf_left >= 0.09  # orders' own work came off the leaf's budget
+    # Each hop's own work came off the next hop's budget.
+    assert gateway_left - orders_left >= 0.09
+    assert orders_left - leaf_left >= 0.09
     assert threading.active_count() < 100
