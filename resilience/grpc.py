@@ -854,6 +854,9 @@ class ResilientClientInterceptor(
                 raise client.cut(error, deadline) or error
             return outcome
 
+        # Extension point: a hedging policy would drive `attempt` here (several
+        # at once, the losers cancelled); each attempt already takes its own
+        # breaker and limit permits and sends its attempt number.
         try:
             return retry.call(attempt) if retry is not None else attempt()
         finally:
@@ -1108,6 +1111,7 @@ class _AioUnaryUnary(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
             client.settle(permit, held, None)
             return call
 
+        # Extension point for hedging: see ResilientClientInterceptor.
         try:
             return await (retry.acall(attempt) if retry is not None else attempt())
         finally:

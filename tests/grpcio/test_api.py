@@ -166,3 +166,27 @@ def test_defaults() -> None:
     limited = ResilientClientInterceptor(target="payments:50051", concurrency_limit=True)
     assert limited.concurrency_limit is not None
     assert limited.concurrency_limit.name == "payments:50051"
+
+
+class Trailing(grpc.RpcError):
+    def __init__(self, *metadata: tuple[str, str | bytes]) -> None:
+        self.metadata = metadata
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self.metadata
+
+
+@pytest.mark.parametrize(
+    ("metadata", "seconds"),
+    [
+        ((), None),
+        ((("grpc-retry-pushback-ms", "250"),), 0.25),
+        ((("grpc-retry-pushback-ms", b"0"),), 0.0),
+        ((("grpc-retry-pushback-ms", "-1"),), -1.0),
+        ((("grpc-retry-pushback-ms", "soon"),), -1.0),
+        ((("other", "1"),), None),
+    ],
+)
+def test_pushback_of(metadata: tuple[tuple[str, str], ...], seconds: float | None) -> None:
+    """docs/guide/grpc.md: >= 0 is the wait; negative or malformed means do not retry (-1)."""
+    assert resilience.grpc.pushback_of(Trailing(*metadata)) == seconds
