@@ -389,6 +389,15 @@ class _Client:
         self.attempt_timeout = (
             None if attempt_timeout is None else check_seconds(attempt_timeout, "attempt_timeout")
         )
+        if (
+            self.total_timeout is not None
+            and self.attempt_timeout is not None
+            and self.attempt_timeout > self.total_timeout
+        ):
+            raise ValueError(
+                f"attempt_timeout={attempt_timeout!r} exceeds total_timeout={total_timeout!r}: "
+                f"an attempt could never use its full time"
+            )
         if clock is not None:
             self.clock = resolve_clock(clock)
         elif isinstance(breaker, CircuitBreaker):
@@ -767,7 +776,27 @@ class _Options:
         return f"<{type(self).__name__} target={self._client.target!r}>"
 
 
-_ARGS_DOC = """
+class ResilientClientInterceptor(
+    _Options,
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Deadline, budgeted retry and breaker for a sync grpcio channel.
+
+    ```python
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(target, options=resilience.grpc.channel_options()),
+        resilience.grpc.ResilientClientInterceptor(target=target),
+    )
+    ```
+
+    Unary-unary calls are retried; unary-stream calls only while no
+    message was received; client-streaming calls never (their requests are
+    an iterator that cannot be replayed). Calls made with `.future()` get
+    the breaker and the deadline, not retries (retrying would block).
+
     Args:
         target: Names the downstream (e.g. `"payments:50051"`): its breaker,
             retry, retry budget and concurrency limit are named after it (the
@@ -795,32 +824,7 @@ _ARGS_DOC = """
         clock: A `resilience.Clock` for deadlines, backoff and the default
             policies (a FakeClock in tests). Default: your breaker's, else the
             system clock.
-"""
-
-
-class ResilientClientInterceptor(
-    _Options,
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Deadline, budgeted retry and breaker for a sync grpcio channel.
-
-    ```python
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(target, options=resilience.grpc.channel_options()),
-        resilience.grpc.ResilientClientInterceptor(target=target),
-    )
-    ```
-
-    Unary-unary calls are retried; unary-stream calls only while no
-    message was received; client-streaming calls never (their requests are
-    an iterator that cannot be replayed). Calls made with `.future()` get
-    the breaker and the deadline, not retries (retrying would block).
     """
-
-    __doc__ = (__doc__ or "") + _ARGS_DOC
 
     def intercept_unary_unary(
         self,
@@ -1184,9 +1188,35 @@ class AsyncResilientClientInterceptor(
     Unary-unary calls are retried; unary-stream calls only while no message
     was received; client-streaming calls never. grpc.aio runs on asyncio
     only (not trio).
-    """
 
-    __doc__ = (__doc__ or "") + _ARGS_DOC
+    Args:
+        target: Names the downstream (e.g. `"payments:50051"`): its breaker,
+            retry, retry budget and concurrency limit are named after it (the
+            policy names in metrics and events). Use one interceptor per channel.
+        breaker: True for the default breakers (a `BreakerRegistry`: 10%
+            failures over 30 s with >= 100 calls opens for 5 s), a
+            `BreakerRegistry` of yours, one `CircuitBreaker` for every call,
+            or False for none.
+        breaker_scope: "target" (one breaker per target) or "method" (one per
+            target and method, named `target/package.Service/Method`).
+        retry: True for the default retry (4 attempts, exponential backoff
+            from 0.2 s with full jitter up to 5 s, a `RetryBudget` named after
+            the target), a `resilience.Retry` of yours (gRPC errors are then
+            retried by `retry_codes`, other exceptions by its `on=`), or False.
+        retry_codes: The codes retried (default UNAVAILABLE). RESOURCE_EXHAUSTED
+            is also retried when the server sends `grpc-retry-pushback-ms`.
+        failure_codes: The codes a breaker counts as failures (default
+            UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
+            UNKNOWN); CANCELLED is ignored and every other code is a success.
+        total_timeout: Seconds for a call that passes no `timeout=`, retries
+            included (default None: none, as grpcio).
+        attempt_timeout: Seconds per attempt at most (default None).
+        concurrency_limit: True for a `ConcurrencyLimit(AIMDLimit())` named
+            after the target, one of yours, or False (default).
+        clock: A `resilience.Clock` for deadlines, backoff and the default
+            policies (a FakeClock in tests). Default: your breaker's, else the
+            system clock.
+    """
 
     @functools.cached_property
     def _kinds(self) -> tuple[grpc.aio.ClientInterceptor, ...]:
@@ -1417,17 +1447,6 @@ class _DeadlineOptions:
         return f"<{type(self).__name__} max_seconds={self.max_seconds!r}>"
 
 
-_SERVER_ARGS_DOC = """
-    Args:
-        max_seconds: The largest budget taken from a caller (default 30).
-        default: The budget of a call that came without a deadline (default:
-            none).
-        safety_margin: Seconds kept back from the caller's budget, for the
-            handler to answer before the caller gives up (default 0).
-        clock: A `resilience.Clock`.
-"""
-
-
 def _sync_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], streams: bool) -> Any:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         budget = options.budget(context)
@@ -1475,9 +1494,15 @@ class DeadlineServerInterceptor(_DeadlineOptions, grpc.ServerInterceptor):
     less `safety_margin`) becomes a `resilience.deadline`: the calls it
     makes through a `ResilientClientInterceptor` or a `ResilientTransport`
     get what is left, so a chain of HTTP and gRPC hops shares one budget.
-    """
 
-    __doc__ = (__doc__ or "") + _SERVER_ARGS_DOC
+    Args:
+        max_seconds: The largest budget taken from a caller (default 30).
+        default: The budget of a call that came without a deadline (default:
+            none).
+        safety_margin: Seconds kept back from the caller's budget, for the
+            handler to answer before the caller gives up (default 0).
+        clock: A `resilience.Clock`.
+    """
 
     def intercept_service(
         self,
@@ -1546,9 +1571,15 @@ class AsyncDeadlineServerInterceptor(_DeadlineOptions, grpc.aio.ServerIntercepto
     ```
 
     The same as `DeadlineServerInterceptor`, for `grpc.aio` servers.
-    """
 
-    __doc__ = (__doc__ or "") + _SERVER_ARGS_DOC
+    Args:
+        max_seconds: The largest budget taken from a caller (default 30).
+        default: The budget of a call that came without a deadline (default:
+            none).
+        safety_margin: Seconds kept back from the caller's budget, for the
+            handler to answer before the caller gives up (default 0).
+        clock: A `resilience.Clock`.
+    """
 
     async def intercept_service(
         self,

@@ -190,3 +190,9 @@ class Trailing(grpc.RpcError):
 def test_pushback_of(metadata: tuple[tuple[str, str], ...], seconds: float | None) -> None:
     """docs/guide/grpc.md: >= 0 is the wait; negative or malformed means do not retry (-1)."""
     assert resilience.grpc.pushback_of(Trailing(*metadata)) == seconds
+
+
+def test_attempt_timeout_cannot_exceed_total_timeout() -> None:
+    """An attempt could never use its full time: a ValueError naming both."""
+    with pytest.raises(ValueError, match="attempt_timeout=5.0 exceeds total_timeout=1.0"):
+        ResilientClientInterceptor(target="t", total_timeout=1.0, attempt_timeout=5.0)
