@@ -649,6 +649,18 @@ def _with_attempts(metadata: Any, previous: int, aio: bool) -> Any:
     return tuple(kept)
 
 
+def _is_future_call(outcome: object) -> bool:
+    """Whether a unary outcome is a `.future()` call rather than a finished one.
+
+    A blocking call (`stub.Method(...)`, `.with_call(...)`) hands the
+    interceptor a finished outcome; `.future()` hands it grpcio's call
+    object, which may or may not have finished yet (a fast loopback call
+    has). Told apart by what that object also is, an iterator (grpcio
+    serves streams with the same class); `done()` would race.
+    """
+    return hasattr(type(outcome), "__next__")
+
+
 def _sync_code(call: Any) -> grpc.StatusCode | None:
     try:
         code = call.code()
@@ -849,7 +861,7 @@ class ResilientClientInterceptor(
             except BaseException as exc:
                 client.settle(permit, held, exc)
                 raise
-            if not outcome.done():  # `.future()`: settled when it ends, not retried
+            if _is_future_call(outcome):  # `.future()`: settled when it ends, not retried
                 _watch_sync(client, outcome, permit, held)
                 return outcome
             error = outcome.exception()
