@@ -55,6 +55,7 @@ class Script:
     steps: deque[Step] = field(default_factory=deque)
     calls: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    cancelled: int = 0
 
     def add(self, *steps: Step) -> None:
         self.steps.extend(steps)
@@ -130,7 +131,11 @@ def aio_handler(script: Script) -> grpc.GenericRpcHandler:
     async def unary(request: bytes, context: Any) -> bytes:
         step = script.take(UNARY, context)
         if step.sleep:
-            await asyncio.sleep(step.sleep)
+            try:
+                await asyncio.sleep(step.sleep)
+            except asyncio.CancelledError:
+                script.cancelled += 1  # the client cancelled the RPC
+                raise
         await _afinish(step, context)
         return request
 

@@ -194,5 +194,5 @@ def test_pushback_of(metadata: tuple[tuple[str, str], ...], seconds: float | Non
 
 def test_attempt_timeout_cannot_exceed_total_timeout() -> None:
     """An attempt could never use its full time: a ValueError naming both."""
-    with pytest.raises(ValueError, match="attempt_timeout=5.0 exceeds total_timeout=1.0"):
+    with pytest.raises(ValueError, match=r"attempt_timeout=5\.0 exceeds total_timeout=1\.0"):
         ResilientClientInterceptor(target="t", total_timeout=1.0, attempt_timeout=5.0)

@@ -263,7 +263,7 @@ async def test_aio_breaker_trips_on_dead_server_and_error_types() -> None:
 
 @pytest.mark.anyio
 async def test_aio_cancellation_settles_the_permit_once() -> None:
-    """docs/guide/grpc.md: a cancelled aio call hands its permit back (IGNORED), once."""
+    """docs/guide/grpc.md: a cancelled aio call cancels its RPC, hands its permit back once."""
     script = Script()
     breaker = resilience.CircuitBreaker("echo", half_open_max_calls=1)
     grpc_server, channel, _, _ = await aio_setup(script, breaker=breaker, retry=False)
@@ -279,6 +279,11 @@ async def test_aio_cancellation_settles_the_permit_once() -> None:
             await task
         calls = breaker.metrics().calls
         assert calls == {"success": 0, "failure": 0, "ignored": 1, "rejected": 0}
+        for _ in range(200):  # the RPC was cancelled too: the server's handler sees it
+            if script.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        assert script.cancelled == 1
     finally:
         await channel.close()
         await grpc_server.stop(None)
