@@ -29,7 +29,10 @@ import collections.abc
 import contextlib
 import copy
 import functools
+import inspect
+import math
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast, overload
 
 try:
@@ -290,21 +293,31 @@ def _code_of(error: BaseException) -> grpc.StatusCode | None:
 def pushback_of(error: BaseException) -> float | None:
     """Seconds of server pushback in a gRPC error's trailing metadata, if any.
 
-    `grpc-retry-pushback-ms` (gRPC A6): a non-negative integer is the wait in
-    milliseconds; a negative or malformed value means "do not retry" and is
+    `grpc-retry-pushback-ms` (gRPC A6): a non-negative integer (ASCII
+    digits) is the wait in milliseconds (one too large for a float is
+    `math.inf`); a negative or malformed value means "do not retry" and is
     returned as -1.0. None when the error carries no pushback.
     """
     try:
         trailing = error.trailing_metadata()  # type: ignore[attr-defined]
-        for key, value in trailing or ():
-            if key == PUSHBACK_KEY:
-                text = value.decode("ascii") if isinstance(value, bytes) else str(value)
-                text = text.strip()
-                if not text.lstrip("-").isdigit() or text.startswith("-"):
-                    return -1.0
-                return int(text) / 1000
+        pairs = list(trailing or ())
     except Exception:  # noqa: BLE001  (no metadata to read: no pushback)
         return None
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and pair[0] == PUSHBACK_KEY):
+            continue
+        value = pair[1]
+        try:
+            text = value.decode("ascii") if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            return -1.0
+        text = text.strip()
+        if not (text.isascii() and text.isdigit()):
+            return -1.0  # negative, a fraction, a sign, not a number: do not retry
+        try:
+            return int(text) / 1000
+        except (OverflowError, ValueError):  # past float range, or past int()'s digit limit
+            return math.inf  # above any max_retry_after: the retry gives up
     return None
 
 
@@ -485,7 +498,7 @@ class _Client:
 
     def enter(self, timeout: float | None) -> tuple[Token[Deadline | None] | None, Deadline | None]:
         """Open the call's total deadline: its `timeout`, else `total_timeout` (nested)."""
-        seconds = self.total_timeout if timeout is None else timeout
+        seconds = self.total_timeout if timeout is None else _call_timeout(timeout)
         if seconds is None:
             return None, current_deadline()
         return enter_deadline(max(seconds, 0.0), self.clock)
@@ -505,6 +518,8 @@ class _Client:
                 raise GrpcDeadlineExceededError(self.target, deadline.budget, before_call=True)
             if timeout is None or left < timeout:
                 timeout = left
+        if timeout is not None and timeout > _NO_DEADLINE:
+            timeout = None  # grpcio fails a deadline this far off at once (it overflows)
         metadata = details.metadata
         if previous:
             metadata = _with_attempts(metadata, previous, aio)
@@ -634,6 +649,15 @@ class _Client:
         return cut
 
 
+def _call_timeout(timeout: object) -> float:
+    """A call's own `timeout=`, checked: seconds (0 or less: already spent), not NaN."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout= of a gRPC call takes seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ValueError("timeout= of a gRPC call cannot be NaN")
+    return float(timeout)
+
+
 def _with_attempts(metadata: Any, previous: int, aio: bool) -> Any:
     """`metadata` with `grpc-previous-rpc-attempts: previous` (replacing one already there)."""
     value = str(previous)
@@ -670,23 +694,59 @@ def _sync_code(call: Any) -> grpc.StatusCode | None:
 
 
 def _watch_sync(
-    client: _Client, call: Any, permit: Permit | None, held: LimitPermit | None
+    client: _Client,
+    call: Any,
+    permit: Permit | None,
+    held: LimitPermit | None,
+    local_error: Callable[[], bool] | None = None,
 ) -> None:
-    """Settle the permits of a sync call when it terminates (now, if it already has)."""
+    """Settle the permits of a sync call when it terminates (now, if it already has).
+
+    grpcio runs `add_callback` callbacks when a call ends, except when the
+    call object is garbage-collected unfinished (a stream the caller
+    dropped): grpcio then cancels the RPC without calling them. A finalizer
+    on the call hands the permits back in that case, so the callback holds
+    the call weakly (a strong reference would keep it alive forever).
+    `local_error()` says whether the call failed on this side (its request
+    iterator raised): the permits are then released, as for a cancellation.
+    """
     if permit is None and held is None:
         return
 
     settled = threading.Lock()
     done = False
 
-    def on_end() -> None:
+    def once() -> bool:
         nonlocal done
         with settled:
             if done:
-                return
+                return False
             done = True
+            return True
+
+    def on_collected() -> None:
+        if once():
+            client.settle(permit, held, None, _Code.CANCELLED)
+
+    try:
+        ref: Callable[[], Any] = weakref.ref(call)
+        finalizer = weakref.finalize(call, on_collected)
+        finalizer.atexit = False
+    except TypeError:  # an outcome that takes no weak references: held, it has ended
+        ref = lambda: call  # noqa: E731
+        finalizer = None
+
+    def on_end() -> None:
+        ended = ref()
+        if not once():
+            return
+        if finalizer is not None:
+            finalizer.detach()
+        if ended is None or (local_error is not None and local_error()):
+            client.settle(permit, held, None, _Code.CANCELLED)
+            return
         error = None
-        exception = getattr(call, "exception", None)
+        exception = getattr(ended, "exception", None)
         if exception is not None:
             try:
                 error = exception(timeout=0)
@@ -695,7 +755,7 @@ def _watch_sync(
         if error is not None and not isinstance(error, grpc.RpcError):
             client.settle(permit, held, error)
         else:
-            client.settle(permit, held, None, _sync_code(call))
+            client.settle(permit, held, None, _sync_code(ended))
 
     try:
         added = call.add_callback(on_end)
@@ -904,7 +964,7 @@ class ResilientClientInterceptor(
         request_iterator: Iterator[Any],
     ) -> Any:
         """A client-streaming call: breaker, limit and deadline; never retried."""
-        return self._once(continuation, client_call_details, request_iterator)
+        return self._once(continuation, client_call_details, _Requests(request_iterator))
 
     def intercept_stream_stream(
         self,
@@ -913,13 +973,13 @@ class ResilientClientInterceptor(
         request_iterator: Iterator[Any],
     ) -> Any:
         """A bidirectional call: breaker, limit and deadline; never retried."""
-        return self._once(continuation, client_call_details, request_iterator)
+        return self._once(continuation, client_call_details, _Requests(request_iterator))
 
     def _once(
         self,
         continuation: Callable[[grpc.ClientCallDetails, Any], Any],
         client_call_details: grpc.ClientCallDetails,
-        request: Any,
+        requests: _Requests,
     ) -> Any:
         client = self._client
         breaker = client.breaker_for(_method_name(client_call_details.method))
@@ -928,15 +988,45 @@ class ResilientClientInterceptor(
             details = client.details(client_call_details, deadline, 0, aio=False)
             permit, held = client.acquire(breaker)
             try:
-                call = continuation(details, request)
+                call = continuation(details, requests)
             except BaseException as exc:
                 client.settle(permit, held, exc)
                 raise
-            _watch_sync(client, call, permit, held)
+            _watch_sync(client, call, permit, held, requests.raised)
             return call
         finally:
             if token is not None:
                 leave_deadline(token)
+
+
+class _Requests:
+    """A client-streaming call's request iterator that remembers whether it raised.
+
+    grpcio ends such a call with UNKNOWN ("Exception iterating requests!"):
+    the caller's bug, not the server's health, so its permits are released.
+    """
+
+    __slots__ = ("_iterator", "_raised")
+
+    def __init__(self, requests: Iterator[Any]) -> None:
+        self._iterator = iter(requests)
+        self._raised = False
+
+    def __iter__(self) -> _Requests:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            raise
+        except BaseException:
+            self._raised = True
+            raise
+
+    def raised(self) -> bool:
+        """Whether the caller's iterator raised (rather than ended)."""
+        return self._raised
 
 
 if TYPE_CHECKING:
@@ -1534,7 +1624,7 @@ class DeadlineServerInterceptor(_DeadlineOptions, grpc.ServerInterceptor):
         ):
             behaviour = getattr(handler, kind, None)
             if behaviour is not None:
-                if asyncio.iscoroutinefunction(behaviour):
+                if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
                     raise MisuseError(
                         "DeadlineServerInterceptor wraps sync grpcio handlers; for a "
                         "grpc.aio server use resilience.grpc.AsyncDeadlineServerInterceptor"
@@ -1544,6 +1634,11 @@ class DeadlineServerInterceptor(_DeadlineOptions, grpc.ServerInterceptor):
 
 
 def _aio_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], streams: bool) -> Any:
+    if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
+        # A plain function or generator: grpc.aio runs it in its migration
+        # thread pool, so the deadline is entered there, as on a sync server.
+        return _sync_behaviour(options, behaviour, streams)
+
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         budget = options.budget(context)
         if budget is None:

@@ -185,6 +185,14 @@ class Trailing(grpc.RpcError):
         ((("grpc-retry-pushback-ms", "-1"),), -1.0),
         ((("grpc-retry-pushback-ms", "soon"),), -1.0),
         ((("other", "1"),), None),
+        # Malformed: undecodable bytes, non-ASCII digits, a sign, a fraction.
+        ((("grpc-retry-pushback-ms", b"\xff"),), -1.0),
+        ((("grpc-retry-pushback-ms", "\u0661\u0662"),), -1.0),
+        ((("grpc-retry-pushback-ms", "+5"),), -1.0),
+        ((("grpc-retry-pushback-ms", "1.5"),), -1.0),
+        # Too large for a float (or for int()'s digit limit): wait forever, i.e. give up.
+        ((("grpc-retry-pushback-ms", "9" * 400),), float("inf")),
+        ((("grpc-retry-pushback-ms", "9" * 5000),), float("inf")),
     ],
 )
 def test_pushback_of(metadata: tuple[tuple[str, str], ...], seconds: float | None) -> None:
