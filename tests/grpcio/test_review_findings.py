@@ -6,6 +6,7 @@ Real grpcio servers on 127.0.0.1. Each test failed on the code before its fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import time
@@ -25,7 +26,19 @@ from resilience.grpc import (
 )
 from resilience.testing import FakeClock
 
-from .conftest import STREAM, UPLOAD, Step, SyncServer, sync_methods
+from .conftest import (
+    STREAM,
+    UNARY,
+    UPLOAD,
+    Script,
+    Step,
+    SyncServer,
+    aio_methods,
+    free_port,
+    start_aio_server,
+    start_sync_server,
+    sync_methods,
+)
 
 
 def settled(breaker: resilience.CircuitBreaker) -> int:
@@ -111,13 +124,18 @@ def test_a_request_iterator_that_raises_is_not_a_server_failure(server: SyncServ
     wait_until(lambda: settled(breaker) == 1)
     assert breaker.metrics().calls["failure"] == 0
     assert limit.metrics()["dropped"] == 0
-    # A server that really answers UNKNOWN still counts as a failure.
+
+
+def test_a_client_stream_the_server_fails_unknown_is_a_failure(server: SyncServer) -> None:
+    """The request iterator's wrapper does not hide a server's own UNKNOWN (a failure)."""
+    methods, breaker, _ = limited_channel(server)
     server.script.add(Step(grpc.StatusCode.UNKNOWN))
-    with pytest.raises(grpc.RpcError):
-        methods["upload"](iter([b"a"]), timeout=5)
-    wait_until(lambda: settled(breaker) == 2)
+    with pytest.raises(grpc.RpcError) as raised:
+        methods["upload"](iter([b"a", b"b"]), timeout=5)
+    assert raised.value.code() is grpc.StatusCode.UNKNOWN
+    assert server.script.count(UPLOAD) == 1
+    wait_until(lambda: settled(breaker) == 1)
     assert breaker.metrics().calls["failure"] == 1
-    assert server.script.count(UPLOAD) == 2
 
 
 # -- a call's own timeout ---------------------------------------------------------------
@@ -233,3 +251,209 @@ def test_aio_server_interceptor_keeps_a_sync_handler_sync() -> None:
 
         wrapped = asyncio.run(interceptor.intercept_service(continuation, None))  # type: ignore[arg-type]
         assert asyncio.iscoroutinefunction(wrapped.unary_unary) is is_async
+
+
+# -- the status rules, end to end -------------------------------------------------------
+
+#: docs/guide/grpc.md's status table: code -> (attempts of 2, breaker outcome, limit outcome).
+STATUS_TABLE = {
+    grpc.StatusCode.OK: (1, "success", "succeeded"),
+    grpc.StatusCode.UNAVAILABLE: (2, "failure", "dropped"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (1, "failure", "dropped"),  # no pushback: no retry
+    grpc.StatusCode.DEADLINE_EXCEEDED: (1, "failure", "dropped"),
+    grpc.StatusCode.INTERNAL: (1, "failure", "succeeded"),
+    grpc.StatusCode.UNKNOWN: (1, "failure", "succeeded"),
+    grpc.StatusCode.CANCELLED: (1, "ignored", "ignored"),
+    **dict.fromkeys(
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.ALREADY_EXISTS,
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.ABORTED,
+            grpc.StatusCode.OUT_OF_RANGE,
+            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.StatusCode.DATA_LOSS,
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        (1, "success", "succeeded"),
+    ),
+}
+
+
+def test_the_status_table_covers_every_code() -> None:
+    assert set(STATUS_TABLE) == set(grpc.StatusCode)
+
+
+@pytest.mark.parametrize("code", list(STATUS_TABLE), ids=lambda code: code.name)
+def test_every_status_code_is_classified_as_the_guide_says(
+    server: SyncServer, code: grpc.StatusCode
+) -> None:
+    """docs/guide/grpc.md, "Status rules": retried, breaker and limit outcome of each code."""
+    attempts, breaker_outcome, limit_outcome = STATUS_TABLE[code]
+    methods, breaker, limit = limited_channel(
+        server, retry=resilience.Retry(on=grpc.RpcError, attempts=2, wait=0.0)
+    )
+    server.script.add(Step(code), Step(code))
+    if code is grpc.StatusCode.OK:
+        assert methods["unary"](b"x", timeout=5) == b"x"
+    else:
+        with pytest.raises(grpc.RpcError) as raised:
+            methods["unary"](b"x", timeout=5)
+        assert raised.value.code() is code
+    assert server.script.count() == attempts
+    assert breaker.metrics().calls[breaker_outcome] == attempts
+    assert settled(breaker) == attempts
+    assert limit.metrics()[limit_outcome] == attempts
+    assert limit.metrics()["in_flight"] == 0
+
+
+# -- a server back on the same port -----------------------------------------------------
+
+
+def test_a_restarted_server_is_reached_once_grpcio_reconnects() -> None:
+    """docs/guide/grpc.md: `grpc.max_reconnect_backoff_ms` bounds a restarted server's wait.
+
+    A half-open probe fails at once while grpcio's channel waits out its
+    reconnect backoff; with the backoff bounded, one probe closes the breaker.
+    """
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    breaker = resilience.CircuitBreaker(
+        "restarted", consecutive_failures=2, open_duration=0.05, half_open_max_calls=1
+    )
+    interceptor = ResilientClientInterceptor(target=target, breaker=breaker, retry=False)
+    options = channel_options([("grpc.max_reconnect_backoff_ms", 100)])
+    unary = grpc.intercept_channel(grpc.insecure_channel(target, options=options), interceptor)
+    methods = sync_methods(unary)
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError):
+            methods["unary"](b"x", timeout=2)
+    assert breaker.state is resilience.State.OPEN
+    script = Script()
+    grpc_server, _ = start_sync_server(script, port=port)
+    try:
+        give_up = time.monotonic() + 5.0
+        while script.count() == 0:  # probes until one gets through (<= ~0.1 s of backoff)
+            assert time.monotonic() < give_up, "the channel never reconnected"
+            time.sleep(0.06)
+            with contextlib.suppress(grpc.RpcError):
+                methods["unary"](b"x", timeout=2)
+        assert breaker.state is resilience.State.CLOSED
+    finally:
+        grpc_server.stop(None)
+
+
+# -- options the guide promises ---------------------------------------------------------
+
+
+def test_retry_codes_and_failure_codes_replace_the_defaults(server: SyncServer) -> None:
+    """docs/guide/grpc.md: `retry_codes=` and `failure_codes=` take any collections of codes."""
+    methods, breaker, _ = limited_channel(
+        server,
+        retry=resilience.Retry(on=grpc.RpcError, attempts=2, wait=0.0),
+        retry_codes={grpc.StatusCode.ABORTED},
+        failure_codes=[grpc.StatusCode.NOT_FOUND],
+    )
+    server.script.add(Step(grpc.StatusCode.ABORTED), Step(grpc.StatusCode.UNAVAILABLE))
+    with pytest.raises(grpc.RpcError) as raised:
+        methods["unary"](b"x", timeout=5)  # ABORTED retried, UNAVAILABLE not
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert server.script.count() == 2
+    server.script.add(Step(grpc.StatusCode.NOT_FOUND))
+    with pytest.raises(grpc.RpcError):
+        methods["unary"](b"x", timeout=5)
+    calls = breaker.metrics().calls
+    assert (calls["success"], calls["failure"]) == (2, 1)  # ABORTED, UNAVAILABLE; NOT_FOUND
+
+
+@pytest.mark.parametrize("pushback", ["60000", "9" * 400])
+def test_pushback_above_max_retry_after_gives_up_at_once(server: SyncServer, pushback: str) -> None:
+    """docs/guide/grpc.md: above the Retry's `max_retry_after` the call gives up at once."""
+    methods, _, _ = limited_channel(server, clock=FakeClock())  # the default retry: 30 s
+    server.script.add(
+        Step(grpc.StatusCode.UNAVAILABLE, trailing=(("grpc-retry-pushback-ms", pushback),))
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        methods["unary"](b"x", timeout=500)
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert server.script.count() == 1
+
+
+def test_the_default_half_open_wait_follows_the_timeouts() -> None:
+    """docs/guide/grpc.md, "Defaults": the half-open wait is the call's longest time.
+
+    A half-open probe not back after `total_timeout` (else `attempt_timeout`,
+    else 30 s) reopens.
+    """
+    for options, wait in (
+        ({"total_timeout": 4.0, "attempt_timeout": 2.0}, 4.0),
+        ({"attempt_timeout": 2.0}, 2.0),
+        ({}, 30.0),
+    ):
+        interceptor = ResilientClientInterceptor(target="t", **options)
+        registry = interceptor.breakers
+        assert isinstance(registry, resilience.BreakerRegistry)
+        assert registry.get("t").half_open_max_wait == wait
+
+
+# -- misuse: the aio sequence passed the wrong way --------------------------------------
+
+
+def test_the_aio_sequence_inside_a_list_is_refused_not_silently_dropped() -> None:
+    """docs/guide/grpc.md, "grpc.aio": the sequence inside a list is refused, not dropped.
+
+    `interceptors=[resilient]` is refused by grpc.aio when the channel is
+    built; pass it as is, or unpack it.
+    """
+
+    async def build() -> None:
+        resilient = resilience.grpc.AsyncResilientClientInterceptor(target="127.0.0.1:1")
+        with pytest.raises(ValueError, match="AsyncResilientClientInterceptor"):
+            grpc.aio.insecure_channel("127.0.0.1:1", interceptors=[resilient])  # type: ignore[list-item]
+        channel = grpc.aio.insecure_channel("127.0.0.1:1", interceptors=[*resilient])
+        await channel.close()
+
+    asyncio.run(build())
+
+
+@pytest.mark.anyio
+async def test_part_of_the_aio_sequence_protects_only_those_kinds() -> None:
+    """docs/guide/grpc.md, "grpc.aio": `resilient[:1]` protects unary-unary calls only."""
+    script = Script()
+    grpc_server, port = await start_aio_server(script)
+    target = f"127.0.0.1:{port}"
+    resilient = resilience.grpc.AsyncResilientClientInterceptor(
+        target=target, retry=resilience.Retry(on=grpc.RpcError, attempts=2, wait=0.0)
+    )
+    channel = grpc.aio.insecure_channel(
+        target, options=channel_options(), interceptors=resilient[:1]
+    )
+    try:
+        methods = aio_methods(channel)
+        script.add(Step(grpc.StatusCode.UNAVAILABLE))
+        assert await methods["unary"](b"x", timeout=5) == b"x"  # retried
+        script.add(Step(grpc.StatusCode.UNAVAILABLE, messages=0))
+        with pytest.raises(grpc.RpcError):
+            [m async for m in methods["stream"](b"s", timeout=5)]  # not retried
+        assert (script.count(), script.count(STREAM)) == (2, 1)
+    finally:
+        await channel.close()
+        await grpc_server.stop(None)
+
+
+def test_intercept_channel_does_not_work_on_an_aio_channel() -> None:
+    """docs/guide/grpc.md, "grpc.aio": grpc.intercept_channel over grpc.aio fails its calls."""
+
+    async def call() -> None:
+        channel = grpc.aio.insecure_channel("127.0.0.1:1")
+        intercepted = grpc.intercept_channel(
+            channel,  # type: ignore[arg-type]
+            ResilientClientInterceptor(target="127.0.0.1:1", breaker=False, retry=False),
+        )
+        with pytest.raises(AttributeError):
+            intercepted.unary_unary(UNARY)(b"x")
+        await channel.close()
+
+    asyncio.run(call())
