@@ -685,6 +685,17 @@ def _is_future_call(outcome: object) -> bool:
     return hasattr(type(outcome), "__next__")
 
 
+def _is_future_continuation(continuation: object) -> bool:
+    """Whether grpcio made this continuation for a `.future()` call.
+
+    Known before the attempt, so that such a call (not retried) does not go
+    through the retry, whose metrics would count it as a success at once.
+    Read from grpcio's closure name; if a grpcio release renames it, the
+    outcome's type still tells (`_is_future_call`).
+    """
+    return ".future.<locals>." in getattr(continuation, "__qualname__", "")
+
+
 def _sync_code(call: Any) -> grpc.StatusCode | None:
     try:
         code = call.code()
@@ -933,6 +944,8 @@ class ResilientClientInterceptor(
         # Extension point: a hedging policy would drive `attempt` here (several
         # at once, the losers cancelled); each attempt already takes its own
         # breaker and limit permits and sends its attempt number.
+        if _is_future_continuation(continuation):
+            retry = None  # not retried: not counted as a retried call's outcome either
         try:
             return retry.call(attempt) if retry is not None else attempt()
         finally:

@@ -457,3 +457,25 @@ def test_intercept_channel_does_not_work_on_an_aio_channel() -> None:
         await channel.close()
 
     asyncio.run(call())
+
+
+def test_a_failed_future_is_not_counted_as_a_retry_success(server: SyncServer) -> None:
+    """docs/guide/grpc.md, "Streaming": `.future()` calls skip the retry and its metrics.
+
+    They went through it, and a future that failed later was counted as a
+    `success_first_try` (the retry saw the future, not its outcome).
+    """
+    breaker = resilience.CircuitBreaker("echo")
+    interceptor = ResilientClientInterceptor(target=server.target, breaker=breaker)
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target, options=channel_options()), interceptor
+    )
+    server.script.add(Step(grpc.StatusCode.UNAVAILABLE))
+    future = channel.unary_unary(UNARY).future(b"x", timeout=5)
+    with pytest.raises(grpc.RpcError):
+        future.result()
+    assert interceptor.retry is not None
+    metrics = interceptor.retry.metrics()
+    assert metrics["success_first_try"] == 0
+    assert metrics["retries"] == 0
+    wait_until(lambda: breaker.metrics().calls["failure"] == 1)
