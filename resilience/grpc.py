@@ -260,6 +260,35 @@ class GrpcDeadlineExceededError(_Status, DeadlineExceededError, grpc.RpcError):
     _grpc_code = _Code.DEADLINE_EXCEEDED
 
 
+#: resilience's own gRPC errors: the call was refused (or cut) on this side.
+_REFUSALS = (GrpcCircuitOpenError, GrpcConcurrencyLimitExceededError, GrpcDeadlineExceededError)
+
+
+class _AioStatus(grpc.aio.AioRpcError):
+    """The `grpc.aio` face of resilience's gRPC errors: also a `grpc.aio.AioRpcError`.
+
+    grpc.aio's call objects answer `code()`, `details()` and the metadata
+    from an `AioRpcError` their interceptor raised; any other exception
+    they raise again from each of those. The answers are resilience's
+    (`_Status` comes first in the MRO); grpc.aio's attributes are not used.
+    """
+
+    def __repr__(self) -> str:
+        return Exception.__repr__(self)
+
+
+class _AioGrpcCircuitOpenError(GrpcCircuitOpenError, _AioStatus):
+    """`GrpcCircuitOpenError` raised in grpc.aio."""
+
+
+class _AioGrpcConcurrencyLimitExceededError(GrpcConcurrencyLimitExceededError, _AioStatus):
+    """`GrpcConcurrencyLimitExceededError` raised in grpc.aio."""
+
+
+class _AioGrpcDeadlineExceededError(GrpcDeadlineExceededError, _AioStatus):
+    """`GrpcDeadlineExceededError` raised in grpc.aio."""
+
+
 # -- status rules ---------------------------------------------------------------------
 
 
@@ -515,7 +544,8 @@ class _Client:
         if deadline is not None:
             left = deadline.expires_at - deadline.clock.monotonic()
             if left <= 0:
-                raise GrpcDeadlineExceededError(self.target, deadline.budget, before_call=True)
+                spent = _AioGrpcDeadlineExceededError if aio else GrpcDeadlineExceededError
+                raise spent(self.target, deadline.budget, before_call=True)
             if timeout is None or left < timeout:
                 timeout = left
         if timeout is not None and timeout > _NO_DEADLINE:
@@ -576,7 +606,7 @@ class _Client:
             try:
                 permit = await breaker.aacquire()
             except CircuitOpenError as error:
-                raise GrpcCircuitOpenError(error.name, error.state, error.retry_after) from None
+                raise _AioGrpcCircuitOpenError(error.name, error.state, error.retry_after) from None
         held = None
         if self.limit is not None:
             try:
@@ -584,7 +614,7 @@ class _Client:
             except ConcurrencyLimitExceededError as error:
                 if permit is not None:
                     permit.release()
-                raise GrpcConcurrencyLimitExceededError(
+                raise _AioGrpcConcurrencyLimitExceededError(
                     error.name, error.limit, error.waited
                 ) from None
             except BaseException:
@@ -635,7 +665,9 @@ class _Client:
             else:
                 held.record_success()
 
-    def cut(self, error: BaseException, deadline: Deadline | None) -> BaseException | None:
+    def cut(
+        self, error: BaseException, deadline: Deadline | None, aio: bool = False
+    ) -> BaseException | None:
         """The `GrpcDeadlineExceededError` for a DEADLINE_EXCEEDED that is the deadline's."""
         if (
             deadline is None
@@ -644,7 +676,9 @@ class _Client:
             or deadline.expires_at - deadline.clock.monotonic() > _DEADLINE_SLACK
         ):
             return None
-        cut = GrpcDeadlineExceededError(self.target, deadline.budget)
+        cut = (_AioGrpcDeadlineExceededError if aio else GrpcDeadlineExceededError)(
+            self.target, deadline.budget
+        )
         cut.__cause__ = error
         return cut
 
@@ -944,10 +978,15 @@ class ResilientClientInterceptor(
         # Extension point: a hedging policy would drive `attempt` here (several
         # at once, the losers cancelled); each attempt already takes its own
         # breaker and limit permits and sends its attempt number.
-        if _is_future_continuation(continuation):
+        future = _is_future_continuation(continuation)
+        if future:
             retry = None  # not retried: not counted as a retried call's outcome either
         try:
             return retry.call(attempt) if retry is not None else attempt()
+        except _REFUSALS as refused:
+            if future:  # a failed future, whose code() answers (grpcio's own would say INTERNAL)
+                return refused
+            raise
         finally:
             if token is not None:
                 leave_deadline(token)
@@ -962,9 +1001,11 @@ class ResilientClientInterceptor(
         client = self._client
         breaker = client.breaker_for(_method_name(client_call_details.method))
         token, deadline = client.enter(client_call_details.timeout)
+        stream = _RetryingStream(client, continuation, client_call_details, request, breaker)
         try:
-            stream = _RetryingStream(client, continuation, client_call_details, request, breaker)
             stream.start(deadline)
+        except _REFUSALS as refused:
+            stream.refuse(refused)  # raised on reading; code() answers (grpcio's: INTERNAL)
         finally:
             if token is not None:
                 leave_deadline(token)
@@ -1075,6 +1116,11 @@ class _RetryingStream(grpc.Call, _Future):
         self._deadline: Deadline | None = None
         self._received = False
         self._failed = False
+        self._refused: BaseException | None = None
+
+    def refuse(self, error: BaseException) -> None:
+        """End the stream before any attempt: `error` (one of ours) is what it answers."""
+        self._call = self._refused = error
 
     def start(self, deadline: Deadline | None) -> None:
         """Start an attempt (the first at once; the next ones from the retry loop)."""
@@ -1112,6 +1158,8 @@ class _RetryingStream(grpc.Call, _Future):
         return self
 
     def __next__(self) -> Any:
+        if self._refused is not None:
+            raise self._refused
         if self._received:
             try:
                 return next(self._call)
@@ -1223,7 +1271,7 @@ class _AioUnaryUnary(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
                     call.cancel()  # cancelled while waiting: the RPC goes too
                 client.settle(permit, held, exc)
                 if isinstance(exc, Exception):
-                    cut = client.cut(exc, deadline)
+                    cut = client.cut(exc, deadline, aio=True)
                     if cut is not None:
                         raise cut from exc
                 raise
@@ -1449,7 +1497,7 @@ class _AioRetryingStream(_AioStreamCall):
             message = await self._call.read()
         except grpc.RpcError as error:
             self._failed = True
-            cut = client.cut(error, self._deadline)
+            cut = client.cut(error, self._deadline, aio=True)
             if cut is not None:
                 raise cut from error
             raise
@@ -1471,7 +1519,7 @@ class _AioRetryingStream(_AioStreamCall):
                 try:
                     message = await self._call.read()
                 except grpc.RpcError as error:
-                    cut = client.cut(error, deadline)
+                    cut = client.cut(error, deadline, aio=True)
                     if cut is not None:
                         raise cut from error
                     raise

@@ -479,3 +479,86 @@ def test_a_failed_future_is_not_counted_as_a_retry_success(server: SyncServer) -
     assert metrics["success_first_try"] == 0
     assert metrics["retries"] == 0
     wait_until(lambda: breaker.metrics().calls["failure"] == 1)
+
+
+# -- a refused call's status, read from the call object ---------------------------------
+
+
+@pytest.mark.anyio
+async def test_aio_call_objects_answer_the_status_of_a_refused_call() -> None:
+    """docs/guide/grpc.md, "Errors": in grpc.aio, `await call.code()` answers after a refusal.
+
+    grpc.aio raises again, from `code()`, `details()` and the metadata, any
+    interceptor error that is not a `grpc.aio.AioRpcError`: ours are one there.
+    """
+    breaker = resilience.CircuitBreaker("open")
+    breaker.force_open()
+    limit = resilience.ConcurrencyLimit(resilience.AIMDLimit(initial_limit=1, max_limit=1))
+    channel = grpc.aio.insecure_channel(
+        "127.0.0.1:1",
+        interceptors=resilience.grpc.AsyncResilientClientInterceptor(
+            target="127.0.0.1:1", breaker=breaker
+        ),
+    )
+    limited = grpc.aio.insecure_channel(
+        "127.0.0.1:1",
+        interceptors=resilience.grpc.AsyncResilientClientInterceptor(
+            target="127.0.0.1:1", breaker=False, concurrency_limit=limit
+        ),
+    )
+    try:
+        for start, code in (
+            (lambda: channel.unary_unary(UNARY)(b"x"), grpc.StatusCode.UNAVAILABLE),
+            (lambda: channel.unary_stream(STREAM)(b"x"), grpc.StatusCode.UNAVAILABLE),
+            (lambda: channel.stream_unary(UPLOAD)(iter([b"x"])), grpc.StatusCode.UNAVAILABLE),
+            (
+                lambda: limited.unary_unary(UNARY)(b"x", timeout=5),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ),
+            (
+                lambda: limited.unary_unary(UNARY)(b"x", timeout=0),
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ),
+        ):
+            taken = limit.acquire() if code is grpc.StatusCode.RESOURCE_EXHAUSTED else None
+            call: Any = start()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await (call.read() if hasattr(call, "read") else call)
+            if taken is not None:
+                taken.release()
+            assert isinstance(raised.value, resilience.ResilienceError)
+            assert raised.value.code() is code
+            assert await call.code() is code
+            assert await call.details() == str(raised.value)
+            assert await call.trailing_metadata() == ()
+            assert call.done()
+    finally:
+        await channel.close()
+        await limited.close()
+
+
+def test_sync_futures_and_streams_answer_the_status_of_a_refused_call() -> None:
+    """docs/guide/grpc.md, "Errors": a refused `.future()` or server stream answers `code()`.
+
+    grpcio wraps an interceptor's exception there in an outcome whose code()
+    is INTERNAL: the refusal is returned as the call instead.
+    """
+    breaker = resilience.CircuitBreaker("open")
+    breaker.force_open()
+    interceptor = ResilientClientInterceptor(target="127.0.0.1:1", breaker=breaker)
+    methods = sync_methods(
+        grpc.intercept_channel(grpc.insecure_channel("127.0.0.1:1"), interceptor)
+    )
+    future = methods["unary"].future(b"x")
+    assert future.code() is grpc.StatusCode.UNAVAILABLE
+    assert future.done()
+    assert isinstance(future.exception(), resilience.CircuitOpenError)
+    with pytest.raises(resilience.CircuitOpenError):
+        future.result()
+    stream = methods["stream"](b"x")
+    assert stream.code() is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(resilience.CircuitOpenError):
+        next(stream)
+    with resilience.deadline(0):
+        spent = methods["stream"](b"x")
+    assert spent.code() is grpc.StatusCode.DEADLINE_EXCEEDED
