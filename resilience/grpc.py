@@ -750,7 +750,7 @@ def _watch_sync(
     grpcio runs `add_callback` callbacks when a call ends, except when the
     call object is garbage-collected unfinished (a stream the caller
     dropped): grpcio then cancels the RPC without calling them. A finalizer
-    on the call hands the permits back in that case, so the callback holds
+    on the call settles the permits in that case, so the callback holds
     the call weakly (a strong reference would keep it alive forever).
     `local_error()` says whether the call failed on this side (its request
     iterator raised): the permits are then released, as for a cancellation.
@@ -769,9 +769,17 @@ def _watch_sync(
             done = True
             return True
 
+    # grpcio's call state outlives the call object: its code is the call's
+    # end, or CANCELLED if grpcio cancelled it when collecting it. It tells a
+    # call collected after it ended but before grpcio ran its callbacks (they
+    # run after the waiting caller is woken) from one dropped unfinished.
+    state = getattr(call, "_state", None)
+
     def on_collected() -> None:
         if once():
-            client.settle(permit, held, None, _Code.CANCELLED)
+            code = getattr(state, "code", None)
+            ended = code if isinstance(code, grpc.StatusCode) else _Code.CANCELLED
+            client.settle(permit, held, None, ended)
 
     try:
         ref: Callable[[], Any] = weakref.ref(call)

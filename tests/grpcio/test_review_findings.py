@@ -562,3 +562,68 @@ def test_sync_futures_and_streams_answer_the_status_of_a_refused_call() -> None:
     with resilience.deadline(0):
         spent = methods["stream"](b"x")
     assert spent.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_the_default_budget_and_limit_are_the_guides(server: SyncServer) -> None:
+    """docs/guide/grpc.md, "Defaults": a budget of 20% of calls + 10/s; an AIMDLimit."""
+    interceptor = ResilientClientInterceptor(target="t", concurrency_limit=True)
+    assert interceptor.retry is not None
+    budget = interceptor.retry.budget
+    assert budget is not None
+    assert (budget.ratio, budget.min_per_second) == (0.2, 10.0)
+    assert interceptor.concurrency_limit is not None
+    assert isinstance(interceptor.concurrency_limit.algorithm, resilience.AIMDLimit)
+
+
+def test_a_retry_of_yours_keeps_its_attempts_budget_and_metrics(server: SyncServer) -> None:
+    """docs/guide/grpc.md, "Defaults": a `Retry` of yours keeps its attempts, budget, metrics.
+
+    gRPC errors are then retried by `retry_codes`, whatever its `on=` says.
+    """
+    budget = resilience.RetryBudget("mine")
+    mine = resilience.Retry(on=grpc.RpcError, attempts=3, wait=0.0, budget=budget, name="mine")
+    interceptor = ResilientClientInterceptor(target=server.target, retry=mine)
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target, options=channel_options()), interceptor
+    )
+    server.script.add(Step(grpc.StatusCode.UNAVAILABLE), Step(grpc.StatusCode.NOT_FOUND))
+    with pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary(UNARY)(b"x", timeout=5)
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND  # an RpcError, not retried
+    assert server.script.count() == 2
+    assert interceptor.retry is not None
+    assert interceptor.retry.attempts == 3
+    assert interceptor.retry.budget is budget
+    assert mine.metrics()["retries"] == 1  # your Retry's own counters
+    assert mine.metrics()["failed_after_retry"] + mine.metrics()["failed_not_retryable"] == 1
+
+
+def test_a_call_collected_before_its_callbacks_ran_settles_by_its_code() -> None:
+    """A call that ended, then was dropped before grpcio ran its callbacks: settled by its code.
+
+    grpcio runs the callbacks after waking the waiting caller, who may drop
+    the call first; the permit is settled from grpcio's call state then, not
+    as a cancellation.
+    """
+    from resilience.grpc import _watch_sync
+
+    class State:
+        code = grpc.StatusCode.UNAVAILABLE
+
+    class EndedCall:  # grpcio's call object, its callbacks not run yet
+        _state = State()
+
+        def add_callback(self, callback: Any) -> bool:
+            self.pending = callback
+            return True
+
+    breaker = resilience.CircuitBreaker("b")
+    client = ResilientClientInterceptor(target="t", breaker=breaker, retry=False)._client
+    call = EndedCall()
+    _watch_sync(client, call, breaker.acquire(), None)
+    pending = call.pending
+    del call
+    gc.collect()
+    assert breaker.metrics().calls["failure"] == 1
+    pending()  # grpcio runs it late: already settled, nothing more
+    assert settled(breaker) == 1
