@@ -627,3 +627,69 @@ def test_a_call_collected_before_its_callbacks_ran_settles_by_its_code() -> None
     assert breaker.metrics().calls["failure"] == 1
     pending()  # grpcio runs it late: already settled, nothing more
     assert settled(breaker) == 1
+
+
+# -- aio cancellation at each await -----------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_aio_cancellation_in_the_backoff_and_in_the_limit_queue() -> None:
+    """A call cancelled while it waits (a backoff, a limit slot): its permits settle once.
+
+    It leaves the limit's queue, and no task of ours is left behind.
+    """
+    from resilience.grpc import _aio_settling
+
+    script = Script()
+    grpc_server, port = await start_aio_server(script)
+    target = f"127.0.0.1:{port}"
+    breaker = resilience.CircuitBreaker("echo")
+    breaker.metrics_only()
+    limit = resilience.ConcurrencyLimit(
+        resilience.AIMDLimit(initial_limit=1, min_limit=1, max_limit=1), max_wait=30.0
+    )
+    channel = grpc.aio.insecure_channel(
+        target,
+        options=channel_options(),
+        interceptors=resilience.grpc.AsyncResilientClientInterceptor(
+            target=target,
+            breaker=breaker,
+            concurrency_limit=limit,
+            retry=resilience.Retry(on=grpc.RpcError, attempts=3, wait=30.0),
+        ),
+    )
+
+    async def until(condition: Any) -> None:
+        for _ in range(300):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("never happened")
+
+    try:
+        unary = channel.unary_unary(UNARY)
+        script.add(Step(grpc.StatusCode.UNAVAILABLE))
+        in_backoff = asyncio.ensure_future(unary(b"x", timeout=60))
+        await until(lambda: settled(breaker) == 1)  # the first attempt failed: now it sleeps
+        in_backoff.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await in_backoff
+        assert breaker.metrics().calls["failure"] == 1
+        assert limit.metrics()["in_flight"] == 0
+
+        taken = limit.acquire()
+        queued = asyncio.ensure_future(unary(b"y", timeout=60))
+        await until(lambda: limit.metrics()["waiting"] == 1)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        taken.release()
+        assert limit.metrics()["waiting"] == 0
+        assert limit.metrics()["in_flight"] == 0
+        assert breaker.metrics().calls["ignored"] == 1  # its breaker permit handed back
+        assert settled(breaker) == 2
+        assert script.count() == 1
+        await until(lambda: not _aio_settling)
+    finally:
+        await channel.close()
+        await grpc_server.stop(None)
