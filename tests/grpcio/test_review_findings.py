@@ -693,3 +693,70 @@ async def test_aio_cancellation_in_the_backoff_and_in_the_limit_queue() -> None:
     finally:
         await channel.close()
         await grpc_server.stop(None)
+
+
+# -- the server interceptors' options ---------------------------------------------------
+
+
+def test_a_call_without_a_deadline_gets_the_default() -> None:
+    """docs/guide/grpc.md: a call without a deadline gets `default`; a huge one `max_seconds`."""
+    seen: list[float | None] = []
+
+    def handler(request: bytes, context: Any) -> bytes:
+        seen.append(resilience.remaining())
+        return request
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2),
+        interceptors=[resilience.grpc.DeadlineServerInterceptor(max_seconds=5.0, default=3.0)],
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(handler)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        channel.unary_unary(UNARY)(b"x")
+        channel.unary_unary(UNARY)(b"x", timeout=1e8)
+        channel.close()
+    finally:
+        server.stop(None)
+    assert seen[0] is not None
+    assert 2.0 < seen[0] <= 3.0
+    assert seen[1] is not None
+    assert 4.0 < seen[1] <= 5.0
+
+
+@pytest.mark.anyio
+async def test_aio_server_stream_handlers_that_write_run_in_the_deadline() -> None:
+    """A grpc.aio stream handler that writes with `context.write()` runs in the deadline."""
+    seen: list[float | None] = []
+
+    async def stream(request: bytes, context: Any) -> None:
+        seen.append(resilience.remaining())
+        await context.write(request)
+        await context.write(request)
+
+    server = grpc.aio.server(interceptors=[AsyncDeadlineServerInterceptor()])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            replies = [m async for m in channel.unary_stream(STREAM)(b"w", timeout=2.0)]
+    finally:
+        await server.stop(None)
+    assert replies == [b"w", b"w"]
+    assert seen[0] is not None
+    assert 1.0 < seen[0] <= 2.1
