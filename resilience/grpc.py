@@ -447,6 +447,11 @@ class _Client:
         else:
             self.clock = SYSTEM_CLOCK
         self.breaker = self._resolve_breaker(breaker)
+        if self.by_method and isinstance(self.breaker, CircuitBreaker):
+            raise ValueError(
+                'breaker_scope="method" needs a BreakerRegistry (or breaker=True), not one '
+                "CircuitBreaker: every method would share it"
+            )
         self.retry = self._resolve_retry(retry)
         self.limit = self._resolve_limit(concurrency_limit)
 
@@ -931,7 +936,8 @@ class ResilientClientInterceptor(
             `BreakerRegistry` of yours, one `CircuitBreaker` for every call,
             or False for none.
         breaker_scope: "target" (one breaker per target) or "method" (one per
-            target and method, named `target/package.Service/Method`).
+            target and method, named `target/package.Service/Method`; needs
+            a registry, not one `CircuitBreaker`).
         retry: True for the default retry (4 attempts, exponential backoff
             from 0.2 s with full jitter up to 5 s, a `RetryBudget` named after
             the target), a `resilience.Retry` of yours (gRPC errors are then
@@ -1369,7 +1375,8 @@ class AsyncResilientClientInterceptor(
             `BreakerRegistry` of yours, one `CircuitBreaker` for every call,
             or False for none.
         breaker_scope: "target" (one breaker per target) or "method" (one per
-            target and method, named `target/package.Service/Method`).
+            target and method, named `target/package.Service/Method`; needs
+            a registry, not one `CircuitBreaker`).
         retry: True for the default retry (4 attempts, exponential backoff
             from 0.2 s with full jitter up to 5 s, a `RetryBudget` named after
             the target), a `resilience.Retry` of yours (gRPC errors are then

@@ -760,3 +760,14 @@ async def test_aio_server_stream_handlers_that_write_run_in_the_deadline() -> No
     assert replies == [b"w", b"w"]
     assert seen[0] is not None
     assert 1.0 < seen[0] <= 2.1
+
+
+def test_breaker_scope_method_with_one_breaker_is_refused() -> None:
+    """breaker_scope="method" with one CircuitBreaker was silently one breaker for all."""
+    with pytest.raises(ValueError, match='breaker_scope="method" needs a BreakerRegistry'):
+        ResilientClientInterceptor(
+            target="t", breaker=resilience.CircuitBreaker("one"), breaker_scope="method"
+        )
+    registry = resilience.BreakerRegistry()
+    interceptor = ResilientClientInterceptor(target="t", breaker=registry, breaker_scope="method")
+    assert interceptor.breakers is registry
