@@ -771,3 +771,25 @@ def test_breaker_scope_method_with_one_breaker_is_refused() -> None:
     registry = resilience.BreakerRegistry()
     interceptor = ResilientClientInterceptor(target="t", breaker=registry, breaker_scope="method")
     assert interceptor.breakers is registry
+
+
+@pytest.mark.parametrize(("retry_deadline", "attempts"), [(False, 1), (True, 2)])
+def test_an_attempt_cut_by_attempt_timeout_is_retried_only_if_asked(
+    server: SyncServer, retry_deadline: bool, attempts: int
+) -> None:
+    """docs/guide/grpc.md, "Deadlines": an attempt's DEADLINE_EXCEEDED is retried if listed."""
+    codes = set(resilience.grpc.RETRY_CODES)
+    if retry_deadline:
+        codes.add(grpc.StatusCode.DEADLINE_EXCEEDED)
+    methods, _, _ = limited_channel(
+        server,
+        attempt_timeout=0.1,
+        retry=resilience.Retry(on=grpc.RpcError, attempts=2, wait=0.0),
+        retry_codes=codes,
+    )
+    server.script.add(Step(sleep=0.3), Step(sleep=0.3))
+    with pytest.raises(grpc.RpcError) as raised:
+        methods["unary"](b"x", timeout=5)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert not isinstance(raised.value, resilience.DeadlineExceededError)  # the attempt's
+    assert server.script.count() == attempts
