@@ -793,3 +793,23 @@ def test_an_attempt_cut_by_attempt_timeout_is_retried_only_if_asked(
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert not isinstance(raised.value, resilience.DeadlineExceededError)  # the attempt's
     assert server.script.count() == attempts
+
+
+def test_a_stream_failing_after_its_first_message_is_a_retry_success(
+    server: SyncServer,
+) -> None:
+    """docs/guide/grpc.md, "Streaming": the retry counts the first message; the breaker the end."""
+    breaker = resilience.CircuitBreaker("echo")
+    interceptor = ResilientClientInterceptor(target=server.target, breaker=breaker)
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target, options=channel_options()), interceptor
+    )
+    server.script.add(Step(grpc.StatusCode.UNAVAILABLE, messages=1))
+    received: list[bytes] = []
+    with pytest.raises(grpc.RpcError):
+        received.extend(channel.unary_stream(STREAM)(b"s", timeout=5))
+    assert received == [b"s"]
+    assert interceptor.retry is not None
+    assert interceptor.retry.metrics()["success_first_try"] == 1
+    wait_until(lambda: breaker.metrics().calls["failure"] == 1)
+    assert server.script.count(STREAM) == 1
