@@ -813,3 +813,50 @@ def test_a_stream_failing_after_its_first_message_is_a_retry_success(
     assert interceptor.retry.metrics()["success_first_try"] == 1
     wait_until(lambda: breaker.metrics().calls["failure"] == 1)
     assert server.script.count(STREAM) == 1
+
+
+@pytest.mark.anyio
+async def test_aio_a_cancelled_read_ends_the_stream_with_code_cancelled() -> None:
+    """docs/guide/grpc.md, "Streaming": after a cancelled `read()`, EOF and code() CANCELLED.
+
+    grpc.aio's interceptor machinery ends the stream; the permit is handed back.
+    """
+
+    async def slow(request: bytes, context: Any) -> Any:
+        for _ in range(3):
+            yield request
+            await asyncio.sleep(0.3)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Stream": grpc.unary_stream_rpc_method_handler(slow)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    target = f"127.0.0.1:{port}"
+    breaker = resilience.CircuitBreaker("echo")
+    channel = grpc.aio.insecure_channel(
+        target,
+        interceptors=resilience.grpc.AsyncResilientClientInterceptor(
+            target=target, breaker=breaker
+        ),
+    )
+    try:
+        call = channel.unary_stream(STREAM)(b"x", timeout=5)
+        assert await call.read() == b"x"
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(call.read(), 0.05)
+        assert await call.read() is grpc.aio.EOF
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        for _ in range(300):
+            if breaker.metrics().calls["ignored"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert breaker.metrics().calls["ignored"] == 1
+    finally:
+        await channel.close()
+        await server.stop(None)
