@@ -1420,6 +1420,13 @@ class AsyncResilientClientInterceptor(
     def __len__(self) -> int:
         return 4
 
+    def __repr__(self) -> str:
+        # grpc.aio's error for `interceptors=[this]` shows it: say what to do.
+        return (
+            f"<AsyncResilientClientInterceptor target={self._client.target!r}: a sequence of "
+            f"4 interceptors, pass it as interceptors= or unpack it: [*interceptor, ...]>"
+        )
+
 
 async def _aio_start(
     client: _Client,

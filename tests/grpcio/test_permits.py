@@ -45,7 +45,8 @@ def test_concurrent_sync_calls_settle_every_permit_once(server: SyncServer) -> N
     interceptor = ResilientClientInterceptor(
         target=server.target,
         breaker=breaker,
-        retry=resilience.Retry(on=grpc.RpcError, attempts=5, wait=0.0),
+        # More attempts than scripted failures: one thread may draw them all in a row.
+        retry=resilience.Retry(on=grpc.RpcError, attempts=21, wait=0.0),
         clock=FakeClock(),
     )
     channel = grpc.intercept_channel(
@@ -104,7 +105,7 @@ async def test_concurrent_aio_calls_and_an_abandoned_stream() -> None:
         interceptors=AsyncResilientClientInterceptor(
             target=target,
             breaker=breaker,
-            retry=resilience.Retry(on=grpc.RpcError, attempts=5, wait=0.0),
+            retry=resilience.Retry(on=grpc.RpcError, attempts=6, wait=0.0),  # > 5 failures
         ),
     )
     try:
