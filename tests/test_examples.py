@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,14 @@ EXPECTED = {
         'resilience_middleware_responses_total{name="orders",outcome="deadline_exceeded"} 1.0',
         'resilience_middleware_responses_total{name="orders",outcome="shed"} 1.0',
     ],
+    "grpc_client.py": [
+        "sync: order 1, deadline ok: True",
+        "sync: not retried: INVALID_ARGUMENT - order id missing",
+        "sync: retry metrics: {'success_first_try': 0, 'success_after_retry': 1, 'failed_after_retry': 0, 'failed_not_retryable': 1, 'retries': 1, 'budget_exhausted': 0}",
+        "aio: order 2, deadline ok: True",
+        "aio: refused: UNAVAILABLE - circuit breaker 'orders' is forced_open; calls are rejected until reset",
+        "aio: also a resilience.CircuitOpenError: True",
+    ],
     "transport.py": [
         "sync: 200 {'order': 'a-1', 'deadline_ok': True} after 2 attempts",
         "POST is not retried: 503",
@@ -120,6 +129,8 @@ def test_example_runs(name: str) -> None:
         text=True,
         timeout=60,
         check=False,
+        # The checkout under test, not whichever copy of resilience is installed.
+        env={**os.environ, "PYTHONPATH": str(EXAMPLES.parent)},
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == EXPECTED[name]

@@ -22,9 +22,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 
 import resilience
+import resilience.grpc as resilience_grpc
 from resilience import (
     AIMDLimit,
     Backoff,
@@ -294,6 +296,31 @@ TABLE: dict[Callable[..., Any], dict[str, list[object] | str]] = {
     },
 }
 
+GRPC_CODES = ["UNAVAILABLE", 14, grpc.StatusCode.UNAVAILABLE, [14], {grpc.StatusCode.OK}]
+GRPC_CLIENT: dict[str, list[object] | str] = {
+    "target": NAME,
+    "breaker": [3, "on", None, object()],
+    "breaker_scope": ["origin", None, 3],
+    "retry": [3, "yes", None, object()],
+    "retry_codes": GRPC_CODES,
+    "failure_codes": GRPC_CODES,
+    "total_timeout": [s for s in SECONDS if s is not None],
+    "attempt_timeout": [s for s in SECONDS if s is not None],
+    "concurrency_limit": [3, "aimd", None, AIMDLimit()],
+    "clock": CLOCK,
+}
+GRPC_SERVER: dict[str, list[object] | str] = {
+    "max_seconds": SECONDS,
+    "default": [True, "1", math.nan, -1, math.inf],
+    "safety_margin": [True, "1", None, math.nan, -1, 30.0],
+    "clock": CLOCK,
+}
+TABLE[resilience_grpc.ResilientClientInterceptor] = GRPC_CLIENT
+TABLE[resilience_grpc.AsyncResilientClientInterceptor] = GRPC_CLIENT
+TABLE[resilience_grpc.DeadlineServerInterceptor] = GRPC_SERVER
+TABLE[resilience_grpc.AsyncDeadlineServerInterceptor] = GRPC_SERVER
+TABLE[resilience_grpc.channel_options] = {"options": ["abc", 3, [("a",)], [(1, 2)], [3]]}
+
 # What every constructor needs to be built at all, so one bad value is the only fault.
 REQUIRED: dict[Callable[..., Any], dict[str, object]] = {
     CircuitBreaker: {"name": "misuse"},
@@ -304,6 +331,8 @@ REQUIRED: dict[Callable[..., Any], dict[str, object]] = {
     Timeout: {"seconds": 1.0},
     resilience.deadline: {"seconds": 1.0},
     Fallback: {"fallback": "x", "on": Exception},
+    resilience_grpc.ResilientClientInterceptor: {"target": "misuse:50051"},
+    resilience_grpc.AsyncResilientClientInterceptor: {"target": "misuse:50051"},
 }
 
 CASES = [

@@ -98,7 +98,7 @@ import json, sys, time
 start = time.perf_counter()
 import resilience
 elapsed = time.perf_counter() - start
-heavy = sorted(m for m in ("httpx", "prometheus_client", "structlog", "redis", "tenacity",
+heavy = sorted(m for m in ("httpx", "prometheus_client", "structlog", "redis", "tenacity", "grpc",
                            "asyncio", "trio") if m in sys.modules)
 print(json.dumps({"ms": elapsed * 1000, "heavy": heavy}))
 """
