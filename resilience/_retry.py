@@ -234,6 +234,7 @@ class Retry(Policy):
         self._failed_not_retryable: itertools.count[int] = itertools.count()
         self._retries: itertools.count[int] = itertools.count()
         self._budget_exhausted: itertools.count[int] = itertools.count()
+        self._cancelled: itertools.count[int] = itertools.count()
         track("retry", self)
 
     # -- the loop ---------------------------------------------------------------
@@ -251,6 +252,9 @@ class Retry(Policy):
                 self._not_retried(exc, self._failed_not_retryable)
                 raise
             failure = exc
+        except BaseException:  # KeyboardInterrupt, SystemExit: the call ends, uncounted else
+            next(self._cancelled)
+            raise
         else:
             if type(result) not in PLAIN_TYPES and is_awaitable_type(type(result)):
                 raise returned_awaitable(self, fn, result)  # misuse: counted nowhere
@@ -258,7 +262,13 @@ class Retry(Policy):
                 next(self._success_first_try)
                 return result
         # Outside the except block, so a later attempt's error is not chained to this one.
-        return self._retry_sync(fn, args, kwargs, failure, None if failure else result, started)
+        try:
+            return self._retry_sync(fn, args, kwargs, failure, None if failure else result, started)
+        except Exception:
+            raise
+        except BaseException:
+            next(self._cancelled)
+            raise
 
     def _retry_sync(
         self,
@@ -322,13 +332,22 @@ class Retry(Policy):
                 self._not_retried(exc, self._failed_not_retryable)
                 raise
             failure = exc
+        except BaseException:  # cancelled (asyncio, trio) or interrupted
+            next(self._cancelled)
+            raise
         else:
             if self.retry_if_result is None or not self.retry_if_result(result):
                 next(self._success_first_try)
                 return result
-        return await self._retry_async(
-            fn, args, kwargs, failure, None if failure else result, started
-        )
+        try:
+            return await self._retry_async(
+                fn, args, kwargs, failure, None if failure else result, started
+            )
+        except Exception:
+            raise
+        except BaseException:
+            next(self._cancelled)
+            raise
 
     async def _retry_async(
         self,
@@ -521,7 +540,13 @@ class Retry(Policy):
     # -- reading --------------------------------------------------------------------
 
     def metrics(self) -> dict[str, int]:
-        """Calls by outcome, retries made, and retries refused by the budget."""
+        """Calls by outcome, retries made, and retries refused by the budget.
+
+        `cancelled` counts calls ended by a cancellation (asyncio, trio) or an
+        interrupt (a `BaseException` that is not an `Exception`), during an
+        attempt or a wait: with the four outcomes, every call is counted once
+        (a misuse, a `MisuseError`, is counted nowhere).
+        """
         return {
             "success_first_try": peek(self._success_first_try),
             "success_after_retry": peek(self._success_after_retry),
@@ -529,6 +554,7 @@ class Retry(Policy):
             "failed_not_retryable": peek(self._failed_not_retryable),
             "retries": peek(self._retries),
             "budget_exhausted": peek(self._budget_exhausted),
+            "cancelled": peek(self._cancelled),
         }
 
     def __repr__(self) -> str:

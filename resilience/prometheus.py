@@ -77,6 +77,7 @@ _RETRY_OUTCOMES = (
     "success_after_retry",
     "failed_after_retry",
     "failed_not_retryable",
+    "cancelled",
 )
 
 

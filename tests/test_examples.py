@@ -70,7 +70,7 @@ EXPECTED = {
     "grpc_client.py": [
         "sync: order 1, deadline ok: True",
         "sync: not retried: INVALID_ARGUMENT - order id missing",
-        "sync: retry metrics: {'success_first_try': 0, 'success_after_retry': 1, 'failed_after_retry': 0, 'failed_not_retryable': 1, 'retries': 1, 'budget_exhausted': 0}",
+        "sync: retry metrics: {'success_first_try': 0, 'success_after_retry': 1, 'failed_after_retry': 0, 'failed_not_retryable': 1, 'retries': 1, 'budget_exhausted': 0, 'cancelled': 0}",
         "aio: order 2, deadline ok: True",
         "aio: refused: UNAVAILABLE - circuit breaker 'orders' is forced_open; calls are rejected until reset",
         "aio: also a resilience.CircuitOpenError: True",
@@ -85,7 +85,7 @@ EXPECTED = {
         "  retry.gave_up: deadline",
         "stock or unknown: -1",
         "gave up within the deadline: True",
-        "retry metrics: {'success_first_try': 0, 'success_after_retry': 1, 'failed_after_retry': 1, 'failed_not_retryable': 0, 'retries': 3, 'budget_exhausted': 0}",
+        "retry metrics: {'success_first_try': 0, 'success_after_retry': 1, 'failed_after_retry': 1, 'failed_not_retryable': 0, 'retries': 3, 'budget_exhausted': 0, 'cancelled': 0}",
     ],
     "breaker.py": [
         "failed: payments is down",

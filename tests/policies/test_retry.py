@@ -570,6 +570,7 @@ def test_events_and_metrics() -> None:
         "failed_not_retryable": 1,
         "retries": 2,
         "budget_exhausted": 0,
+        "cancelled": 0,
     }
 
 

@@ -23,6 +23,7 @@ NO_CALLS = {
     "failed_not_retryable": 0,
     "retries": 0,
     "budget_exhausted": 0,
+    "cancelled": 0,
 }
 
 
