@@ -82,6 +82,9 @@ class Row:
 
     `better` None: a figure to read, not to judge (no mark either way).
     `missing` is shown when an arm has no figure (None or NaN).
+    `versus_baseline` False: the baseline has nothing to compare here (plain
+    httpx has no hop to measure), so no arm is marked against it; the
+    protected arm is still compared with the rivals.
     """
 
     key: str
@@ -89,6 +92,7 @@ class Row:
     fmt: str
     better: Better
     missing: str = "n/a"
+    versus_baseline: bool = True
 
 
 @dataclass
