@@ -43,6 +43,7 @@ from resilience.demo._scenario import (
     Row,
     Scenario,
     registered,
+    seconds_text,
 )
 from resilience.demo.scenarios import _cascade
 
@@ -430,10 +431,19 @@ def test_a_scenario_needs_one_baseline_first_and_one_protected_arm() -> None:
 
 
 def test_header_times_match_the_plan() -> None:
-    """30 s: payments hangs from 7.5 s to 18 s (not "8 s")."""
+    """30 s: payments hangs from 7.5 s to 18 s (not "8 s"); --quick: from 1.25 s (not "1.2")."""
     plan = _cascade.plan(Options())
     assert plan.duration == 30.0
     assert "from 7.5 s to 18 s" in _cascade.header(plan, Options())
+    quick = _cascade.plan(Options(quick=True))
+    assert "for 5 s; payments hangs from 1.25 s to 3 s" in _cascade.header(quick, Options())
+    assert [seconds_text(t) for t in (0.0, 0.75, 1.05, 2.5, 18.0)] == [
+        "0",
+        "0.75",
+        "1.05",
+        "2.5",
+        "18",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,14 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], options: Options) 
             reason = arm.unavailable()
             if reason is not None:
                 skipped[arm.name] = reason
-                console.print(f"  {arm.name}: skipped, {reason}", highlight=False)
+                skip = f"{arm.name}: skipped, {reason}"
+                text = textwrap.fill(
+                    skip,
+                    width=min(console.width, 80),
+                    initial_indent="  ",
+                    subsequent_indent="    ",
+                )
+                console.print(text, highlight=False, soft_wrap=True)
                 continue
             results[arm.name] = _report.progress(
                 console, arm.name, plan, partial(_run_arm, arm, plan, options)

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._scenario import seconds_text
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
@@ -248,7 +250,8 @@ def progress(
         phase = plan.phase_at(now).name
         if phase not in seen:
             seen.append(phase)
-            console.print(f"  {name}: {phase} (from {starts[phase]:.1f} s)", highlight=False)
+            began = seconds_text(starts[phase])
+            console.print(f"  {name}: {phase} (from {began} s)", highlight=False)
 
     result = run(announce)
     console.print(f"  {name}: done ({time.monotonic() - began:.1f} s)", highlight=False)

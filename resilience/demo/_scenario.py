@@ -25,6 +25,11 @@ Role = Literal["baseline", "rival", "protected"]
 Better = Literal["lower", "higher"] | None
 
 
+def seconds_text(value: float) -> str:
+    """Seconds as the plan has them: 7.5, 18, 1.25 (never rounded to a time it is not)."""
+    return f"{value:.2f}".rstrip("0").removesuffix(".")
+
+
 @dataclass(frozen=True)
 class Phase:
     """A stretch of a run: its name and how long it lasts, in seconds."""

@@ -61,7 +61,7 @@ from .._harness import (
     serve,
 )
 from .._hop import BreakerSettings, HopSettings, resilient_transport
-from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register
+from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register, seconds_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -135,15 +135,12 @@ def clients(options: Options) -> int:
     return options.clients or (10 if options.quick else 20)
 
 
-def _seconds(value: float) -> str:
-    return f"{value:.1f}".removesuffix(".0")
-
-
 def header(plan: Plan, options: Options) -> str:
     start, end = plan.fault
     return (
         f"cascade: gateway -> orders -> payments, {clients(options)} clients for "
-        f"{_seconds(plan.duration)} s; payments hangs from {_seconds(start)} s to {_seconds(end)} s"
+        f"{seconds_text(plan.duration)} s; payments hangs "
+        f"from {seconds_text(start)} s to {seconds_text(end)} s"
     )
 
 
