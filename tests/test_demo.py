@@ -76,7 +76,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "all",
             "--quick",
             "--duration",
-            "3",
+            "2.5",  # every phase still sees several progress ticks (one per 0.2 s)
             "--plot-dir",
             str(directory / "plots"),
             "--json",
@@ -718,3 +718,50 @@ def test_markdown_keeps_the_labels_indentation() -> None:
     text = _report.markdown(scenario, "fake", results, lines, {})
     assert "| fault: in full | 1 | 1 |" in text
     assert "| &nbsp;&nbsp;reads | 1 | 1 |" in text
+
+
+def _make_dry_run(directory: Path, target: str) -> str:
+    result = subprocess.run(
+        ["make", "-n", "-f", str(directory / "Makefile"), target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=directory,
+    )
+    return result.stdout
+
+
+def test_make_demo_installs_only_the_demo_extra_and_make_test_still_gets_the_dev_tools(
+    tmp_path: Path,
+) -> None:
+    """docs/development.md: `make demo` installs the package and its `demo` extra only.
+
+    A later `make test` still installs the dev tools (its own stamp), and the other way round.
+    """
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "Makefile", tmp_path / "Makefile")
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
+    demo_install = 'pip install --editable ".[demo]";'
+    dev_install = 'pip install --editable ".[demo]" --group dev'
+
+    fresh = _make_dry_run(tmp_path, "demo")
+    assert demo_install in fresh
+    assert "--group dev" not in fresh
+    assert "-m resilience.demo --scenario all" in fresh
+
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed-demo").touch()  # `make demo` ran: the demo-only venv
+    after_demo = _make_dry_run(tmp_path, "test")
+    assert dev_install in after_demo
+    assert "pip install" not in _make_dry_run(tmp_path, "demo")  # nothing to redo
+
+    (venv / ".installed-dev").touch()  # `make test` ran: the full dev venv
+    assert "pip install" not in _make_dry_run(tmp_path, "test")
+    (venv / ".installed-demo").unlink()  # a dev venv, then `make demo`: the extra only
+    assert dev_install not in _make_dry_run(tmp_path, "demo")
