@@ -9,8 +9,10 @@ No assertion here is about how fast anything is.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -26,6 +28,7 @@ from resilience.demo import __main__ as demo
 from resilience.demo import _report, _sidecar
 from resilience.demo._harness import (
     Sample,
+    WorkerPool,
     check_outcomes,
     count_outcomes,
     per_second,
@@ -40,6 +43,7 @@ from resilience.demo._scenario import (
     Row,
     Scenario,
     registered,
+    seconds_text,
 )
 from resilience.demo.scenarios import _cascade
 
@@ -72,7 +76,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "all",
             "--quick",
             "--duration",
-            "3",
+            "2.5",  # every phase still sees several progress ticks (one per 0.2 s)
             "--plot-dir",
             str(directory / "plots"),
             "--json",
@@ -121,6 +125,38 @@ def test_every_answer_is_full_degraded_or_failed(quick_run: dict[str, Any]) -> N
                 assert sum(bucket[key] for bucket in buckets) == totals[key]
 
 
+def test_the_cascade_splits_the_fault_by_what_a_request_needs(quick_run: dict[str, Any]) -> None:
+    """docs/why.md: four in five requests are reads, one a checkout; reads have no fallback.
+
+    The fault's "in full" is the reads in full plus the checkouts in full.
+    """
+    for name, arm in quick_run["report"]["scenarios"]["cascade"]["arms"].items():
+        totals = arm["totals"]
+        by_kind = totals["by_kind"]
+        assert set(by_kind) == {"read", "checkout"}
+        for outcome in ("full", "degraded", "failed"):
+            assert sum(kind[outcome] for kind in by_kind.values()) == totals[outcome], name
+        # The n-th request is a checkout when n % 5 == 4: the mix holds exactly.
+        assert sum(by_kind["checkout"].values()) == totals["answers"] // 5, name
+        assert by_kind["read"]["degraded"] == 0, name
+        assert totals["full_during_fault"] == (
+            totals["reads_full_during_fault"] + totals["checkouts_full_during_fault"]
+        )
+        assert totals["reads_full_during_fault"] <= totals["reads_during_fault"]
+        assert (
+            totals["checkouts_full_during_fault"] + totals["checkouts_degraded_during_fault"]
+            <= totals["checkouts_during_fault"]
+        )
+        if totals["reads_during_fault"]:
+            assert totals["reads_full_share_during_fault"] == pytest.approx(
+                totals["reads_full_during_fault"] / totals["reads_during_fault"]
+            )
+        if name != "resilience":  # only the protected arm has a fallback
+            assert totals["degraded"] == 0, name
+        assert totals["orders_workers"] == _cascade.ORDERS_WORKERS
+        assert totals["orders_peak_busy"] <= _cascade.ORDERS_WORKERS
+
+
 def test_marks_and_notes_follow_the_figures(quick_run: dict[str, Any]) -> None:
     """A mark only where the figure is better than plain's; a note where resilience is not."""
     for scenario in registered():
@@ -131,11 +167,16 @@ def test_marks_and_notes_follow_the_figures(quick_run: dict[str, Any]) -> None:
             row = rows[line["key"]]
             values = [part["arms"][name]["totals"].get(row.key) for name in names]
             for i, name in enumerate(names):
-                expected = i > 0 and _report.better(row, values[i], values[0])
+                expected = (
+                    i > 0 and row.versus_baseline and _report.better(row, values[i], values[0])
+                )
                 assert line["better_than_baseline"][i] == expected, (line, name)
                 assert line["cells"][i].endswith(_report.MARK) == expected
             protected = names.index("resilience")
-            if row.better is not None and not _report.better(row, values[protected], values[0]):
+            if not row.versus_baseline:
+                assert values[0] is None, line  # plain has no hop: "no hop", not 0
+                assert "plain" not in line["note"], line
+            elif row.better is not None and not _report.better(row, values[protected], values[0]):
                 assert "NOT better" in line["note"] or "same as" in line["note"], line
 
 
@@ -146,6 +187,9 @@ def test_piped_output_is_plain_lines_within_80_columns(quick_run: dict[str, Any]
     assert "━" not in stdout
     assert "0:00:00" not in stdout
     assert max(len(line) for line in stdout.splitlines()) <= 80
+    for scenario in registered():
+        for row in scenario.rows:  # labels are never cut in two
+            assert f" {row.label.strip()} " in stdout, row.label
     assert "resilience: payments hangs (from " in stdout  # a line per phase
     assert "better than plain" in stdout
 
@@ -387,10 +431,19 @@ def test_a_scenario_needs_one_baseline_first_and_one_protected_arm() -> None:
 
 
 def test_header_times_match_the_plan() -> None:
-    """30 s: payments hangs from 7.5 s to 18 s (not "8 s")."""
+    """30 s: payments hangs from 7.5 s to 18 s (not "8 s"); --quick: from 1.25 s (not "1.2")."""
     plan = _cascade.plan(Options())
     assert plan.duration == 30.0
     assert "from 7.5 s to 18 s" in _cascade.header(plan, Options())
+    quick = _cascade.plan(Options(quick=True))
+    assert "for 5 s; payments hangs from 1.25 s to 3 s" in _cascade.header(quick, Options())
+    assert [seconds_text(t) for t in (0.0, 0.75, 1.05, 2.5, 18.0)] == [
+        "0",
+        "0.75",
+        "1.05",
+        "2.5",
+        "18",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -442,10 +495,273 @@ def test_cascade_protected_arm_uses_the_adaptive_limits() -> None:
 
     counters: dict[str, float] = {}
     url = "http://127.0.0.1:1"
-    assert isinstance(
-        _cascade.orders_app("resilience", url, counters), ASGIConcurrencyLimitMiddleware
-    )
+    app, pool = _cascade.orders_app("resilience", url, counters)
+    assert isinstance(app, ASGIConcurrencyLimitMiddleware)
+    assert pool.workers == _cascade.ORDERS_WORKERS
     for mode in ("plain", "sidecar"):
-        assert not isinstance(
-            _cascade.orders_app(mode, url, counters), ASGIConcurrencyLimitMiddleware
+        app, pool = _cascade.orders_app(mode, url, counters)
+        assert app is pool  # the same workers, nothing in front of them
+        assert pool.workers == _cascade.ORDERS_WORKERS
+
+
+def test_a_request_waits_for_a_worker_held_by_a_hung_one() -> None:
+    """The cascade's mechanism (docs/why.md): a read waits while hung requests hold the workers.
+
+    It needs nothing from the hung dependency, yet waits in the queue until a worker frees.
+    """
+
+    async def scenario() -> list[str]:
+        release = asyncio.Event()
+        done: list[str] = []
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["path"] == "/hung":
+                await release.wait()
+            done.append(scope["path"])
+
+        pool = WorkerPool(app, 2)
+        hung = [asyncio.create_task(pool({"type": "http", "path": "/hung"}, None, None))]
+        hung.append(asyncio.create_task(pool({"type": "http", "path": "/hung"}, None, None)))
+        read = asyncio.create_task(pool({"type": "http", "path": "/read"}, None, None))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert done == []
+        assert not read.done()
+        assert (pool.busy.now, pool.queued.now) == (2, 1)
+        release.set()
+        await asyncio.gather(*hung, read)
+        assert (pool.busy.peak, pool.queued.peak) == (2, 1)
+        return done
+
+    assert asyncio.run(scenario()) == ["/hung", "/hung", "/read"]
+
+
+def test_the_queue_counts_only_requests_that_wait() -> None:
+    """The queue's peak ("peak queue at orders") is 0 when a worker was always free."""
+
+    async def scenario() -> WorkerPool:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await asyncio.sleep(0)
+
+        pool = WorkerPool(app, 2)
+        for _ in range(5):
+            await pool({"type": "http", "path": "/"}, None, None)
+        return pool
+
+    pool = asyncio.run(scenario())
+    assert (pool.busy.peak, pool.queued.peak) == (1, 0)
+
+
+def test_the_traffic_mix_and_outcomes_of_the_cascade() -> None:
+    """A read is full or failed; a checkout is full (paid), degraded (pending) or failed."""
+    import httpx
+
+    def reply(status: int, body: dict[str, str]) -> httpx.Response:
+        return httpx.Response(status, json=body)
+
+    assert _cascade.MIX.count("read") == 4
+    assert _cascade.MIX.count("checkout") == 1
+    assert _cascade.ORDERS_WORKERS == 5  # docs/why.md: "Orders has 5 workers in every arm"
+    assert _cascade.outcome("read", reply(200, {"status": "shipped"})) == "full"
+    assert _cascade.outcome("read", reply(503, {"error": "x"})) == "failed"
+    assert _cascade.outcome("checkout", reply(200, {"payment": "done"})) == "full"
+    assert _cascade.outcome("checkout", reply(200, {"payment": "pending"})) == "degraded"
+    assert _cascade.outcome("checkout", reply(200, {"status": "shipped"})) == "failed"
+    assert _cascade.outcome("checkout", reply(502, {"error": "x"})) == "failed"
+
+
+def test_load_mix_kinds_keep_their_shares() -> None:
+    """`run_load(mix=...)`: the n-th request of the run is of kind mix[n % len(mix)]."""
+    from resilience.demo._harness import run_load
+
+    async def call(client: Any, kind: str) -> Any:
+        await asyncio.sleep(0.001 if kind == "a" else 0.005)
+        return "full"
+
+    samples = asyncio.run(
+        run_load(call, clients=3, duration=0.2, client_timeout=1.0, mix=("a", "a", "b"))
+    )
+    kinds = [sample.kind for sample in samples]
+    assert kinds.count("b") == len(kinds) // 3
+
+
+def test_a_row_plain_has_no_figure_for_marks_nobody() -> None:
+    """Plain httpx has no hop: "no hop", no mark against it; resilience vs the sidecar still.
+
+    (docs/why.md: a figure is marked only where it is better than plain's.)
+    """
+    scenario = replace(
+        _fake_scenario({}),
+        rows=(Row("hop", "hop", "{:.3f} ms", "lower", missing="no hop", versus_baseline=False),),
+    )
+    results = {
+        "plain": ArmResult([], {"hop": None}),
+        "sidecar": ArmResult([], {"hop": -0.2}),
+        "resilience": ArmResult([], {"hop": 0.1}),
+    }
+    (line,) = _report.compare(scenario, results)
+    assert line.cells == ["no hop", "-0.200 ms", "0.100 ms"]
+    assert line.better_than_baseline == [False, False, False]
+    assert line.note == "sidecar better"
+
+
+def test_a_negative_hop_latency_is_called_noise() -> None:
+    """A hop cannot make calls faster: the closing notes say a negative figure is noise."""
+    results = {
+        "plain": ArmResult([], {"hop_added_median_ms": None}),
+        "haproxy": ArmResult([], {"hop_added_median_ms": -0.287}),
+        "resilience": ArmResult([], {"hop_added_median_ms": 0.1}),
+    }
+    (note,) = _cascade.negative_hop_notes(results)
+    assert note.startswith("haproxy: ")
+    assert "noise" in note
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (["--duration", "1e9"], "at most 3600"),
+        (["--duration", "0"], "above 0"),
+        (["--clients", "0"], "from 1 to 1000"),
+        (["--clients", "5000"], "from 1 to 1000"),
+        (["--metrics-port", "70000"], "from 1 to 65535"),
+        (["--scenario", "unknown"], "invalid choice"),
+    ],
+)
+def test_bad_numbers_stop_the_demo_before_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    complaint: str,
+) -> None:
+    """Out-of-range options exit 2 with a message before anything runs."""
+    monkeypatch.setattr(demo, "_run", lambda *args: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(arguments)
+    assert exit_info.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_too_many_clients_for_the_open_file_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past `ulimit -n` the requests, not the run, would fail: the demo refuses first."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 1024))
+    monkeypatch.setattr(demo, "_run", lambda *args: pytest.fail("the run started"))
+    with pytest.raises(SystemExit):
+        demo.main(["--clients", "100"])
+    assert "ulimit -n" in capsys.readouterr().err
+    raised: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 65536))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, limits: raised.append(limits))
+    monkeypatch.setattr(demo, "_run", lambda *args: 0)
+    assert demo.main(["--clients", "100"]) == 0
+    assert raised  # its own limit raised, within the hard one
+    assert raised[0][0] >= 2000
+
+
+def test_a_taken_metrics_port_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--metrics-port on a port in use: exit 2, saying so, before any arm runs."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = demo.main(
+            ["--metrics-port", str(port), "--plot-dir", str(tmp_path), "--duration", "1"]
         )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--metrics-port {port}: cannot listen" in err
+    assert "Traceback" not in err
+
+
+_SIDECAR_UNDER_1024_FILES = """
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+from resilience.demo import _sidecar
+from resilience.demo.scenarios import _cascade
+with _sidecar.sidecar(_cascade.ORDERS_TO_PAYMENTS, "http://127.0.0.1:1") as (url, pid):
+    print(_sidecar.global_maxconn(), url)
+"""
+
+
+def test_haproxy_starts_under_a_1024_open_file_limit() -> None:
+    """A common `ulimit -n`: HAProxy's maxconn fits it (before: "Cannot raise FD limit")."""
+    require_haproxy()
+    result = subprocess.run(
+        [sys.executable, "-c", _SIDECAR_UNDER_1024_FILES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    maxconn = int(result.stdout.split()[0])
+    assert _sidecar.MIN_MAXCONN <= maxconn <= (1024 - 64) // 2
+
+
+def test_markdown_keeps_the_labels_indentation() -> None:
+    """The Markdown table shows which rows are parts of the row above (docs/why.md)."""
+    scenario = replace(
+        _fake_scenario({}),
+        rows=(
+            Row("full", "fault: in full", "{:.0f}", "higher"),
+            Row("reads", "  reads", "{:.0f}", "higher"),
+        ),
+    )
+    results = {name: ArmResult([], {"full": 1, "reads": 1}) for name in ("plain", "resilience")}
+    lines = _report.compare(scenario, results)
+    text = _report.markdown(scenario, "fake", results, lines, {})
+    assert "| fault: in full | 1 | 1 |" in text
+    assert "| &nbsp;&nbsp;reads | 1 | 1 |" in text
+
+
+def _make_dry_run(directory: Path, target: str) -> str:
+    result = subprocess.run(
+        ["make", "-n", "-f", str(directory / "Makefile"), target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=directory,
+    )
+    return result.stdout
+
+
+def test_make_demo_installs_only_the_demo_extra_and_make_test_still_gets_the_dev_tools(
+    tmp_path: Path,
+) -> None:
+    """docs/development.md: `make demo` installs the package and its `demo` extra only.
+
+    A later `make test` still installs the dev tools (its own stamp), and the other way round.
+    """
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "Makefile", tmp_path / "Makefile")
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
+    demo_install = 'pip install --editable ".[demo]";'
+    dev_install = 'pip install --editable ".[demo]" --group dev'
+
+    fresh = _make_dry_run(tmp_path, "demo")
+    assert demo_install in fresh
+    assert "--group dev" not in fresh
+    assert "-m resilience.demo --scenario all" in fresh
+
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed-demo").touch()  # `make demo` ran: the demo-only venv
+    after_demo = _make_dry_run(tmp_path, "test")
+    assert dev_install in after_demo
+    assert "pip install" not in _make_dry_run(tmp_path, "demo")  # nothing to redo
+
+    (venv / ".installed-dev").touch()  # `make test` ran: the full dev venv
+    assert "pip install" not in _make_dry_run(tmp_path, "test")
+    (venv / ".installed-demo").unlink()  # a dev venv, then `make demo`: the extra only
+    assert dev_install not in _make_dry_run(tmp_path, "demo")

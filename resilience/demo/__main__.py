@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 NEEDS = ("rich", "matplotlib", "uvicorn", "starlette")
 INSTALL = "pip install 'resilience[demo]'   (or, in a checkout: make demo)"
 DEFAULT_OUTPUT = "demo-output"
+#: An hour per arm: longer runs say nothing more (and the buckets would fill memory).
+MAX_DURATION = 3600.0
+#: 50 clients already saturate the one Python process that runs the services.
+MAX_CLIENTS = 1000
+#: Sockets one cascade client may hold across the chain, hung requests included.
+DESCRIPTORS_PER_CLIENT = 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +79,13 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], options: Options) 
     if args.metrics_port:
         import resilience.prometheus
 
-        resilience.prometheus.start_http_server(args.metrics_port)
+        try:
+            resilience.prometheus.start_http_server(args.metrics_port)
+        except OSError as exc:  # the port is taken, most often
+            sys.stderr.write(
+                f"--metrics-port {args.metrics_port}: cannot listen ({exc.strerror})\n"
+            )
+            return 2
         console.print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics")
     chosen = [s for s in scenarios if args.scenario in ("all", s.name)]
     report: dict[str, Any] = {"quick": args.quick, "scenarios": {}}
@@ -82,13 +94,21 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], options: Options) 
         plan = scenario.plan(options)
         header = scenario.header(plan, options)
         console.print()
-        console.print(Text(header, style="bold"))
+        # Wrapped here, between words, like the closing notes.
+        console.print(Text(textwrap.fill(header, width=min(console.width, 80)), style="bold"))
         results, skipped = {}, {}
         for arm in scenario.arms:
             reason = arm.unavailable()
             if reason is not None:
                 skipped[arm.name] = reason
-                console.print(f"  {arm.name}: skipped, {reason}", highlight=False)
+                skip = f"{arm.name}: skipped, {reason}"
+                text = textwrap.fill(
+                    skip,
+                    width=min(console.width, 80),
+                    initial_indent="  ",
+                    subsequent_indent="    ",
+                )
+                console.print(text, highlight=False, soft_wrap=True)
                 continue
             results[arm.name] = _report.progress(
                 console, arm.name, plan, partial(_run_arm, arm, plan, options)
@@ -125,9 +145,19 @@ def _parse(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m resilience.demo", description=__doc__)
     parser.add_argument("--scenario", choices=[*names, "all"], default=names[0])
     parser.add_argument("--quick", action="store_true", help="short runs (5 s per arm)")
-    parser.add_argument("--duration", type=_positive, help="seconds per run")
-    parser.add_argument("--clients", type=_positive_int, help="concurrent clients (cascade)")
-    parser.add_argument("--metrics-port", type=_positive_int, help="serve /metrics on 127.0.0.1")
+    parser.add_argument(
+        "--duration", type=_positive, help=f"seconds per run (at most {MAX_DURATION:.0f})"
+    )
+    parser.add_argument(
+        "--clients",
+        type=partial(_positive_int, at_most=MAX_CLIENTS),
+        help=f"concurrent clients (cascade; at most {MAX_CLIENTS})",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=partial(_positive_int, at_most=65535),
+        help="serve /metrics on 127.0.0.1",
+    )
     parser.add_argument(
         "--plot-dir",
         default=DEFAULT_OUTPUT,
@@ -138,6 +168,8 @@ def _parse(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--markdown", help="write the tables here, as in docs/why.md")
     args = parser.parse_args(argv)
+    if args.clients is not None and (problem := _check_descriptors(args.clients)):
+        parser.error(f"--clients {args.clients}: {problem}")
     # Checked before any run: a bad path must not cost a two-minute run.
     problem = _check_directory(Path(args.plot_dir))
     if problem:
@@ -172,17 +204,41 @@ def _check_file(path: Path) -> str | None:
     return None
 
 
+def _check_descriptors(clients: int) -> str | None:
+    """Whether this process may open the sockets `clients` need; raises its own limit if it can.
+
+    Past its limit a run would not fail: its requests would, counted as the
+    arms' failures. Each client holds sockets at every hop, and more pile up
+    while payments hangs (the callers' abandoned requests), hence the margin.
+    """
+    import resource
+
+    needed = DESCRIPTORS_PER_CLIENT * clients + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return None
+    return (
+        f"needs about {needed} open files and this process may open {hard} "
+        f"(ulimit -n): use fewer clients or raise the limit"
+    )
+
+
 def _positive(text: str) -> float:
     value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not (math.isfinite(value) and 0 < value <= MAX_DURATION):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_DURATION:.0f}, got {text}"
+        )
     return value
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, *, at_most: int) -> int:
     value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    if not 0 < value <= at_most:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {at_most}, got {text}")
     return value
 
 

@@ -8,6 +8,7 @@ Every count below is checked to add up: full + degraded + failed = answers.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import socket
 import threading
@@ -89,6 +90,38 @@ class Gauge:
         self.now -= 1
 
 
+class WorkerPool:
+    """A fixed number of workers in front of an ASGI app; requests over it wait in a queue.
+
+    What bounds a real service's concurrency: a thread pool (Starlette runs
+    sync endpoints in one), a process's workers (gunicorn), a database pool.
+    A request holds its worker until its answer is sent, however long the
+    work inside takes; the others queue (used from one event loop).
+    """
+
+    def __init__(self, app: Any, workers: int) -> None:
+        self.app = app
+        self.workers = workers
+        self._free = asyncio.Semaphore(workers)
+        self.busy = Gauge()
+        self.queued = Gauge()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._free.locked():  # every worker busy: this request waits its turn
+            with self.queued:
+                await self._free.acquire()
+        else:
+            await self._free.acquire()
+        try:
+            with self.busy:
+                await self.app(scope, receive, send)
+        finally:
+            self._free.release()
+
+
 @dataclass(frozen=True)
 class Sample:
     """One request the load generator made."""
@@ -96,6 +129,7 @@ class Sample:
     started: float  # seconds since the run began
     latency: float
     outcome: Outcome
+    kind: str = ""  # which request of the traffic mix (see `run_load`'s `mix`)
 
 
 @dataclass(frozen=True)
@@ -114,15 +148,21 @@ class Bucket:
 
 
 async def run_load(
-    call: Callable[[httpx.AsyncClient], Awaitable[Outcome]],
+    call: Callable[[httpx.AsyncClient, str], Awaitable[Outcome]],
     *,
     clients: int,
     duration: float,
     client_timeout: float,
+    mix: Sequence[str] = ("",),
     on_tick: Callable[[float], None] | None = None,
 ) -> list[Sample]:
-    """`clients` concurrent loops calling `call` for `duration` seconds; one sample per call."""
+    """`clients` concurrent loops calling `call` for `duration` seconds; one sample per call.
+
+    The n-th request of the run (over all clients) is of kind `mix[n % len(mix)]`:
+    the kinds keep their shares exactly, whatever each kind's latency.
+    """
     samples: list[Sample] = []
+    issued = itertools.count()
     begin = time.monotonic()
     end = begin + duration
     limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
@@ -131,12 +171,13 @@ async def run_load(
 
         async def loop() -> None:
             while (now := time.monotonic()) < end:
+                kind = mix[next(issued) % len(mix)]
                 outcome: Outcome
                 try:
-                    outcome = await asyncio.wait_for(call(client), client_timeout)
+                    outcome = await asyncio.wait_for(call(client, kind), client_timeout)
                 except Exception:  # noqa: BLE001  (a failed request is a data point)
                     outcome = "failed"
-                samples.append(Sample(now - begin, time.monotonic() - now, outcome))
+                samples.append(Sample(now - begin, time.monotonic() - now, outcome, kind))
                 if outcome == "failed":
                     await asyncio.sleep(0.01)  # a real client does not spin on errors
 

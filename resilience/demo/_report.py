@@ -3,7 +3,9 @@
 Honesty rules, applied the same way to every scenario:
 
 - a figure gets the mark only where it is better than the baseline arm's
-  (the first arm, plain httpx), as shown: equal after rounding is not better;
+  (the first arm, plain httpx), as shown: equal after rounding is not better,
+  and a row the baseline has no figure for (a hop plain httpx does not have)
+  marks no arm;
 - the last column says when the protected arm is not better than the
   baseline on a judged row, or when another arm beats it;
 - under the table, each row the protected arm loses to another arm is
@@ -16,6 +18,8 @@ import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ._scenario import seconds_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -71,7 +75,9 @@ def compare(scenario: Scenario, results: dict[str, ArmResult]) -> list[Line]:
     for row in scenario.rows:
         values = {name: results[name].totals.get(row.key) for name in results}
         marks = [
-            arm.role != "baseline" and better(row, values[arm.name], values[baseline])
+            arm.role != "baseline"
+            and row.versus_baseline
+            and better(row, values[arm.name], values[baseline])
             for arm in arms
         ]
         cells = [
@@ -81,9 +87,9 @@ def compare(scenario: Scenario, results: dict[str, ArmResult]) -> list[Line]:
         notes, behind = [], []
         if row.better is not None:
             mine = values[protected]
-            if better(row, values[baseline], mine):
+            if row.versus_baseline and better(row, values[baseline], mine):
                 notes.append(f"NOT better than {baseline}")
-            elif not better(row, mine, values[baseline]):
+            elif row.versus_baseline and not better(row, mine, values[baseline]):
                 notes.append(f"same as {baseline}")
             for arm in arms:
                 if arm.role == "rival" and better(row, values[arm.name], mine):
@@ -124,10 +130,11 @@ def print_table(
         caption=f"{MARK} better than {baseline}; note: about {_protected(scenario)}",
         pad_edge=False,
     )
-    table.add_column("measured", ratio=3, overflow="fold")
+    # The labels are short and never wrap; the note column takes what is left.
+    table.add_column("measured", no_wrap=True)
     for name in arms:
         table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("note", ratio=2, overflow="fold")
+    table.add_column("note", overflow="fold")
     for line in lines:
         table.add_row(line.label, *line.cells, line.note)
     console.print(table)
@@ -149,7 +156,7 @@ def markdown(
     out = [f"<!-- {header} -->", "", "| measured | " + " | ".join(arms) + " | note |"]
     out.append("|---|" + "---:|" * len(arms) + "---|")
     out.extend(
-        f"| {line.label.strip()} | " + " | ".join(line.cells) + f" | {line.note} |"
+        f"| {_indented(line.label)} | " + " | ".join(line.cells) + f" | {line.note} |"
         for line in lines
     )
     out.append("")
@@ -160,6 +167,12 @@ def markdown(
         out.append("")
         out.extend(f"- {note}" for note in notes)
     return "\n".join(out) + "\n"
+
+
+def _indented(label: str) -> str:
+    """A label's indentation kept in Markdown (a table cell drops leading spaces)."""
+    stripped = label.lstrip(" ")
+    return "&nbsp;" * (len(label) - len(stripped)) + stripped
 
 
 def plot(path: Path, scenario: Scenario, plan: Plan, results: dict[str, ArmResult]) -> None:
@@ -237,7 +250,8 @@ def progress(
         phase = plan.phase_at(now).name
         if phase not in seen:
             seen.append(phase)
-            console.print(f"  {name}: {phase} (from {starts[phase]:.1f} s)", highlight=False)
+            began = seconds_text(starts[phase])
+            console.print(f"  {name}: {phase} (from {began} s)", highlight=False)
 
     result = run(announce)
     console.print(f"  {name}: done ({time.monotonic() - began:.1f} s)", highlight=False)

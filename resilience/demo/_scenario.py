@@ -25,6 +25,11 @@ Role = Literal["baseline", "rival", "protected"]
 Better = Literal["lower", "higher"] | None
 
 
+def seconds_text(value: float) -> str:
+    """Seconds as the plan has them: 7.5, 18, 1.25 (never rounded to a time it is not)."""
+    return f"{value:.2f}".rstrip("0").removesuffix(".")
+
+
 @dataclass(frozen=True)
 class Phase:
     """A stretch of a run: its name and how long it lasts, in seconds."""
@@ -82,6 +87,9 @@ class Row:
 
     `better` None: a figure to read, not to judge (no mark either way).
     `missing` is shown when an arm has no figure (None or NaN).
+    `versus_baseline` False: the baseline has nothing to compare here (plain
+    httpx has no hop to measure), so no arm is marked against it; the
+    protected arm is still compared with the rivals.
     """
 
     key: str
@@ -89,6 +97,7 @@ class Row:
     fmt: str
     better: Better
     missing: str = "n/a"
+    versus_baseline: bool = True
 
 
 @dataclass

@@ -56,12 +56,36 @@ def unavailable() -> str | None:
     return None
 
 
+def global_maxconn() -> int:
+    """HAProxy's `maxconn`, within the open files this machine allows a process.
+
+    HAProxy needs about two descriptors per connection and exits at start
+    when it cannot raise its limit that far ("Cannot raise FD limit"), as
+    under `ulimit -n 1024`. The demo needs a few hundred connections at most.
+    """
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 4096
+    return max(MIN_MAXCONN, min(4096, (hard - 64) // 2))
+
+
+#: Below this, the demo's arms would queue at the proxy rather than at the services.
+MIN_MAXCONN = 256
+
+
 def _ms(seconds: float) -> str:
     return f"{max(round(seconds * 1000), 1)}ms"
 
 
-def haproxy_config(hop: HopSettings, *, listen_port: int, server: str) -> str:
-    """An HAProxy configuration for `hop.caller`'s sidecar, calling `server` (host:port)."""
+def haproxy_config(
+    hop: HopSettings, *, listen_port: int, server: str, maxconn: int | None = None
+) -> str:
+    """An HAProxy configuration for `hop.caller`'s sidecar, calling `server` (host:port).
+
+    `maxconn`: the process's connection limit (default `global_maxconn()`).
+    """
     attempt = _ms(hop.per_attempt)
     # The library rejects at once over its limit (max_wait 0); a request over
     # HAProxy's maxconn waits in the queue at least a millisecond.
@@ -73,7 +97,7 @@ def haproxy_config(hop: HopSettings, *, listen_port: int, server: str) -> str:
         *(f"# - {item}" for item in NOT_MIRRORED),
         "global",
         "    nbthread 1",  # one core, as a sidecar usually gets
-        "    maxconn 4096",
+        f"    maxconn {maxconn or global_maxconn()}",
         "",
         "defaults",
         "    mode http",

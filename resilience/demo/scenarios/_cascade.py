@@ -1,19 +1,39 @@
 """Scenario "cascade": gateway -> orders -> payments, and payments hangs for a while.
 
-The same load runs on three arms:
+The traffic is a mix, as at a real shop's front door: four requests in five
+are reads (GET /orders/{id}: orders answers them alone, payments is not
+involved), one in five is a checkout (POST /checkout -> orders' POST /order
+-> payments' POST /pay). Orders has a fixed number of workers
+(`ORDERS_WORKERS`, `_harness.WorkerPool`): a request holds one until its
+answer is sent, and requests over that wait in a queue, as in a thread pool
+or a set of server processes. That bound is what turns a hung dependency
+into a cascade: checkouts waiting on the hung payments hold orders' workers,
+and the reads, which do not need payments at all, queue behind them and miss
+their SLA. How long a checkout holds its worker is what the arms change.
 
-- plain: plain httpx clients between the services;
-- haproxy sidecar: the same plain services, each calling the next through its
-  own local HAProxy (a sidecar per caller, as a service mesh does), configured
-  from the protected arm's settings (`_sidecar.haproxy_config`);
+The same load, the same workers, SLA and timeouts run on three arms:
+
+- plain: plain httpx clients between the services (httpx's default 5 s
+  timeout: a checkout holds its worker 5 s while payments hangs);
+- haproxy sidecar: the same plain services, each calling the next through
+  its own local HAProxy (a sidecar per caller, as a service mesh does),
+  configured from the protected arm's settings (`_sidecar.haproxy_config`):
+  its `timeout server` cuts each attempt, its layer-7 error limit marks
+  payments down and answers 503 at once;
 - resilience: `AsyncResilientTransport` between the services (breaker per
   origin, budgeted retries, an adaptive concurrency limit per origin),
-  deadlines propagated by the middleware, load shedding and a fallback at orders.
+  deadlines propagated by the middleware, load shedding in front of orders'
+  workers, and a fallback for checkouts at orders ("payment pending").
+
+Every answer is full, degraded (a checkout answered by the fallback) or
+failed; reads have no fallback, so a read is full or failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import time
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,8 +48,10 @@ from resilience.middleware import ASGIConcurrencyLimitMiddleware, ASGIDeadlineMi
 
 from .. import _sidecar
 from .._harness import (
-    Gauge,
+    OUTCOMES,
     Outcome,
+    Sample,
+    WorkerPool,
     count_outcomes,
     paired_latencies,
     per_second,
@@ -39,10 +61,10 @@ from .._harness import (
     serve,
 )
 from .._hop import BreakerSettings, HopSettings, resilient_transport
-from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register
+from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register, seconds_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from starlette.requests import Request
 
@@ -52,6 +74,13 @@ Mode = Literal["plain", "sidecar", "resilience"]
 HANG_SECONDS = 10.0
 #: What each caller waits at most: the gateway's SLA, the load generator's timeout.
 SLA_SECONDS = 2.0
+#: Orders' workers, the same in every arm: gunicorn's advice for two cores
+#: (2 x cores + 1). Unloaded, five workers serve far more than the load asks.
+ORDERS_WORKERS = 5
+#: The traffic mix, in order: four reads (no payments), then one checkout.
+MIX = ("read", "read", "read", "read", "checkout")
+#: The work behind a read at orders, and behind a payment (a database call, say).
+READ_SECONDS = 0.005
 
 # One place for each hop's settings: the protected arm's transports and the
 # sidecar arm's HAProxy configurations are both built from these.
@@ -106,15 +135,12 @@ def clients(options: Options) -> int:
     return options.clients or (10 if options.quick else 20)
 
 
-def _seconds(value: float) -> str:
-    return f"{value:.1f}".removesuffix(".0")
-
-
 def header(plan: Plan, options: Options) -> str:
     start, end = plan.fault
     return (
         f"cascade: gateway -> orders -> payments, {clients(options)} clients for "
-        f"{_seconds(plan.duration)} s; payments hangs from {_seconds(start)} s to {_seconds(end)} s"
+        f"{seconds_text(plan.duration)} s; payments hangs "
+        f"from {seconds_text(start)} s to {seconds_text(end)} s"
     )
 
 
@@ -166,9 +192,15 @@ def _plain_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=500))
 
 
-def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> Any:
-    """Orders calls payments: plainly, via its sidecar (same code), or with resilience."""
-    in_flight = Gauge()
+def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> tuple[Any, WorkerPool]:
+    """Orders and its workers: reads alone, checkouts via payments (plain, sidecar, protected).
+
+    Its routes run on `ORDERS_WORKERS` workers in every arm. In the protected
+    arm the library's middleware runs in front of them (as Starlette runs
+    middleware on the event loop and sync endpoints in its thread pool): the
+    deadline is taken when a request arrives, and shedding turns requests
+    away instead of queueing them.
+    """
     state: dict[str, httpx.AsyncClient] = {}
     protected = mode == "resilience"
 
@@ -181,22 +213,28 @@ def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> Any:
                 state["client"] = _plain_client()
         return state["client"]
 
-    async def order(request: Request) -> JSONResponse:
-        with in_flight:
-            counters["orders_peak_in_flight"] = in_flight.peak
-            try:
-                reply = await client().post(f"{payments}/pay", json={"amount": 1})
-                reply.raise_for_status()
-                return JSONResponse({"order": "placed", "payment": "done"})
-            except (httpx.HTTPError, resilience.ResilienceError):
-                if protected:  # the fallback: accept the order, charge later
-                    counters["orders_fallbacks"] += 1
-                    return JSONResponse({"order": "placed", "payment": "pending"})
-                return JSONResponse({"error": "payments failed"}, status_code=502)
+    async def read(request: Request) -> JSONResponse:
+        await asyncio.sleep(READ_SECONDS)  # its own database, not payments
+        return JSONResponse({"order": request.path_params["order_id"], "status": "shipped"})
 
-    app = Starlette(routes=[Route("/order", order, methods=["POST"])])
+    async def order(request: Request) -> JSONResponse:
+        try:
+            reply = await client().post(f"{payments}/pay", json={"amount": 1})
+            reply.raise_for_status()
+            return JSONResponse({"order": "placed", "payment": "done"})
+        except (httpx.HTTPError, resilience.ResilienceError):
+            if protected:  # the fallback: accept the order, charge later
+                counters["orders_fallbacks"] += 1
+                return JSONResponse({"order": "placed", "payment": "pending"})
+            return JSONResponse({"error": "payments failed"}, status_code=502)
+
+    routes = [
+        Route("/orders/{order_id:int}", read),
+        Route("/order", order, methods=["POST"]),
+    ]
+    pool = WorkerPool(Starlette(routes=routes), ORDERS_WORKERS)
     # Shedding outside the deadline middleware: a shed request costs nothing more.
-    return orders_shedding(ASGIDeadlineMiddleware(app)) if protected else app
+    return (orders_shedding(ASGIDeadlineMiddleware(pool)) if protected else pool), pool
 
 
 def gateway_app(mode: Mode, orders: str) -> Any:
@@ -212,9 +250,9 @@ def gateway_app(mode: Mode, orders: str) -> Any:
                 state["client"] = _plain_client()
         return state["client"]
 
-    async def checkout(request: Request) -> JSONResponse:
+    async def forward(method: str, url: str) -> JSONResponse:
         try:
-            reply = await client().post(f"{orders}/order")
+            reply = await client().request(method, url)
         except httpx.HTTPError:
             return JSONResponse({"error": "orders failed"}, status_code=504)
         if reply.headers.get("content-type") != "application/json":
@@ -222,26 +260,47 @@ def gateway_app(mode: Mode, orders: str) -> Any:
             return JSONResponse({"error": "orders failed"}, status_code=502)
         return JSONResponse(reply.json(), status_code=reply.status_code)
 
-    app = Starlette(routes=[Route("/checkout", checkout, methods=["POST"])])
+    async def read(request: Request) -> JSONResponse:
+        return await forward("GET", f"{orders}/orders/{request.path_params['order_id']}")
+
+    async def checkout(request: Request) -> JSONResponse:
+        return await forward("POST", f"{orders}/order")
+
+    app = Starlette(
+        routes=[
+            Route("/orders/{order_id:int}", read),
+            Route("/checkout", checkout, methods=["POST"]),
+        ]
+    )
     # The gateway gives every request its SLA; below it, the budget travels.
     return ASGIDeadlineMiddleware(app, default=SLA_SECONDS) if protected else app
 
 
-def outcome(reply: httpx.Response) -> Outcome:
-    """Full: paid now; degraded: accepted with payment pending (the fallback); else failed."""
+def outcome(kind: str, reply: httpx.Response) -> Outcome:
+    """Full, degraded or failed, by the kind of request.
+
+    A read is full if answered, else failed (reads have no fallback). A
+    checkout is full if paid now, degraded if accepted with the payment
+    pending (the fallback), else failed.
+    """
     if reply.status_code != 200:
         return "failed"
-    return "full" if reply.json().get("payment") == "done" else "degraded"
+    body = reply.json()
+    if kind == "read":
+        return "full" if body.get("status") == "shipped" else "failed"
+    if body.get("payment") == "done":
+        return "full"
+    return "degraded" if body.get("payment") == "pending" else "failed"
 
 
-async def hop_latency(mode: Mode, payments: str, via: str, count: int) -> dict[str, float]:
+async def hop_latency(mode: Mode, payments: str, via: str, count: int) -> dict[str, float | None]:
     """What one hop adds when all is well: `count` calls straight to payments and via the hop.
 
-    plain has no hop (0 by definition); the sidecar adds a network hop through
+    plain has no hop (no figure); the sidecar adds a network hop through
     HAProxy (`via` is its URL); the library adds its transport's work in-process.
     """
     if mode == "plain":
-        return {"hop_added_median_ms": 0.0, "hop_added_p99_ms": 0.0}
+        return {"hop_added_median_ms": None, "hop_added_p99_ms": None}
     direct = _plain_client()
     through = (
         httpx.AsyncClient(transport=resilient_transport(ORDERS_TO_PAYMENTS))
@@ -270,7 +329,6 @@ def run(mode: Mode, plan: Plan, options: Options, on_tick: Callable[[float], Non
     counters: dict[str, float] = {
         "payments_requests": 0,
         "payments_requests_while_down": 0,
-        "orders_peak_in_flight": 0,
         "orders_fallbacks": 0,
     }
     details: dict[str, Any] = {}
@@ -284,9 +342,8 @@ def run(mode: Mode, plan: Plan, options: Options, on_tick: Callable[[float], Non
                 _sidecar.sidecar(ORDERS_TO_PAYMENTS, payments)
             )
             details.setdefault("sidecar_pids", []).append(pid)
-        orders = stack.enter_context(
-            serve(orders_app(mode, payments_for_orders, counters), stops=stops)
-        )
+        orders_asgi, workers = orders_app(mode, payments_for_orders, counters)
+        orders = stack.enter_context(serve(orders_asgi, stops=stops))
         orders_for_gateway = orders
         if mode == "sidecar":
             orders_for_gateway, pid = stack.enter_context(
@@ -301,10 +358,16 @@ def run(mode: Mode, plan: Plan, options: Options, on_tick: Callable[[float], Non
 
         stack.callback(stop_together)  # unwinding runs it first: the servers stop together
 
-        async def call(client: httpx.AsyncClient) -> Outcome:
-            return outcome(await client.post(f"{gateway}/checkout"))
+        order_ids = itertools.count(1)
 
-        async def measure() -> tuple[dict[str, float], list[Any]]:
+        async def call(client: httpx.AsyncClient, kind: str) -> Outcome:
+            if kind == "read":
+                reply = await client.get(f"{gateway}/orders/{next(order_ids)}")
+            else:
+                reply = await client.post(f"{gateway}/checkout")
+            return outcome(kind, reply)
+
+        async def measure() -> tuple[dict[str, float | None], list[Sample]]:
             hop = await hop_latency(
                 mode, payments, payments_for_orders, 100 if options.quick else 300
             )
@@ -316,6 +379,7 @@ def run(mode: Mode, plan: Plan, options: Options, on_tick: Callable[[float], Non
                 clients=clients(options),
                 duration=plan.duration,
                 client_timeout=SLA_SECONDS,
+                mix=MIX,
                 on_tick=on_tick,
             )
             return hop, samples
@@ -325,22 +389,58 @@ def run(mode: Mode, plan: Plan, options: Options, on_tick: Callable[[float], Non
     totals: dict[str, Any] = count_outcomes(samples)
     answers = totals["answers"] or 1
     latencies = [s.latency for s in samples]
+    by_kind = {
+        kind: {
+            outcome: sum(s.outcome == outcome for s in samples if s.kind == kind)
+            for outcome in OUTCOMES
+        }
+        for kind in dict.fromkeys(MIX)
+    }
     totals.update(
+        by_kind=by_kind,
         full_share=totals["full"] / answers,
         degraded_share=totals["degraded"] / answers,
         failed_share=totals["failed"] / answers,
-        full_during_fault=sum(
-            s.outcome == "full" for s in samples if fault_from <= s.started < fault_until
-        ),
+        **during_fault(samples, fault_from, fault_until),
         p50_seconds=percentile(latencies, 50),
         p99_seconds=percentile(latencies, 99),
         payments_requests_while_down=counters["payments_requests_while_down"],
-        orders_peak_in_flight=counters["orders_peak_in_flight"],
+        orders_workers=ORDERS_WORKERS,
+        orders_peak_busy=workers.busy.peak,
+        orders_peak_queued=workers.queued.peak,
         orders_fallbacks=counters["orders_fallbacks"],
         recovery_seconds=recovery_seconds(samples, fault_until, plan.duration),
         **hop,
     )
     return ArmResult(per_second(samples, plan.duration), totals, details)
+
+
+def during_fault(samples: Sequence[Sample], start: float, end: float) -> dict[str, float]:
+    """The requests started during the fault, by kind: reads (no payments) and checkouts."""
+    window = [s for s in samples if start <= s.started < end]
+    reads = [s for s in window if s.kind == "read"]
+    checkouts = [s for s in window if s.kind == "checkout"]
+    reads_full = sum(s.outcome == "full" for s in reads)
+    checkouts_full = sum(s.outcome == "full" for s in checkouts)
+    return {
+        "reads_during_fault": len(reads),
+        "reads_full_during_fault": reads_full,
+        "reads_full_share_during_fault": reads_full / len(reads) if reads else math.nan,
+        "checkouts_during_fault": len(checkouts),
+        "checkouts_full_during_fault": checkouts_full,
+        "checkouts_degraded_during_fault": sum(s.outcome == "degraded" for s in checkouts),
+        "full_during_fault": reads_full + checkouts_full,
+    }
+
+
+def negative_hop_notes(results: dict[str, ArmResult]) -> list[str]:
+    """A hop cannot make a call faster: a negative figure is the machine's noise."""
+    return [
+        f"{name}: a hop latency below 0 means this run's noise (other work on the "
+        "machine) was larger than what the hop costs: the hop rows say little here"
+        for name, result in results.items()
+        if (result.totals.get("hop_added_median_ms") or 0.0) < 0
+    ]
 
 
 def _arm(mode: Mode) -> Callable[[Plan, Options, Callable[[float], None]], ArmResult]:
@@ -366,26 +466,40 @@ SCENARIO = register(
             Row("full", "  in full", "{:,.0f}", "higher"),
             Row("degraded", "  degraded (fallback)", "{:,.0f}", None),
             Row("failed", "  failed", "{:,.0f}", "lower"),
-            Row("full_during_fault", "in full during the fault", "{:,.0f}", "higher"),
+            Row("full_during_fault", "fault: in full", "{:,.0f}", "higher"),
+            Row("reads_full_during_fault", "  reads (no payments)", "{:,.0f}", "higher"),
+            Row("reads_full_share_during_fault", "    share of reads", "{:.1%}", "higher"),
+            Row("checkouts_full_during_fault", "  checkouts", "{:,.0f}", "higher"),
+            Row("checkouts_degraded_during_fault", "fault: degraded", "{:,.0f}", None),
             Row("p50_seconds", "p50 latency", "{:.3f} s", "lower"),
             Row("p99_seconds", "p99 latency", "{:.3f} s", "lower"),
-            Row(
-                "payments_requests_while_down",
-                "requests reaching hung payments",
-                "{:,.0f}",
-                "lower",
-            ),
-            Row("orders_peak_in_flight", "peak in flight at orders", "{:,.0f}", "lower"),
+            Row("payments_requests_while_down", "reached hung payments", "{:,.0f}", "lower"),
+            Row("orders_peak_queued", "peak queue at orders", "{:,.0f}", "lower"),
             Row(
                 "recovery_seconds",
-                "time to recover (full > 99%)",
+                "recovery (full > 99%)",
                 "{:.0f} s",
                 "lower",
                 missing="not in run",
             ),
-            Row("hop_added_median_ms", "latency a hop adds, median", "{:.3f} ms", "lower"),
-            Row("hop_added_p99_ms", "latency a hop adds, p99", "{:.3f} ms", "lower"),
+            Row(
+                "hop_added_median_ms",
+                "hop latency, median",
+                "{:.3f} ms",
+                "lower",
+                missing="no hop",
+                versus_baseline=False,
+            ),
+            Row(
+                "hop_added_p99_ms",
+                "hop latency, p99",
+                "{:.3f} ms",
+                "lower",
+                missing="no hop",
+                versus_baseline=False,
+            ),
         ),
+        notes=negative_hop_notes,
         why_behind={
             "recovery_seconds": (
                 "after the fault the breaker stays open until its next probe succeeds "
@@ -404,12 +518,22 @@ SCENARIO = register(
             ),
             "failed": "HAProxy fails fast too, and its callers then send more requests",
             "full_during_fault": (
-                "full answers during the fault come from requests that reached payments "
-                "just before it hung: a handful either way"
+                "both answer every read while payments hangs; how many reads that is "
+                "follows how fast each arm's clients got their answers, and the "
+                "library's work shares the services' Python process (HAProxy runs in "
+                "processes of its own)"
             ),
-            "orders_peak_in_flight": (
-                "what orders holds is what its callers let through; HAProxy's fast 503s "
-                "free orders' requests sooner than the library's fallback answers them"
+            "reads_full_during_fault": (
+                "both answer every read while payments hangs; how many reads that is "
+                "follows how fast each arm's clients got their answers"
+            ),
+            "reads_full_share_during_fault": (
+                "until the breaker opened, checkouts held orders' workers for up to "
+                "their attempt timeouts, and a few reads queued past their SLA"
+            ),
+            "orders_peak_queued": (
+                "what queues at orders is what its callers let through; HAProxy's fast "
+                "503s free orders' workers sooner than the library's fallback answers"
             ),
             "p50_seconds": "the library's work shares the services' Python process",
             "p99_seconds": "the library's work shares the services' Python process",

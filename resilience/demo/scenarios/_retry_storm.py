@@ -31,7 +31,7 @@ import resilience
 from resilience.middleware import ASGIDeadlineMiddleware
 
 from .._harness import Outcome, Sample, count_outcomes, per_second, recovery_seconds, serve
-from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register
+from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register, seconds_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,16 +66,12 @@ def plan(options: Options) -> Plan:
     )
 
 
-def _seconds(value: float) -> str:
-    return f"{value:.1f}".removesuffix(".0")
-
-
 def header(plan: Plan, options: Options) -> str:
     start, end = plan.fault
     return (
         f"retry-storm: {STORM.arrival_rate:.0f} requests/s to a {STORM.workers}-worker "
-        f"service for {_seconds(plan.duration)} s; {STORM.slowdown:.0f}x slower from "
-        f"{_seconds(start)} s to {_seconds(end)} s"
+        f"service for {seconds_text(plan.duration)} s; {STORM.slowdown:.0f}x slower from "
+        f"{seconds_text(start)} s to {seconds_text(end)} s"
     )
 
 
