@@ -440,7 +440,9 @@ class _Race:
         if hedge.max_hedged_attempts:
             self._start_timer()
         while not self.done:
-            while (self.failed_now or self.timer_fired) and not self.done:
+            # Sending starts a task, which runs only at the next await: nothing
+            # can decide the call inside this loop.
+            while self.failed_now or self.timer_fired:
                 reason = "failure" if self.failed_now else "delay"
                 self.failed_now = self.timer_fired = False
                 if not self.stopped and len(self.attempts) <= hedge.max_hedged_attempts:
@@ -449,8 +451,6 @@ class _Race:
                         self._start_timer()
                     else:
                         self.stopped = True
-            if self.done:
-                break
             if self.in_flight == 0:
                 self.done = True  # every attempt failed, and no other may be sent
                 break
