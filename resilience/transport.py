@@ -1824,26 +1824,37 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         attempts = 0
         last: httpx.Response | None = None
 
+        async def attempt() -> httpx.Response:
+            nonlocal attempts, last
+            if last is not None and not last.is_closed:
+                await self._discard(last)  # a discard_result= of the caller's left it open
+            attempts += 1
+            last = await self._attempt(
+                pipeline.prepare(request, options, deadline), breaker, deadline, request, limit
+            )
+            return last
+
         hedge = (
             None
             if pipeline.hedge is None
             else pipeline.hedge_for(request, options, retry, self._discard)
         )
+        if hedge is not None:
 
-        async def one() -> httpx.Response:
-            nonlocal attempts
-            attempts += 1
-            return await self._attempt(
-                pipeline.prepare(request, options, deadline), breaker, deadline, request, limit
-            )
+            async def one() -> httpx.Response:
+                nonlocal attempts
+                attempts += 1
+                return await self._attempt(
+                    pipeline.prepare(request, options, deadline), breaker, deadline, request, limit
+                )
 
-        async def attempt() -> httpx.Response:
-            nonlocal last
-            if last is not None and not last.is_closed:
-                await self._discard(last)  # a discard_result= of the caller's left it open
-            # Hedged, the losers' responses are closed by the hedge before it returns.
-            last = await (one() if hedge is None else hedge.acall(one))
-            return last
+            async def attempt() -> httpx.Response:
+                nonlocal last
+                if last is not None and not last.is_closed:
+                    await self._discard(last)
+                # The losers' responses are closed by the hedge before it returns.
+                last = await hedge.acall(one)
+                return last
 
         token, deadline = pipeline.enter(options, clock)
         discarding = None if retry is None else _discard_for_this_call.set(self._discard)
