@@ -474,3 +474,25 @@ def test_ratio_and_budget_are_exclusive() -> None:
     with pytest.raises(ValueError, match="ratio"):
         Hedge(budget=RetryBudget(), ratio=0.1)
     assert Hedge(budget=(shared := RetryBudget())).budget is shared
+
+
+async def test_an_attempt_cut_by_an_inner_timeout_is_fatal() -> None:
+    """compose(hedge, Timeout): an attempt cut by its timeout fails the call, unless non-fatal."""
+    clock = FakeClock()
+    timeout = resilience.Timeout(0.03, clock=clock)
+    policy = hedge(clock, delay=0.01)
+    with pytest.raises(resilience.DeadlineExceededError):
+        await drive(clock, lambda: compose(policy, timeout).acall(Downstream(clock, [1.0, 1.0])))
+    tolerant = hedge(clock, delay=0.01, non_fatal=resilience.DeadlineExceededError)
+    downstream = Downstream(clock, [1.0, 0.025])
+    assert await drive(clock, lambda: compose(tolerant, timeout).acall(downstream)) == "answer 2"
+
+
+async def test_defaults_and_failures_count_no_latency() -> None:
+    """The default warm-up delay is 100 ms; a failed attempt adds no latency sample."""
+    clock = FakeClock()
+    policy = hedge(clock, non_fatal=OSError, min_samples=1)
+    assert policy.current_delay() == 0.1
+    downstream = Downstream(clock, [0.01, 0.02], [OSError("reset"), "ok"])
+    assert await drive(clock, lambda: policy.acall(downstream)) == "ok"
+    assert list(policy._latencies._samples) == pytest.approx([0.02])

@@ -227,3 +227,29 @@ async def test_hedging_cuts_the_p99(tail: TailServer) -> None:
     assert quantile(hedged, 0.99) * 3 < quantile(plain, 0.99)
     assert plain_sent == 400
     assert hedged_sent <= 400 * 1.1 + 10
+
+
+async def test_each_origin_has_its_own_latencies_and_budget(tail: TailServer) -> None:
+    """Per origin: its own adaptive delay; with retries off, its own hedge budget.
+
+    `{"hedge": True}` hedges a request the method rule would not (the caller vouches).
+    """
+    hedge = Hedge(min_samples=1, window=5, warmup_delay=0.05)
+    other = tail.url.replace("127.0.0.1", "localhost")
+    async with client(hedge, retry=False) as http:
+        await http.get(f"{tail.url}/tail/{fresh('origin')}")
+        await http.get(f"{other}/tail/{fresh('origin')}?slow=1&seconds=0.3")
+        forced = fresh("forced")
+        response = await http.post(
+            f"{tail.url}/tail/{forced}?slow=1&seconds=5",
+            content=b"x",
+            extensions={"resilience": {"hedge": True}},
+        )
+        assert response.text == f"{forced} 2"
+        hedges = http._transport._pipeline._hedges  # type: ignore[attr-defined]
+    by_origin = {origin: made for (origin, _), made in hedges.items()}
+    assert len(by_origin) == 2
+    near, far = by_origin[tail.url], by_origin[other]
+    assert near._latencies is not far._latencies
+    assert near.current_delay() < 0.05 < far.current_delay()
+    assert near.budget is not far.budget
