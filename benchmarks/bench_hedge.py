@@ -114,14 +114,21 @@ async def run_arm(
     }
 
 
+HEDGES: dict[str, resilience.Hedge] = {}
+
+
+def ours(name: str) -> resilience.AsyncResilientTransport:
+    HEDGES[name] = resilience.Hedge()
+    return resilience.AsyncResilientTransport(hedge=HEDGES[name], retry=False)
+
+
 def transports() -> dict[str, Any]:
     from httpx_hedged import HedgedTransport
 
     return {
         "no hedging (httpx)": lambda: httpx.AsyncHTTPTransport(),
-        "resilience Hedge()": lambda: resilience.AsyncResilientTransport(
-            hedge=resilience.Hedge(), retry=False
-        ),
+        "resilience, no hedge": lambda: resilience.AsyncResilientTransport(retry=False),
+        "resilience Hedge()": lambda: ours("tail"),
         "httpx-hedged HedgedTransport()": lambda: HedgedTransport(),
     }
 
@@ -133,8 +140,11 @@ async def main(url: str, quick: bool) -> dict[str, Any]:
         tail[name] = await run_arm(url, f"tail{index}", make(), calls, 10, 0.02)
     overload_calls = 200 if quick else 400
     overload: dict[str, Any] = {}
-    for index, (name, make) in enumerate(list(transports().items())[1:]):
-        overload[name] = await run_arm(url, f"overload{index}", make(), overload_calls, 20, 1.0)
+    for index, (name, make) in enumerate(list(transports().items())[2:]):
+        transport = ours("overload") if name.startswith("resilience") else make()
+        overload[name] = await run_arm(url, f"overload{index}", transport, overload_calls, 20, 1.0)
+    tail["resilience Hedge()"]["hedge_metrics"] = HEDGES["tail"].metrics()
+    overload["resilience Hedge()"]["hedge_metrics"] = HEDGES["overload"].metrics()
     return {"tail": tail, "overload": overload}
 
 
@@ -150,6 +160,7 @@ def report(results: dict[str, Any]) -> dict[str, Any]:
             f"  {name:<34} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['p999_ms']:>9} "
             f"{row['extra_pct']:>8}"
         )
+    print(f"  resilience Hedge() metrics: {ours['hedge_metrics']}")
     reserve = 10 / ours["calls"] * 100
     checks = {
         "p99 no hedging / resilience (target >= 5)": round(plain["p99_ms"] / ours["p99_ms"], 1),

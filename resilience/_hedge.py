@@ -19,7 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._budget import RetryBudget
-from ._clock import Clock, alarms_of, resolve_clock
+from ._clock import Clock, SystemClock, alarms_of, resolve_clock
 from ._compose import _NOTHING, MisuseError, Policy, not_awaitable
 from ._counter import peek
 from ._deadline import current_deadline
@@ -385,6 +385,12 @@ class _Race:
         self._new_event: Callable[[], Any]
         self._wake: Any = None
         self._in_loop: Callable[[Callable[[], None]], None]
+        # The pending hedge timer: a handle to cancel (an asyncio timer, a
+        # clock's alarm), or for trio on real time the instant to wake at.
+        self._timer: Any = None
+        self._wake_at: float | None = None
+        self._call_later: Callable[[float, Callable[[], None]], Any] | None = None
+        self._real_time = hedge._call_at is None and type(hedge.clock) is SystemClock
 
     # -- backends ------------------------------------------------------------------
 
@@ -401,11 +407,13 @@ class _Race:
 
         self._in_loop = in_loop
         self._new_event = asyncio.Event
+        self._call_later = loop.call_later
         async with asyncio.TaskGroup() as group:
             self._spawn = lambda run: tasks.append(group.create_task(run()))
             try:
                 await self._decide()
             finally:
+                self._stop_timer()
                 for task in tasks:
                     task.cancel()  # the group waits for them
 
@@ -429,6 +437,7 @@ class _Race:
             try:
                 await self._decide()
             finally:
+                self._stop_timer()
                 nursery.cancel_scope.cancel()  # the nursery waits for the attempts
 
     # -- the decision --------------------------------------------------------------------
@@ -454,7 +463,16 @@ class _Race:
             if self.in_flight == 0:
                 self.done = True  # every attempt failed, and no other may be sent
                 break
-            await self._wake.wait()
+            if self._wake_at is None:
+                await self._wake.wait()
+            else:  # trio on real time: the timer is this wait's deadline
+                import trio
+
+                with trio.move_on_at(self._wake_at) as waited:
+                    await self._wake.wait()
+                if waited.cancelled_caught:
+                    self._wake_at = None
+                    self.timer_fired = True
             self._wake = self._new_event()
 
     def _may_hedge(self) -> bool:
@@ -542,33 +560,44 @@ class _Race:
         self._wake.set()
 
     def _start_timer(self) -> None:
+        """Set `timer_fired` after the delay: the loop's timer, the clock's alarms, or a task."""
+        self._stop_timer()
         self.timer_round += 1
         this_round = self.timer_round
-        if self.delay <= 0:
+        delay = self.delay
+        if delay <= 0:
             self.timer_fired = True  # no delay: the next attempt goes out now (Polly's 0)
             return
-        at = self.hedge._monotonic() + self.delay
 
-        async def timer() -> None:
-            await self._sleep_until(at)
+        def fire() -> None:
             if this_round == self.timer_round and not self.done:
                 self.timer_fired = True
                 self._wake.set()
 
-        self._spawn(timer)
-
-    async def _sleep_until(self, at: float) -> None:
         hedge = self.hedge
-        call_at = hedge._call_at
-        if call_at is None:
-            await hedge.clock.asleep(at - hedge._monotonic())
-            return
-        event = self._new_event()
-        alarm = call_at(at, lambda: self._in_loop(event.set))
-        try:
-            await event.wait()
-        finally:
-            alarm.cancel()
+        if self._real_time:
+            if self._call_later is not None:
+                self._timer = self._call_later(delay, fire)
+            else:
+                import trio
+
+                self._wake_at = trio.current_time() + delay
+        elif hedge._call_at is not None:
+            at = hedge._monotonic() + delay
+            self._timer = hedge._call_at(at, lambda: self._in_loop(fire))
+        else:  # a clock of your own, without alarms: sleep on it
+
+            async def timer() -> None:
+                await hedge.clock.asleep(delay)
+                fire()
+
+            self._spawn(timer)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake_at = None
 
     # -- the end -------------------------------------------------------------------
 

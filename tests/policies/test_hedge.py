@@ -215,13 +215,13 @@ async def test_budget_refusal_stops_hedging_for_the_call() -> None:
     policy = hedge(clock, delay=0.01, budget=budget, max_hedged_attempts=2)
     events: list[Event] = []
     policy.events.subscribe(events.append)
-    first = Downstream(clock, [0.5, 0.01])
+    first = Downstream(clock, [0.5, 0.005])
     assert await drive(clock, lambda: policy.acall(first)) == "answer 2"  # the 1 token
     second = Downstream(clock, [0.5])
     assert await drive(clock, lambda: policy.acall(second)) == "answer 1"
     assert len(second.started) == 1
     assert policy.metrics()["refused"] == 1
-    assert HedgeBudgetExhausted(name="hedge", time=pytest.approx(0.03)) in events  # type: ignore[arg-type]
+    assert HedgeBudgetExhausted(name="hedge", time=pytest.approx(0.025)) in events  # type: ignore[arg-type]
 
 
 async def test_own_budget_allows_ratio_of_calls_plus_a_small_reserve() -> None:
@@ -496,3 +496,34 @@ async def test_defaults_and_failures_count_no_latency() -> None:
     downstream = Downstream(clock, [0.01, 0.02], [OSError("reset"), "ok"])
     assert await drive(clock, lambda: policy.acall(downstream)) == "ok"
     assert list(policy._latencies._samples) == pytest.approx([0.02])
+
+
+class PlainClock:
+    """A clock of one's own: real time, no alarms (the hedge sleeps on it in a task)."""
+
+    def monotonic(self) -> float:
+        import time
+
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        raise AssertionError("not used by async code")
+
+    async def asleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+async def test_real_time_hedges_on_the_loop_and_on_a_clock_without_alarms() -> None:
+    """On real time (the system clock, or any clock without alarms) the delay is real too."""
+    for clock in (None, PlainClock()):
+        policy = Hedge(delay=0.01, clock=clock)  # type: ignore[arg-type]
+        calls: list[int] = []
+
+        async def call(calls: list[int] = calls) -> int:
+            number = len(calls) + 1
+            calls.append(number)
+            await anyio.sleep(5 if number == 1 else 0)
+            return number
+
+        with anyio.fail_after(4):
+            assert await policy.acall(call) == 2
