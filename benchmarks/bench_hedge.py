@@ -2,8 +2,10 @@
 
 Cases (issue 18), one run, one loopback uvicorn server in a subprocess:
 - tail: 2% of responses take 200 ms, the rest 5 ms (independent draws per
-  request, seeded). 3,000 GETs, 10 at a time, per arm: no hedging (bare
-  httpx), `AsyncResilientTransport(hedge=Hedge())` (defaults: p95 delay,
+  request, seeded). 3,000 GETs, 4 at a time, per arm, the arms taking turns
+  300 calls at a time (a loaded machine's noise falls on all): no hedging (bare
+  httpx), `AsyncResilientTransport(retry=False)` without a hedge (its own
+  cost), `AsyncResilientTransport(hedge=Hedge())` (defaults: p95 delay,
   5% budget; `retry=False` so that the hedges spend the hedge's own budget),
   and httpx-hedged's `HedgedTransport()` (defaults: p90 delay, 10% budget).
   Reported: p50, p99, p99.9 of the caller's latency, and the extra requests
@@ -36,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import resilience
 
 SLOW, FAST = 0.2, 0.005
+#: Calls in flight at once: few, so that the client is not CPU-bound (latency, not throughput).
+CONCURRENCY = 4
 
 
 class TailApp:
@@ -82,36 +86,56 @@ def quantile(values: list[float], fraction: float) -> float:
     return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
 
 
-async def run_arm(
+async def run_arms(
     url: str,
-    arm: str,
-    transport: httpx.AsyncBaseTransport,
+    arms: dict[str, httpx.AsyncBaseTransport],
+    prefix: str,
     calls: int,
     concurrency: int,
     slow: float,
-) -> dict[str, float]:
-    latencies: list[float] = []
-    remaining = iter(range(calls))
-    async with httpx.AsyncClient(transport=transport, timeout=30) as http:
+    rounds: int,
+) -> dict[str, dict[str, Any]]:
+    """Every arm in turn, `calls / rounds` calls at a time, so that they share the machine's mood.
 
-        async def worker() -> None:
-            for _ in remaining:
-                started = time.perf_counter()
-                response = await http.get(f"{url}/{arm}?slow={slow}")
-                latencies.append(time.perf_counter() - started)
-                assert response.status_code == 200
+    A loaded machine's noise (other processes) then falls on every arm alike.
+    """
+    names = list(arms)
+    clients = {name: httpx.AsyncClient(transport=arms[name], timeout=30) for name in names}
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for index, name in enumerate(names):
+            http, key = clients[name], f"{prefix}{index}"
+            remaining = iter(range(calls // rounds))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        await asyncio.sleep(0.3)  # let the server count requests still being cancelled
-        sent = int((await http.get(f"{url}/count/{arm}")).text)
-    return {
-        "calls": calls,
-        "p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
-        "p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
-        "p999_ms": round(quantile(latencies, 0.999) * 1000, 2),
-        "server_requests": sent,
-        "extra_pct": round((sent - calls) / calls * 100, 2),
-    }
+            async def worker(
+                http: httpx.AsyncClient = http,
+                key: str = key,
+                name: str = name,
+                remaining: Any = remaining,
+            ) -> None:
+                for _ in remaining:
+                    started = time.perf_counter()
+                    response = await http.get(f"{url}/{key}?slow={slow}")
+                    latencies[name].append(time.perf_counter() - started)
+                    assert response.status_code == 200
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.sleep(0.3)  # let the server count requests still being cancelled
+    results = {}
+    for index, name in enumerate(names):
+        http = clients[name]
+        sent = int((await http.get(f"{url}/count/{prefix}{index}")).text)
+        await http.aclose()
+        done = len(latencies[name])
+        results[name] = {
+            "calls": done,
+            "p50_ms": round(quantile(latencies[name], 0.5) * 1000, 2),
+            "p99_ms": round(quantile(latencies[name], 0.99) * 1000, 2),
+            "p999_ms": round(quantile(latencies[name], 0.999) * 1000, 2),
+            "server_requests": sent,
+            "extra_pct": round((sent - done) / done * 100, 2),
+        }
+    return results
 
 
 HEDGES: dict[str, resilience.Hedge] = {}
@@ -135,14 +159,16 @@ def transports() -> dict[str, Any]:
 
 async def main(url: str, quick: bool) -> dict[str, Any]:
     calls = 1000 if quick else 3000
-    tail: dict[str, Any] = {}
-    for index, (name, make) in enumerate(transports().items()):
-        tail[name] = await run_arm(url, f"tail{index}", make(), calls, 10, 0.02)
+    arms = {name: make() for name, make in transports().items()}
+    tail = await run_arms(url, arms, "tail", calls, CONCURRENCY, 0.02, rounds=10)
     overload_calls = 200 if quick else 400
-    overload: dict[str, Any] = {}
-    for index, (name, make) in enumerate(list(transports().items())[2:]):
-        transport = ours("overload") if name.startswith("resilience") else make()
-        overload[name] = await run_arm(url, f"overload{index}", transport, overload_calls, 20, 1.0)
+    from httpx_hedged import HedgedTransport
+
+    overloaded = {
+        "resilience Hedge()": ours("overload"),
+        "httpx-hedged HedgedTransport()": HedgedTransport(),
+    }
+    overload = await run_arms(url, overloaded, "overload", overload_calls, 20, 1.0, rounds=2)
     tail["resilience Hedge()"]["hedge_metrics"] = HEDGES["tail"].metrics()
     overload["resilience Hedge()"]["hedge_metrics"] = HEDGES["overload"].metrics()
     return {"tail": tail, "overload": overload}
