@@ -548,16 +548,23 @@ class _Race:
             else:
                 self.winner = attempt
                 self.done = True
-        elif (
-            not attempt.judged
-            and not isinstance(error, MisuseError)
-            and (is_rejection(error) or self.hedge.non_fatal.matches(error))
-        ):
+        elif not attempt.judged and not isinstance(error, MisuseError) and self._non_fatal(attempt):
             self.failed_now = True
         else:
             self.fatal = attempt
             self.done = True
         self._wake.set()
+
+    def _non_fatal(self, attempt: _Attempt) -> bool:
+        """Whether the attempt's error lets the call go on (not if a predicate raised)."""
+        error = attempt.error
+        if error is None or is_rejection(error):
+            return True
+        try:
+            return self.hedge.non_fatal.matches(error)
+        except Exception as exc:  # noqa: BLE001  (the predicate's error is the call's)
+            attempt.error = exc
+            return False
 
     def _start_timer(self) -> None:
         """Set `timer_fired` after the delay: the loop's timer, the clock's alarms, or a task."""

@@ -527,3 +527,17 @@ async def test_real_time_hedges_on_the_loop_and_on_a_clock_without_alarms() -> N
 
         with anyio.fail_after(4):
             assert await policy.acall(call) == 2
+
+
+async def test_a_broken_non_fatal_predicate_is_fatal() -> None:
+    """A `non_fatal` predicate that raises: its error is raised, the others cancelled."""
+    clock = FakeClock()
+
+    def broken(exc: BaseException) -> bool:
+        raise RuntimeError("predicate")
+
+    policy = hedge(clock, delay=0.01, non_fatal=broken)
+    downstream = Downstream(clock, [1.0, 0.001], ["slow", OSError("x")])
+    with pytest.raises(RuntimeError, match="predicate"):
+        await drive(clock, lambda: policy.acall(downstream))
+    assert downstream.cancelled == [1]
