@@ -541,3 +541,23 @@ async def test_a_broken_non_fatal_predicate_is_fatal() -> None:
     with pytest.raises(RuntimeError, match="predicate"):
         await drive(clock, lambda: policy.acall(downstream))
     assert downstream.cancelled == [1]
+
+
+async def test_a_loser_that_answered_too_is_discarded() -> None:
+    """A loser that answers anyway (it got its answer as it was cancelled) goes to discard_result."""
+    clock = FakeClock()
+    discarded: list[object] = []
+    policy = hedge(clock, delay=0.01, discard_result=discarded.append)
+    started: list[int] = []
+
+    async def stubborn() -> str:
+        number = len(started) + 1
+        started.append(number)
+        try:
+            await wait_until(clock, clock.monotonic() + (1.0 if number == 1 else 0.001))
+        except BaseException:
+            return "late answer"  # swallows its cancellation, as a finished response would
+        return f"answer {number}"
+
+    assert await drive(clock, lambda: policy.acall(stubborn)) == "answer 2"
+    assert discarded == ["late answer"]

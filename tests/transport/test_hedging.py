@@ -255,3 +255,17 @@ async def test_each_origin_has_its_own_latencies_and_budget(tail: TailServer) ->
     assert near._latencies is not far._latencies
     assert near.current_delay() < 0.05 < far.current_delay()
     assert near.budget is not far.budget
+
+
+async def test_each_attempt_takes_its_own_limit_slot_given_back_once(tail: TailServer) -> None:
+    """With concurrency_limit=True, the hedge and the loser each held a slot; both come back."""
+    hedge = Hedge(delay=0.02)
+    key = fresh("slots")
+    async with client(hedge, concurrency_limit=True) as http:
+        response = await http.get(f"{tail.url}/tail/{key}?slow=1&seconds=5")
+        assert response.text == f"{key} 2"
+        limit = http._transport.concurrency_limits[tail.url]  # type: ignore[attr-defined]
+        assert limit.in_flight == 0
+        counts = limit.metrics()
+        assert counts["succeeded"] + counts["ignored"] + counts["dropped"] == 2
+        assert counts["ignored"] == 1  # the cancelled loser: no sample
