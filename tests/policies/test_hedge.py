@@ -544,7 +544,7 @@ async def test_a_broken_non_fatal_predicate_is_fatal() -> None:
 
 
 async def test_a_loser_that_answered_too_is_discarded() -> None:
-    """A loser that answers anyway (it got its answer as it was cancelled) goes to discard_result."""
+    """A loser that answers anyway (as it was cancelled) goes to discard_result."""
     clock = FakeClock()
     discarded: list[object] = []
     policy = hedge(clock, delay=0.01, discard_result=discarded.append)
