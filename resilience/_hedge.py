@@ -11,6 +11,7 @@ is awaited; if all fail, the primary's failure) set the rules used here.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import sys
@@ -72,14 +73,15 @@ class Hedge(Policy):
       result for which `non_fatal_result` is true) sends the next hedge at
       once (still within the budget); resilience's own rejections
       (`CircuitOpenError`, `BulkheadFullError`, ...) of one attempt are
-      non-fatal too. Any other exception is fatal: every attempt is
-      cancelled and it is raised. If every attempt fails, the first
+      non-fatal too, but send no hedge at once (it would be refused too).
+      Any other exception (a BaseException too) is fatal: every attempt is
+      cancelled and it is raised, never in an exception group. If every attempt fails, the first
       attempt's outcome is raised (or returned, for a failing result).
     - The losers are cancelled, and the call returns only once they have
       ended (their `finally` blocks have run). Results nobody will use (a
       loser that answered too, a failing result not returned) go to
       `discard_result`. Cancelling the caller cancels every attempt, waited
-      for the same way.
+      for the same way (and any result goes to `discard_result`).
     - Latency samples: each attempt that returned a result, its own duration;
       a loser cancelled after running longer than the delay, the time it ran
       (it was at least that slow); failures and earlier-cancelled attempts
@@ -225,6 +227,8 @@ class Hedge(Policy):
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await `fn(*args, **kwargs)`, hedged: see the class docstring."""
+        if not callable(fn):
+            raise _not_callable(fn)
         next(self._calls)
         if self._deposits:
             self.budget.deposit()
@@ -235,6 +239,9 @@ class Hedge(Policy):
                 await race.on_asyncio(asyncio)
             else:
                 await race.on_trio()
+        except BaseException:
+            race.abandoned = True  # cancelled or failed: no result reaches the caller
+            raise
         finally:
             await race.discard()
             race.sample()
@@ -285,6 +292,55 @@ def _sync_misuse(fn: object) -> MisuseError:
     )
 
 
+def _not_callable(fn: object) -> MisuseError:
+    if inspect.iscoroutine(fn):
+        fn.close()  # it will never run: no "never awaited" warning on top of this error
+    return MisuseError(
+        f"Hedge: got {type(fn).__name__} {fn!r}, not a callable. A hedge calls the function "
+        f"once per attempt, and a coroutine object can be awaited only once: pass the "
+        f"function and its arguments, `await hedge.acall(fetch, url)`, not `fetch(url)`."
+    )
+
+
+def _returned_plain(fn: object, pending: object) -> MisuseError:
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return MisuseError(
+        f"Hedge: {name} returned {type(pending).__name__}, not an awaitable: it ran as a "
+        f"plain function. Hedging needs async code (a thread cannot be cancelled) and has "
+        f"no sync API: pass an `async def` (or a callable returning an awaitable)."
+    )
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception a task group's `group` stands for, if it stands for one.
+
+    The attempts keep their own errors, so a group out of the task group or
+    nursery holds cancellations (trio wraps even those of the caller's own
+    cancel scope), or one error of the race itself: the caller sees it plain.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    others = [exc for exc in leaves if not _is_cancellation(exc)]
+    if not others:
+        return leaves[-1] if leaves else group
+    return others[0] if len(others) == 1 else group
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """An asyncio or trio cancellation."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
+
+
 def _asyncio_running(asyncio: Any) -> bool:
     try:
         asyncio.get_running_loop()
@@ -306,22 +362,23 @@ async def _discard_all(discard: Callable[[Any], object], results: list[Any]) -> 
 class _Latencies:
     """The last `size` latencies, and a percentile of them recomputed every few samples."""
 
-    __slots__ = ("_cached", "_lock", "_refresh", "_samples", "_stale")
+    __slots__ = ("_cached", "_lock", "_samples", "_stale")
 
     def __init__(self, size: int) -> None:
         self._samples: deque[float] = deque(maxlen=size)
         self._lock = threading.Lock()
         self._cached: dict[float, float] = {}
         self._stale = 0
-        # Sorting the window on every call would cost O(n log n) per call:
-        # recompute after 1% of the window has changed (every sample while small).
-        self._refresh = max(1, size // 100)
 
     def add(self, seconds: float) -> None:
         with self._lock:
             self._samples.append(seconds)
             self._stale += 1
-            if self._stale >= self._refresh:
+            # Sorting on every call would cost O(n log n) per call: recompute
+            # once 1% of the samples held are new (every sample while few are;
+            # 1% of the window, not of what it holds, would keep a large
+            # window's first percentile for thousands of calls).
+            if self._stale * 100 >= len(self._samples):
                 self._cached.clear()
 
     def percentile(self, fraction: float, min_samples: int) -> float | None:
@@ -348,7 +405,9 @@ class _Attempt:
         self.number = number  # 1 is the first attempt
         self.started = started
         self.ended: float | None = None
-        self.error: Exception | None = None
+        #: The attempt's exception; a BaseException (KeyboardInterrupt, a
+        #: CancelledError nobody asked for) is always fatal.
+        self.error: BaseException | None = None
         self.has_result = False
         self.result: Any = None
         self.failing = False  # a result that `non_fatal_result` calls a failure
@@ -379,6 +438,7 @@ class _Race:
         self.timer_fired = False
         self.timer_round = 0
         self.stopped = False  # no more hedges for this call
+        self.abandoned = False  # the call raised: every result goes to discard_result
         self.delay = hedge.current_delay()
         self.trio = False
         self._spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -408,14 +468,17 @@ class _Race:
         self._in_loop = in_loop
         self._new_event = asyncio.Event
         self._call_later = loop.call_later
-        async with asyncio.TaskGroup() as group:
-            self._spawn = lambda run: tasks.append(group.create_task(run()))
-            try:
-                await self._decide()
-            finally:
-                self._stop_timer()
-                for task in tasks:
-                    task.cancel()  # the group waits for them
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._spawn = lambda run: tasks.append(group.create_task(run()))
+                try:
+                    await self._decide()
+                finally:
+                    self._stop_timer()
+                    for task in tasks:
+                        task.cancel()  # the group waits for them
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
 
     async def on_trio(self) -> None:
         import trio
@@ -432,13 +495,18 @@ class _Race:
         self.trio = True
         self._in_loop = in_loop
         self._new_event = trio.Event
-        async with trio.open_nursery() as nursery:
-            self._spawn = nursery.start_soon
-            try:
-                await self._decide()
-            finally:
-                self._stop_timer()
-                nursery.cancel_scope.cancel()  # the nursery waits for the attempts
+        try:
+            async with trio.open_nursery() as nursery:
+                self._spawn = nursery.start_soon
+                try:
+                    await self._decide()
+                finally:
+                    self._stop_timer()
+                    nursery.cancel_scope.cancel()  # the nursery waits for the attempts
+        except BaseExceptionGroup as group:
+            # trio wraps every exception out of a nursery, even the caller's
+            # cancellation: `except trio.Cancelled` around the call must see it.
+            raise _single(group) from None
 
     # -- the decision --------------------------------------------------------------------
 
@@ -527,15 +595,32 @@ class _Race:
                 except Exception as exc:  # noqa: BLE001  (raised to the caller, below)
                     attempt.error, attempt.judged = exc, True
         except Exception as exc:  # noqa: BLE001  (an attempt's outcome, judged below)
-            if isinstance(exc, TypeError):
-                misuse = not_awaitable(self.hedge, self.fn, pending)
-                if misuse is not None:
-                    exc = misuse
+            if isinstance(exc, TypeError) and not_awaitable(self.hedge, self.fn, pending):
+                exc = _returned_plain(self.fn, pending)
+            attempt.error = exc
+        except BaseException as exc:
+            if self._cancelled(exc):
+                raise  # a loser, or the caller cancelled: the task group's business
+            # KeyboardInterrupt, SystemExit, or a CancelledError this task was
+            # not sent (an awaited future someone else cancelled): fatal, and
+            # raised to the caller as such, never a task group's exception group.
             attempt.error = exc
         finally:
             attempt.ended = self.hedge._monotonic()
             self.in_flight -= 1
         self._judge(attempt)
+
+    def _cancelled(self, exc: BaseException) -> bool:
+        """Whether `exc` is this attempt's task being cancelled (not a stray CancelledError)."""
+        if self.trio:
+            import trio
+
+            return isinstance(exc, trio.Cancelled)
+        asyncio = sys.modules["asyncio"]
+        if not isinstance(exc, asyncio.CancelledError):
+            return False
+        task = asyncio.current_task()
+        return task is None or task.cancelling() > 0
 
     def _judge(self, attempt: _Attempt) -> None:
         """An attempt ended (not cancelled): does it decide the call?"""
@@ -548,7 +633,22 @@ class _Race:
             else:
                 self.winner = attempt
                 self.done = True
-        elif not attempt.judged and not isinstance(error, MisuseError) and self._non_fatal(attempt):
+        elif (
+            not attempt.judged
+            and isinstance(error, Exception)
+            and not isinstance(error, MisuseError)
+            and is_rejection(error)
+        ):
+            # Refused before it ran (an open breaker, a full bulkhead or limit):
+            # the other attempts go on, but no hedge goes out at once, as it
+            # would be refused too and spend the budget the retries share.
+            pass
+        elif (
+            not attempt.judged
+            and isinstance(error, Exception)
+            and not isinstance(error, MisuseError)
+            and self._non_fatal(attempt)
+        ):
             self.failed_now = True
         else:
             self.fatal = attempt
@@ -558,7 +658,7 @@ class _Race:
     def _non_fatal(self, attempt: _Attempt) -> bool:
         """Whether the attempt's error lets the call go on (not if a predicate raised)."""
         error = attempt.error
-        if error is None or is_rejection(error):
+        if error is None:
             return True
         try:
             return self.hedge.non_fatal.matches(error)
@@ -631,6 +731,8 @@ class _Race:
         return chosen.result  # a failing result: every attempt failed
 
     def _returned(self) -> _Attempt | None:
+        if self.abandoned:
+            return None
         if self.winner is not None:
             return self.winner
         first = self.attempts[0] if self.attempts else None
@@ -662,7 +764,7 @@ class _Race:
         for attempt in self.attempts:
             if attempt.ended is None:
                 continue
-            took = attempt.ended - attempt.started
+            took = max(attempt.ended - attempt.started, 0.0)  # a clock that went back
             if attempt.has_result:
                 if attempt.error is None and not attempt.failing:
                     latencies.add(took)

@@ -8,6 +8,7 @@ once every task is blocked: the schedule is exact on asyncio and trio.
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -561,3 +562,285 @@ async def test_a_loser_that_answered_too_is_discarded() -> None:
 
     assert await drive(clock, lambda: policy.acall(stubborn)) == "answer 2"
     assert discarded == ["late answer"]
+
+
+# -- attack findings: misuse, stray exceptions, cancellation, budget, latencies ----------
+
+
+async def test_a_coroutine_object_instead_of_a_function_is_misuse() -> None:
+    """A coroutine object given to acall: MisuseError, and no never-awaited warning.
+
+    docs/guide/hedging.md, Async only: pass the function, `await hedge.acall(fn, ...)`.
+    """
+    import gc
+    import warnings
+
+    async def fetch() -> int:
+        return 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail the test
+        with pytest.raises(MisuseError, match=r"hedge\.acall\(fetch, url\)"):
+            await Hedge().acall(fetch())  # type: ignore[arg-type]
+        gc.collect()
+
+
+async def test_a_callable_returning_a_plain_value_is_misuse_that_names_no_sync_api() -> None:
+    """The misuse for a plain return says hedging has no sync API (not "use policy.call")."""
+    policy = Hedge(delay=0.01, non_fatal=Exception)  # a MisuseError is fatal even so
+    with pytest.raises(MisuseError, match="no sync API") as caught:
+        await policy.acall(lambda: 5)  # type: ignore[arg-type, return-value]
+    assert "policy.call" not in str(caught.value)
+
+
+class Stop(BaseException):
+    """A BaseException that is neither a cancellation nor KeyboardInterrupt/SystemExit."""
+
+
+@pytest.mark.parametrize("error", [Stop("stop"), SystemExit(3), KeyboardInterrupt()])
+async def test_a_base_exception_in_an_attempt_reaches_the_caller_plain(
+    error: BaseException,
+) -> None:
+    """An attempt's BaseException is fatal: the others are cancelled, it is raised as is.
+
+    Never wrapped in the task group's or nursery's exception group (docs/guide/hedging.md,
+    The rules: "that exception is raised").
+    """
+    clock = FakeClock()
+    policy = hedge(clock, delay=0.01)
+    downstream = Downstream(clock, [1.0, 0.01], ["slow", error])
+
+    async def call() -> object:
+        try:
+            return await policy.acall(downstream)
+        except BaseException as exc:  # caught here: the drive helper only passes Exceptions
+            return exc
+
+    assert await drive(clock, call) is error
+    assert downstream.cancelled == [1]
+    assert sorted(downstream.finished) == [1, 2]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_stray_cancelled_error_is_raised_not_turned_into_none() -> None:
+    """A stray CancelledError in an attempt is raised, never turned into a `None` result.
+
+    An attempt awaiting a future someone else cancelled fails the call with
+    it, as the unhedged call would.
+    """
+    import asyncio
+
+    policy = Hedge(delay=0.01, ratio=1.0)
+    cancelled_elsewhere = asyncio.get_running_loop().create_future()
+    cancelled_elsewhere.cancel()
+
+    async def call() -> int:
+        await cancelled_elsewhere
+        return 1
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(policy.acall(call), 2)
+    assert policy.metrics()["sent"] == 0  # fatal at once: no hedge sent after it
+
+
+async def test_the_caller_sees_its_cancellation_plain() -> None:
+    """Cancelling the caller: `except <the backend's cancellation>` around the call catches it.
+
+    On trio, a nursery wraps even cancellations in an exception group; the hedge
+    hands the caller the plain `trio.Cancelled`.
+    """
+    clock = FakeClock()
+    policy = hedge(clock, delay=0.01)
+    downstream = Downstream(clock, [1.0, 1.0])
+    seen: list[type[BaseException]] = []
+
+    async def caller() -> None:
+        try:
+            await policy.acall(downstream)
+        except anyio.get_cancelled_exc_class():
+            seen.append(anyio.get_cancelled_exc_class())
+            raise
+        except BaseException as exc:
+            seen.append(type(exc))
+            raise
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(caller)
+        for _ in range(20):
+            await settle()
+            clock.advance(STEP)
+        group.cancel_scope.cancel()
+    assert seen == [anyio.get_cancelled_exc_class()]
+
+
+async def test_a_result_nobody_receives_is_discarded() -> None:
+    """A result that arrived before the caller was cancelled goes to discard_result.
+
+    The caller is cancelled while the losers still clean up: the answer is
+    discarded, so an HTTP response is closed, not leaked.
+
+    docs/guide/hedging.md, The rules: cancelling the caller.
+    """
+    clock = FakeClock()
+    discarded: list[object] = []
+    policy = hedge(clock, delay=0, max_hedged_attempts=1, discard_result=discarded.append)
+    started: list[int] = []
+
+    async def call() -> str:
+        number = len(started) + 1
+        started.append(number)
+        try:
+            await wait_until(clock, clock.monotonic() + (0.01 if number == 1 else 1.0))
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # a loser's slow cleanup
+                await wait_until(clock, clock.monotonic() + 0.05)
+            raise
+        return f"answer {number}"
+
+    scope = anyio.CancelScope()
+    ended: list[str] = []
+
+    async def caller() -> None:
+        with scope:
+            await policy.acall(call)
+        ended.append("cancelled" if scope.cancelled_caught else "returned")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(caller)
+        for _ in range(30):  # 30 ms: the first answered at 10 ms, the loser cleans up until 60
+            await settle()
+            clock.advance(STEP)
+        scope.cancel()
+        for _ in range(100):  # let the loser's cleanup end
+            await settle()
+            if ended:
+                break
+            clock.advance(STEP)
+    assert ended == ["cancelled"]
+    assert discarded == ["answer 1"]
+
+
+async def test_rejections_send_no_hedge_and_spend_no_budget() -> None:
+    """A refused attempt is non-fatal but sends no hedge at once, and spends no budget.
+
+    An open breaker (or a full bulkhead) would refuse the hedge too, and the
+    budget the retries share would be drained for nothing.
+
+    docs/guide/hedging.md, The rules: Failures.
+    """
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.1, min_per_second=1, clock=clock)
+    breaker = CircuitBreaker("open", clock=clock)
+    breaker.force_open()
+    policy = Hedge(delay=0.01, budget=budget, clock=clock)
+    retry = Retry(on=OSError, attempts=2, wait=0.0, budget=budget, clock=clock)
+    available = budget.available()
+    guarded = compose(retry, policy, breaker)
+    for _ in range(20):
+        with pytest.raises(CircuitOpenError):
+            await drive(clock, lambda: guarded.acall(Downstream(clock, [1.0])))
+    assert policy.metrics() == {"calls": 20, "sent": 0, "won": 0, "refused": 0, "deadline": 0}
+    assert budget.available() >= available  # the retries' budget is untouched
+    assert clock.monotonic() == 0.0  # refused at once: nothing waited for the delay
+
+
+def test_the_percentile_is_the_nearest_rank_of_the_last_window() -> None:
+    """The percentile is the nearest rank of a sorted list of the last `window` latencies.
+
+    The window is small enough here for the percentile to be recomputed on
+    every sample.
+    """
+    import random
+
+    from resilience._hedge import _Latencies
+
+    rng = random.Random(18)
+    window = 50
+    latencies = _Latencies(window)
+    kept: list[float] = []
+    for _ in range(300):
+        sample = rng.choice([0.0, 0.0, 0.001, rng.random()])  # ties and zeros too
+        latencies.add(sample)
+        kept = [*kept, sample][-window:]
+        for fraction in (0.5, 0.95, 1.0):
+            expected = sorted(kept)[max(math.ceil(fraction * len(kept)) - 1, 0)]
+            assert latencies.percentile(fraction, 1) == expected
+
+
+def test_a_large_window_follows_recent_latencies_while_it_fills() -> None:
+    """A large window still holding few latencies follows them as they come.
+
+    The percentile is recomputed once 1% of what it holds is new, not 1% of
+    its size.
+    """
+    from resilience._hedge import _Latencies
+
+    latencies = _Latencies(100_000)
+    latencies.add(0.5)
+    assert latencies.percentile(0.5, 1) == 0.5
+    for _ in range(99):
+        latencies.add(0.01)
+    assert latencies.percentile(0.5, 1) == 0.01
+
+
+class BackwardsClock:
+    """A clock of one's own (no alarms) that steps back a second on every reading."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        self.now -= 1.0
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        raise AssertionError("not used by async code")
+
+    async def asleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+async def test_a_clock_going_back_records_no_negative_latency() -> None:
+    """A latency is never negative, so a clock stepping back cannot drag the delay below 0."""
+    policy = Hedge(delay=5.0, min_samples=1, window=10, clock=BackwardsClock())  # type: ignore[arg-type]
+
+    async def fast() -> int:
+        return 1
+
+    assert await policy.acall(fast) == 1
+    assert list(policy._latencies._samples) == [0.0]
+    assert policy.expected_duration() == 0.0
+
+
+def test_the_documented_defaults() -> None:
+    """The defaults of docs/guide/hedging.md, The rules.
+
+    p95 of the last 1,000 latencies, >= 1 ms, after 20 samples, 100 ms until
+    then; 1 hedge; 5% of the calls.
+    """
+    policy = Hedge()
+    assert (policy.delay, policy.percentile, policy.window) == (None, 0.95, 1000)
+    assert (policy.min_samples, policy.warmup_delay, policy.min_delay) == (20, 0.1, 0.001)
+    assert (policy.max_hedged_attempts, policy.ratio) == (1, 0.05)
+    assert policy.non_fatal.matches(OSError()) is False  # gRPC A6: every failure is fatal
+
+
+async def test_every_attempt_runs_inside_the_callers_deadline() -> None:
+    """docs/guide/hedging.md, Deadlines: each attempt sees the caller's deadline."""
+    clock = FakeClock()
+    policy = hedge(clock, delay=0.01)
+    seen: list[object] = []
+
+    async def call() -> int:
+        seen.append(resilience.current_deadline())
+        await wait_until(clock, clock.monotonic() + (1.0 if len(seen) == 2 else 0.001))
+        return len(seen)
+
+    async def within() -> int:
+        with deadline(5.0, clock=clock) as given:
+            seen.append(given)
+            return await policy.acall(call)
+
+    assert await drive(clock, within) == 3
+    assert seen[1] is seen[0]
+    assert seen[2] is seen[0]
