@@ -667,10 +667,12 @@ def _then(
         return second
 
     async def both(result: Any) -> None:
-        done = first(result)
-        if hasattr(done, "__await__"):
-            await done
-        await second(result)
+        try:
+            done = first(result)
+            if hasattr(done, "__await__"):
+                await done
+        finally:
+            await second(result)  # closed even when the caller's hook raised
 
     return both
 
@@ -1815,7 +1817,14 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         options = pipeline.options(request)
         breaker, retry, not_retried = pipeline.route(request, options)
         limit = pipeline.limit_for(request, options) if pipeline.limited else None
-        if retry is not None and not isinstance(request.stream, httpx.ByteStream):
+        hedge = (
+            None
+            if pipeline.hedge is None
+            else pipeline.hedge_for(request, options, retry, self._discard)
+        )
+        if (retry is not None or hedge is not None) and not isinstance(
+            request.stream, httpx.ByteStream
+        ):
             await request.aread()  # buffer_bodies=True: make the body replayable
         clock = pipeline.clock
         if clock is None:
@@ -1834,11 +1843,6 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
             )
             return last
 
-        hedge = (
-            None
-            if pipeline.hedge is None
-            else pipeline.hedge_for(request, options, retry, self._discard)
-        )
         if hedge is not None:
 
             async def one() -> httpx.Response:

@@ -203,32 +203,45 @@ def quantile(values: list[float], fraction: float) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # timing: one backend is enough
 async def test_hedging_cuts_the_p99(tail: TailServer) -> None:
-    """2% of responses take 200 ms (every 50th), the rest ~1 ms: hedging cuts the p99."""
+    """2% of responses take 200 ms (every 50th), the rest ~1 ms: hedging cuts the p99.
 
-    async def run(hedge: Hedge | None, key: str) -> tuple[list[float], int]:
+    Without hedging, the 8 slow responses of 400 calls make the p99. With a
+    hedge after 50 ms, the slow responses lose to their hedges: the answers
+    the callers get come from fast requests. The server's request numbers say
+    which answered, as the latencies themselves are at the mercy of a loaded
+    machine (a stalled process makes fast calls slow for both runs alike);
+    the benchmark measures the p99 (benchmarks/bench_hedge.py).
+    """
+
+    async def run(hedge: Hedge | None, key: str) -> tuple[list[float], list[int], int]:
         transport = AsyncResilientTransport(hedge=hedge, retry=False, breaker=False)
         latencies: list[float] = []
+        answered: list[int] = []  # the server's number of the request that answered
         async with httpx.AsyncClient(transport=transport) as http:
 
             async def worker() -> None:
                 for _ in range(50):
                     started = time.monotonic()
-                    await http.get(f"{tail.url}/tail/{key}?every=50&seconds=0.2")
+                    response = await http.get(f"{tail.url}/tail/{key}?every=50&seconds=0.2")
                     latencies.append(time.monotonic() - started)
+                    answered.append(int(response.text.split()[1]))
 
             async with anyio.create_task_group() as group:
                 for _ in range(8):
                     group.start_soon(worker)
-        return latencies, tail.counts[key]
+        return latencies, answered, tail.counts[key]
 
-    plain, plain_sent = await run(None, fresh("p99-plain"))
-    # A fixed delay: the adaptive one is tested on a FakeClock, and a loaded CI
-    # machine's noise would move it here.
-    hedged, hedged_sent = await run(Hedge(delay=0.02, ratio=0.2), fresh("p99-hedged"))
-    assert quantile(plain, 0.99) >= 0.15
-    assert quantile(hedged, 0.99) * 2 < quantile(plain, 0.99)
+    plain, plain_answers, plain_sent = await run(None, fresh("p99-plain"))
+    # A fixed delay (the adaptive one is tested on a FakeClock) and a budget
+    # that never runs out: on a loaded machine, where many calls take tens of
+    # ms, a short delay and a small budget spend every token before the slow
+    # calls come (the budget's bound is tested on a FakeClock).
+    _, hedged_answers, hedged_sent = await run(Hedge(delay=0.05, ratio=1.0), fresh("p99-hedged"))
+    assert sum(number % 50 == 0 for number in plain_answers) == 8
+    assert quantile(plain, 0.99) >= 0.2
+    assert sum(number % 50 == 0 for number in hedged_answers) <= 1
     assert plain_sent == 400
-    assert hedged_sent <= 400 * 1.2 + 10
+    assert 400 < hedged_sent <= 400 * 2 + 10
 
 
 async def test_each_origin_has_its_own_latencies_and_budget(tail: TailServer) -> None:
@@ -269,3 +282,89 @@ async def test_each_attempt_takes_its_own_limit_slot_given_back_once(tail: TailS
         counts = limit.metrics()
         assert counts["succeeded"] + counts["ignored"] + counts["dropped"] == 2
         assert counts["ignored"] == 1  # the cancelled loser: no sample
+
+
+async def test_a_one_shot_body_is_buffered_for_hedges_without_retries(tail: TailServer) -> None:
+    """buffer_bodies=True makes a generator body hedgeable with retries off.
+
+    With retry=False, or a POST vouched for with {"hedge": True}: every
+    attempt sends the whole body.
+
+    docs/guide/hedging.md, In the httpx transport: "a body in memory (or buffer_bodies=True)".
+    """
+
+    async def body() -> Any:
+        yield b"abc"
+        yield b"def"
+
+    hedge = Hedge(delay=0.02)
+    put, post = fresh("gen"), fresh("gen")
+    async with client(hedge, retry=False, buffer_bodies=True) as http:
+        response = await http.put(f"{tail.url}/tail/{put}?slow=1&seconds=5", content=body())
+        assert response.text == f"{put} 2"
+    async with client(hedge, buffer_bodies=True) as http:
+        response = await http.post(
+            f"{tail.url}/tail/{post}?slow=1&seconds=5",
+            content=body(),
+            extensions={"resilience": {"hedge": True}},
+        )
+        assert response.text == f"{post} 2"
+
+
+async def test_a_losing_response_is_closed_even_if_your_discard_hook_raises(
+    tail: TailServer,
+) -> None:
+    """Your `discard_result` runs first; the transport closes the response even when it raises."""
+    held: list[httpx.Response] = []
+
+    def hook(response: httpx.Response) -> None:
+        held.append(response)
+        raise RuntimeError("a broken hook")
+
+    hedge = Hedge(delay=5.0, discard_result=hook)
+    key = fresh("hook")
+    async with client(hedge, retry=False) as http:
+        response = await http.get(f"{tail.url}/tail/{key}?status=503")
+        assert response.status_code == 200
+    [discarded] = held
+    assert discarded.status_code == 503
+    assert discarded.is_closed
+
+
+async def test_a_pool_of_one_connection_does_not_deadlock(tail: TailServer) -> None:
+    """max_connections=1: the hedge waits for the one connection; nothing deadlocks.
+
+    The call ends when the first attempt answers, not at a pool timeout, and
+    the pool serves again after.
+    """
+    hedge = Hedge(delay=0.02)
+    key = fresh("pool")
+    async with client(hedge, limits=httpx.Limits(max_connections=1)) as http:
+        started = time.monotonic()
+        with anyio.fail_after(3):
+            response = await http.get(f"{tail.url}/tail/{key}?slow=1&seconds=0.2")
+        assert response.text == f"{key} 1"
+        assert time.monotonic() - started < 2
+        with anyio.fail_after(3):
+            assert (await http.get(f"{tail.url}/tail/after")).status_code == 200
+        breaker = http._transport.breakers.get(tail.url)  # type: ignore[attr-defined]
+        assert breaker.metrics().calls["ignored"] == 1  # the hedge that never got a connection
+
+
+def test_hedging_state_per_origin_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many origins: the per-origin hedges (latencies, budget) are capped, oldest dropped."""
+    import resilience.transport as transport_module
+
+    monkeypatch.setattr(transport_module, "_MAX_ORIGINS", 5)
+    transport = AsyncResilientTransport(hedge=Hedge(), retry=False)
+    pipeline = transport._pipeline
+
+    async def discard(response: httpx.Response) -> None: ...
+
+    for number in range(40):
+        request = httpx.Request("GET", f"http://host{number}.test/")
+        assert pipeline.hedge_for(request, {}, None, discard) is not None
+    assert len(pipeline._hedges) == 5
+    assert {origin for origin, _ in pipeline._hedges} == {
+        f"http://host{n}.test:80" for n in range(35, 40)
+    }
