@@ -844,3 +844,73 @@ async def test_every_attempt_runs_inside_the_callers_deadline() -> None:
     assert await drive(clock, within) == 3
     assert seen[1] is seen[0]
     assert seen[2] is seen[0]
+
+
+async def test_many_callers_race_for_the_last_hedge_token() -> None:
+    """Concurrent calls on real tasks: one token, one hedge; every call counted exactly once."""
+    budget = RetryBudget(ratio=0.0, min_per_second=0.1, window=10)  # 1 token in all
+    policy = Hedge(delay=0, budget=budget)
+    sent: list[int] = []
+
+    async def call() -> int:
+        sent.append(1)
+        await anyio.lowlevel.checkpoint()
+        return 1
+
+    async with anyio.create_task_group() as group:
+        for _ in range(50):
+            group.start_soon(policy.acall, call)
+    assert len(sent) == 51
+    counts = policy.metrics()
+    assert (counts["calls"], counts["sent"], counts["refused"]) == (50, 1, 49)
+    assert counts["deadline"] == 0
+    assert counts["won"] <= 1
+
+
+async def test_a_cancelled_hedge_holding_the_only_probe_gives_it_back() -> None:
+    """A hedge that took the only half-open probe and lost gives it back.
+
+    compose(hedge, breaker): the cancelled probe is settled as ignored, so the
+    breaker is not stuck half-open: the next call probes and closes it.
+    """
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        "probe",
+        consecutive_failures=1,
+        failure_rate_threshold=None,
+        open_duration=0.05,
+        half_open_max_calls=1,
+        clock=clock,
+    )
+    policy = hedge(clock, delay=0.1)
+    started: list[int] = []
+
+    async def call() -> str:
+        number = len(started) + 1
+        started.append(number)
+        if number == 1:  # while it runs, the downstream fails for someone else
+            await wait_until(clock, 0.01)
+            breaker.acquire().record_failure()
+            await wait_until(clock, 0.2)
+        else:  # the hedge (at 0.1 s, half-open) holds the only probe, and loses
+            await wait_until(clock, 5.0)
+        return f"answer {number}"
+
+    assert await drive(clock, lambda: compose(policy, breaker).acall(call)) == "answer 1"
+    assert started == [1, 2]
+    assert breaker.state is resilience.State.HALF_OPEN
+    assert breaker.metrics().calls["ignored"] == 1  # the cancelled probe: no verdict
+    assert await drive(clock, lambda: compose(policy, breaker).acall(call)) == "answer 3"
+    assert breaker.state is resilience.State.CLOSED
+
+
+async def test_a_timeout_around_the_hedge_cancels_every_attempt() -> None:
+    """compose(Timeout, hedge): the whole hedged call is cut, every attempt's finally has run."""
+    clock = FakeClock()
+    policy = hedge(clock, delay=0.01)
+    downstream = Downstream(clock, [1.0, 1.0])
+    timeout = resilience.Timeout(0.05, clock=clock)
+    with pytest.raises(resilience.DeadlineExceededError):
+        await drive(clock, lambda: compose(timeout, policy).acall(downstream))
+    assert sorted(downstream.cancelled) == [1, 2]
+    assert sorted(downstream.finished) == [1, 2]
