@@ -368,3 +368,19 @@ def test_hedging_state_per_origin_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
     assert {origin for origin, _ in pipeline._hedges} == {
         f"http://host{n}.test:80" for n in range(35, 40)
     }
+
+
+async def test_an_open_breaker_fails_the_call_at_once_without_a_hedge(tail: TailServer) -> None:
+    """The origin's breaker is open: HTTPCircuitOpenError at once, no hedge sent or refused.
+
+    A refused attempt sends no hedge (docs/guide/hedging.md, The rules: Failures),
+    so an open breaker does not drain the origin's retry budget the hedges share.
+    """
+    hedge = Hedge(delay=0.02)
+    async with client(hedge) as http:
+        breaker = http._transport.breakers.get(tail.url)  # type: ignore[attr-defined]
+        breaker.force_open()
+        for _ in range(30):
+            with pytest.raises(resilience.HTTPCircuitOpenError):
+                await http.get(f"{tail.url}/tail/{fresh('open')}")
+    assert hedge.metrics() == {"calls": 30, "sent": 0, "won": 0, "refused": 0, "deadline": 0}
