@@ -384,3 +384,30 @@ async def test_an_open_breaker_fails_the_call_at_once_without_a_hedge(tail: Tail
             with pytest.raises(resilience.HTTPCircuitOpenError):
                 await http.get(f"{tail.url}/tail/{fresh('open')}")
     assert hedge.metrics() == {"calls": 30, "sent": 0, "won": 0, "refused": 0, "deadline": 0}
+
+
+async def test_a_transport_error_sends_the_next_hedge_at_once() -> None:
+    """A transport error the default retry would retry is non-fatal: the hedge goes at once.
+
+    docs/guide/hedging.md, In the httpx transport ("Unless your `Hedge` says otherwise").
+    """
+    calls: list[int] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, text="second")
+
+    hedge = Hedge(delay=30.0)
+    events: list[object] = []
+    hedge.events.subscribe(events.append)
+    inner = httpx.MockTransport(handler)
+    transport = AsyncResilientTransport(inner, hedge=hedge, retry=False)
+    async with httpx.AsyncClient(transport=transport) as http:
+        with anyio.fail_after(5):  # not after the 30 s delay
+            response = await http.get("http://origin.test/")
+    assert response.text == "second"
+    assert response.extensions["resilience"]["attempts"] == 2
+    [sent] = [e for e in events if isinstance(e, resilience.events.HedgeSent)]
+    assert sent.reason == "failure"
