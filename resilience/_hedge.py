@@ -75,8 +75,9 @@ class Hedge(Policy):
       (`CircuitOpenError`, `BulkheadFullError`, ...) of one attempt are
       non-fatal too, but send no hedge at once (it would be refused too).
       Any other exception (a BaseException too) is fatal: every attempt is
-      cancelled and it is raised, never in an exception group. If every attempt fails, the first
-      attempt's outcome is raised (or returned, for a failing result).
+      cancelled and it is raised, never in an exception group. If every
+      attempt fails, the first attempt's outcome is raised (or returned, for
+      a failing result).
     - The losers are cancelled, and the call returns only once they have
       ended (their `finally` blocks have run). Results nobody will use (a
       loser that answered too, a failing result not returned) go to
