@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._budget import RetryBudget
 from ._clock import Clock, SystemClock, alarms_of, resolve_clock
-from ._compose import _NOTHING, MisuseError, Policy, not_awaitable
+from ._compose import _NOTHING, MisuseError, Policy, is_async_callable, not_awaitable
 from ._counter import peek
 from ._deadline import current_deadline
 from ._outcome import ExceptionFilter, ExceptionSpec, is_rejection
@@ -286,6 +286,11 @@ class Hedge(Policy):
 
 def _sync_misuse(fn: object) -> MisuseError:
     name = getattr(fn, "__qualname__", None) or repr(fn)
+    if is_async_callable(fn):  # the right function, through the sync entry point
+        return MisuseError(
+            f"Hedge.call({name}): hedging has no sync API (a thread cannot be cancelled); "
+            f"{name} is async: `await hedge.acall({name}, ...)`, or decorate it with `@hedge`."
+        )
     return MisuseError(
         f"Hedge: {name} is not a coroutine function. Hedging runs attempts concurrently and "
         f"cancels the losers, which only async code allows (a thread cannot be cancelled): "

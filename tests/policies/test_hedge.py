@@ -914,3 +914,15 @@ async def test_a_timeout_around_the_hedge_cancels_every_attempt() -> None:
         await drive(clock, lambda: compose(timeout, policy).acall(downstream))
     assert sorted(downstream.cancelled) == [1, 2]
     assert sorted(downstream.finished) == [1, 2]
+
+
+def test_call_with_an_async_function_says_to_await_acall() -> None:
+    """hedge.call(an async def): the MisuseError says to await acall, not that it is sync."""
+    policy = Hedge()
+
+    async def fetch() -> int:
+        return 1
+
+    with pytest.raises(MisuseError, match=r"await hedge\.acall\(") as caught:
+        policy.call(fetch)  # type: ignore[arg-type]
+    assert "not a coroutine function" not in str(caught.value)
