@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_redis.py --json benchmarks/results/redis.json
 	$(BIN)/python benchmarks/bench_limit.py --json benchmarks/results/limit.json
 	$(BIN)/python benchmarks/bench_sidecar.py --json benchmarks/results/sidecar.json
+	$(BIN)/python benchmarks/bench_hedge.py --json benchmarks/results/hedge.json
 
 # The simulation of tests/integrations/test_redis_protocol.py, with many more
 # random schedules than `make test` runs (needs redis-server on PATH).

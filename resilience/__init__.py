@@ -16,6 +16,7 @@ from ._clock import Clock, SystemClock
 from ._compose import Pipeline, Policy, compose
 from ._deadline import DEADLINE_HEADER, Deadline, current_deadline, deadline, remaining
 from ._fallback import Fallback
+from ._hedge import Hedge
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import AIMDLimit, Gradient2Limit, LimitAlgorithm, VegasLimit
 from ._outcome import Outcome
@@ -72,6 +73,7 @@ __all__ = [
     "HTTPCircuitOpenError",
     "HTTPConcurrencyLimitExceededError",
     "HTTPDeadlineExceededError",
+    "Hedge",
     "LimitAlgorithm",
     "LimitPermit",
     "MisuseError",

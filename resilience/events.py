@@ -33,6 +33,9 @@ __all__ = [
     "CallRejected",
     "DeadlineExceeded",
     "Event",
+    "HedgeBudgetExhausted",
+    "HedgeSent",
+    "HedgeWon",
     "LimitChanged",
     "LimitRejected",
     "Observer",
@@ -244,6 +247,47 @@ class RetryBudgetExhausted(Event):
 
     __slots__ = ()
     kind: ClassVar[str] = "retry.budget_exhausted"
+
+
+class HedgeSent(Event):
+    """A hedged call sent one more attempt: its delay passed, or an attempt failed non-fatally."""
+
+    __slots__ = ("attempt", "elapsed", "reason")
+    kind: ClassVar[str] = "hedge.sent"
+    #: The number of the attempt sent (2 is the first hedge).
+    attempt: int
+    #: Seconds since the call started.
+    elapsed: float
+    #: Why: "delay" (no answer in time) or "failure" (a non-fatal failure).
+    reason: str
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *, name: str, time: float, attempt: int, elapsed: float, reason: str
+        ) -> None: ...
+
+
+class HedgeWon(Event):
+    """A hedge, not the first attempt, gave the answer of a hedged call."""
+
+    __slots__ = ("attempt", "elapsed")
+    kind: ClassVar[str] = "hedge.won"
+    #: The number of the attempt that won (2 is the first hedge).
+    attempt: int
+    #: Seconds from the call's start to its answer.
+    elapsed: float
+
+    if TYPE_CHECKING:
+
+        def __init__(self, *, name: str, time: float, attempt: int, elapsed: float) -> None: ...
+
+
+class HedgeBudgetExhausted(Event):
+    """A hedge was not sent because its budget was spent."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "hedge.budget_exhausted"
 
 
 class DeadlineExceeded(Event):

@@ -17,8 +17,9 @@ Event names: `breaker.opened` (warning), `breaker.half_opened`,
 `breaker.metrics_only`, `breaker.threshold_crossed`, `call.rejected` (the
 first per open period; the count comes with the next transition),
 `retry.scheduled`, `retry.gave_up` (warning), `retry.budget_exhausted`,
-`bulkhead.rejected`, `limit.rejected`, `deadline.exceeded` (these four at
-most once per `throttle` seconds per name, with a `suppressed` count),
+`hedge.budget_exhausted`, `bulkhead.rejected`, `limit.rejected`,
+`deadline.exceeded` (these five at most once per `throttle` seconds per
+name, with a `suppressed` count),
 `registry.evicted`, and `limit.changed` when an adaptive concurrency limit
 has moved by a factor of `limit_factor` or more since its last line (a
 warning when it fell; also at most once per `throttle` seconds per name).
@@ -43,6 +44,7 @@ from .events import (
     CallRejected,
     DeadlineExceeded,
     Event,
+    HedgeBudgetExhausted,
     LimitChanged,
     LimitRejected,
     RetryBudgetExhausted,
@@ -130,6 +132,8 @@ class StructlogObserver:
             )
         elif isinstance(event, RetryBudgetExhausted):
             self._throttled("retry.budget_exhausted", event.name, "warning")
+        elif isinstance(event, HedgeBudgetExhausted):
+            self._throttled("hedge.budget_exhausted", event.name, "warning")
         elif isinstance(event, BulkheadRejected):
             self._throttled(
                 "bulkhead.rejected",

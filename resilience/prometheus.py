@@ -57,6 +57,8 @@ _LABELS: dict[str, list[str]] = {
     "resilience_retry_calls": ["name", "outcome"],
     "resilience_retry_attempts": ["name"],
     "resilience_retry_budget_exhausted": ["name"],
+    "resilience_hedge_calls": ["name"],
+    "resilience_hedges": ["name", "outcome"],
     "resilience_bulkhead_in_flight": ["name"],
     "resilience_bulkhead_rejected": ["name"],
     "resilience_concurrency_limit": ["name"],
@@ -72,6 +74,8 @@ _LABELS: dict[str, list[str]] = {
 }
 #: What the server middleware answered itself (the keys of its `metrics()`).
 _MIDDLEWARE_OUTCOMES = ("expired", "deadline_exceeded", "shed")
+#: What became of the hedges a `Hedge` wanted to send (the keys of its `metrics()`).
+_HEDGE_OUTCOMES = ("sent", "won", "refused", "deadline")
 _RETRY_OUTCOMES = (
     "success_first_try",
     "success_after_retry",
@@ -81,7 +85,7 @@ _RETRY_OUTCOMES = (
 
 
 class ResilienceCollector(Collector):
-    """Exports every live breaker, retry, budget, bulkhead, limit, timeout, fallback and middleware.
+    """Exports every live policy (breakers, retries, hedges, bulkheads, limits...) and middleware.
 
     Metric names and labels are those of DESIGN section 11; see the metrics
     reference in the docs.
@@ -97,6 +101,7 @@ class ResilienceCollector(Collector):
         self._breakers(families)
         self._retries(families)
         self._budgets(families)
+        self._hedges(families)
         self._bulkheads(families)
         self._limits(families)
         self._timeouts(families)
@@ -151,6 +156,17 @@ class ResilienceCollector(Collector):
                 "resilience_retry_budget_exhausted",
                 "Retries refused because the retry budget was spent.",
                 labels=_LABELS["resilience_retry_budget_exhausted"],
+            ),
+            "hedge_calls": CounterMetricFamily(
+                "resilience_hedge_calls",
+                "Calls through a hedging policy.",
+                labels=_LABELS["resilience_hedge_calls"],
+            ),
+            "hedges": CounterMetricFamily(
+                "resilience_hedges",
+                "Hedges (extra attempts): sent, won (answered first), refused by the budget, "
+                "or not sent because the deadline was too near.",
+                labels=_LABELS["resilience_hedges"],
             ),
             "in_flight": GaugeMetricFamily(
                 "resilience_bulkhead_in_flight",
@@ -262,6 +278,13 @@ class ResilienceCollector(Collector):
     def _budgets(families: dict[str, Any]) -> None:
         for name, counts in _summed((b.name, b.metrics()) for b in live("budget")):
             families["budget_exhausted"].add_metric([name], counts["exhausted"])
+
+    @staticmethod
+    def _hedges(families: dict[str, Any]) -> None:
+        for name, counts in _summed((h.name, h.metrics()) for h in live("hedge")):
+            families["hedge_calls"].add_metric([name], counts["calls"])
+            for outcome in _HEDGE_OUTCOMES:
+                families["hedges"].add_metric([name, outcome], counts[outcome])
 
     @staticmethod
     def _bulkheads(families: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ import httpx
 from ._backoff import Backoff
 from ._budget import RetryBudget
 from ._clock import SYSTEM_CLOCK, Clock, resolve_clock
+from ._compose import MisuseError
 from ._deadline import (
     DEADLINE_HEADER,
     Deadline,
@@ -34,8 +35,10 @@ from ._deadline import (
     enter_deadline,
     leave_deadline,
 )
+from ._hedge import Hedge
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import AIMDLimit
+from ._outcome import ExceptionFilter
 from ._retry import Retry, RetryExhaustedError, _discard_for_this_call
 from ._tracking import untrack
 from ._validate import check_bool, check_int, check_seconds
@@ -72,7 +75,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 #: Statuses retried by default (transient: Polly's standard handler and Envoy's 5xx + 429).
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _OVERRIDES = frozenset(
-    {"retry", "breaker", "concurrency_limit", "total_timeout", "attempt_timeout"}
+    {"retry", "breaker", "concurrency_limit", "hedge", "total_timeout", "attempt_timeout"}
 )
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 _TIMEOUT_KEY_SET = frozenset(_TIMEOUT_KEYS)
@@ -220,6 +223,7 @@ class _Pipeline:
         send_deadline_header: bool,
         half_open_max_wait: float | EllipsisType | None,
         clock: Clock | None,
+        hedge: Hedge | None = None,
     ) -> None:
         self.total_timeout = (
             None if total_timeout is None else check_seconds(total_timeout, "total_timeout")
@@ -300,6 +304,11 @@ class _Pipeline:
         self.limited = self._shared_limit is not None or self._limit_factory is not None
         self._limits: OrderedDict[str, ConcurrencyLimit] = OrderedDict()
         self._limits_lock = threading.Lock()
+        if hedge is not None and not isinstance(hedge, Hedge):
+            raise TypeError(f"hedge= must be a resilience.Hedge or None, got {hedge!r}")
+        #: The hedging policy as configured, or None; each origin runs its own copy.
+        self.hedge = hedge
+        self._hedges: OrderedDict[tuple[str, RetryBudget | None], Hedge] = OrderedDict()
 
     def retryable_status(self, response: httpx.Response) -> bool:
         """The status rule of the default retry (and of a `Retry` that has none)."""
@@ -432,7 +441,7 @@ class _Pipeline:
                 f'unknown keys in request.extensions["resilience"]: {sorted(unknown)}; '
                 f"known: {sorted(_OVERRIDES)}"
             )
-        for key in ("retry", "breaker", "concurrency_limit"):
+        for key in ("retry", "breaker", "concurrency_limit", "hedge"):
             value = overrides.get(key)
             if value is not None and not isinstance(value, bool):
                 raise TypeError(
@@ -495,6 +504,54 @@ class _Pipeline:
         if default is None:
             return breaker, self._call_retry, ""
         return breaker, default._origins.get(origin) or default.for_origin(origin), ""
+
+    def hedge_for(
+        self,
+        request: httpx.Request,
+        options: Mapping[str, Any],
+        retry: Retry | None,
+        discard: Callable[[httpx.Response], Any],
+    ) -> Hedge | None:
+        """The hedging policy for this request's origin, or None if it is not hedged.
+
+        The retries' rule decides: an idempotent method (`retry_methods`),
+        an `Idempotency-Key` header, or `{"hedge": True}` in the request's
+        options; and a body in memory (or `buffer_bodies=True`).
+        """
+        hedge = self.hedge
+        if hedge is None or (options and options.get("hedge") is False):
+            return None
+        if not (
+            request.method.upper() in self.retry_methods
+            or (options and options.get("hedge") is True)
+            or "idempotency-key" in request.headers
+        ):
+            return None
+        if not isinstance(request.stream, httpx.ByteStream) and not self.buffer_bodies:
+            return None
+        origin = self.origin_name(request.url)
+        # Hedges spend the budget of the origin's retries when they have one.
+        budget = None if retry is None else retry.budget
+        key = (origin, budget)
+        made = self._hedges.get(key)
+        if made is not None:
+            return made
+        with self._limits_lock:
+            made = self._hedges.get(key)
+            if made is None:
+                sibling = next((h for (o, _), h in self._hedges.items() if o == origin), None)
+                made = hedge._for_origin(origin, budget)
+                if sibling is not None:
+                    made._latencies = sibling._latencies  # one origin, one latency window
+                if not hedge.non_fatal:
+                    made.non_fatal = ExceptionFilter(_transient, param="non_fatal")
+                if hedge.non_fatal_result is None:
+                    made.non_fatal_result = self.retryable_status
+                made.discard_result = _then(hedge.discard_result, discard)
+                while len(self._hedges) >= _MAX_ORIGINS:
+                    self._hedges.popitem(last=False)
+                self._hedges[key] = made
+            return made
 
     def enter(
         self, options: Mapping[str, Any], clock: Clock
@@ -600,6 +657,22 @@ class _Pipeline:
             "breaker_state": None if breaker is None else breaker.state._value_,
             "elapsed": elapsed,
         }
+
+
+def _then(
+    first: Callable[[Any], object] | None, second: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    """`second`, after `first` if given (a caller's hook, then the transport's)."""
+    if first is None:
+        return second
+
+    async def both(result: Any) -> None:
+        done = first(result)
+        if hasattr(done, "__await__"):
+            await done
+        await second(result)
+
+    return both
 
 
 def _within(timeouts: Mapping[str, float | None], limit: float) -> bool:
@@ -1224,6 +1297,13 @@ class _Configured:
         Python's own error for an unexpected keyword names only the wrong one.
         Type checkers take the signature from `__init__`.
         """
+        if "hedge" in kwargs and issubclass(cls, httpx.BaseTransport):
+            raise MisuseError(
+                "ResilientTransport does not hedge: a hedge runs attempts concurrently and "
+                "cancels the losers, and a blocking httpx request in a thread cannot be "
+                "cancelled (its connection would be held until it ends). Use "
+                "resilience.AsyncResilientTransport(hedge=...) with httpx.AsyncClient."
+            )
         names = _option_names(cls.__init__)
         if names is not None:
             unknown = [name for name in kwargs if name not in names]
@@ -1610,6 +1690,15 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
             per `scheme://host:port`, named after it; a callable(origin)
             that makes each origin's limit; or one `ConcurrencyLimit` for
             every origin. A full limit raises `HTTPConcurrencyLimitExceededError`.
+        hedge: A `resilience.Hedge`: a slow attempt gets extra ones, and the
+            first good response wins (off by default). Only requests that may
+            be retried are hedged (`retry_methods`, an `Idempotency-Key`);
+            each origin keeps its own latencies, and hedges spend the
+            origin's retry budget when there is one. Each hedge is an
+            attempt: its own breaker permit and limit slot. Losers are
+            cancelled (their connections closed) before the response is
+            returned. Unless the `Hedge` says otherwise, transport errors
+            and `retry_statuses` are non-fatal (the next hedge goes at once).
         retry_methods: Methods retried (default: the idempotent ones).
         retry_statuses: Response statuses retried, by the default retry and
             by a `Retry` of yours that has no `retry_if_result`.
@@ -1656,6 +1745,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         retry: Retry | bool = True,
         breaker: CircuitBreaker | BreakerRegistry | bool = True,
         concurrency_limit: ConcurrencyLimit | Callable[[str], ConcurrencyLimit] | bool = False,
+        hedge: Hedge | None = None,
         retry_methods: Collection[str] = IDEMPOTENT_METHODS,
         retry_statuses: Container[int] = RETRY_STATUSES,
         failure_status: Callable[[int], bool] = default_failure_status,
@@ -1695,6 +1785,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
             send_deadline_header=send_deadline_header,
             half_open_max_wait=half_open_max_wait,
             clock=clock,
+            hedge=hedge,
         )
         self._inner: httpx.AsyncBaseTransport = _inner_transport(
             transport,
@@ -1742,6 +1833,28 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
                 pipeline.prepare(request, options, deadline), breaker, deadline, request, limit
             )
             return last
+
+        hedge = (
+            None
+            if pipeline.hedge is None
+            else pipeline.hedge_for(request, options, retry, self._discard)
+        )
+        if hedge is not None:
+
+            async def one() -> httpx.Response:
+                nonlocal attempts
+                attempts += 1
+                return await self._attempt(
+                    pipeline.prepare(request, options, deadline), breaker, deadline, request, limit
+                )
+
+            async def attempt() -> httpx.Response:
+                nonlocal last
+                if last is not None and not last.is_closed:
+                    await self._discard(last)
+                # The losers' responses are closed by the hedge before it returns.
+                last = await hedge.acall(one)
+                return last
 
         token, deadline = pipeline.enter(options, clock)
         discarding = None if retry is None else _discard_for_this_call.set(self._discard)

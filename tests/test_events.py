@@ -12,6 +12,9 @@ from resilience.events import (
     CallRejected,
     DeadlineExceeded,
     Event,
+    HedgeBudgetExhausted,
+    HedgeSent,
+    HedgeWon,
     ObserverHub,
     RetryBudgetExhausted,
     RetryGaveUp,
@@ -29,6 +32,9 @@ SAMPLES: list[Event] = [
     RetryBudgetExhausted(name="b", time=5.0),
     DeadlineExceeded(name="d", time=6.0, budget=2.0),
     BulkheadRejected(name="k", time=7.0, max_concurrent=10, waited=0.0),
+    HedgeSent(name="h", time=8.0, attempt=2, elapsed=0.05, reason="delay"),
+    HedgeWon(name="h", time=9.0, attempt=2, elapsed=0.06),
+    HedgeBudgetExhausted(name="h", time=10.0),
 ]
 
 
@@ -57,6 +63,9 @@ def test_event_kinds_are_stable_dotted_names() -> None:
         "retry.budget_exhausted",
         "deadline.exceeded",
         "bulkhead.rejected",
+        "hedge.sent",
+        "hedge.won",
+        "hedge.budget_exhausted",
     ]
 
 

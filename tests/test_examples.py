@@ -97,6 +97,14 @@ EXPECTED = {
         "refunded o-5",
         "state=closed calls={'success': 2, 'failure': 4, 'ignored': 0, 'rejected': 1}",
     ],
+    "hedging.py": [
+        "  event: hedge.sent (attempt 2)",
+        "  event: hedge.won (attempt 2)",
+        "quote: ACME 101.5 (attempt 2); cancelled before the return: [1]",
+        "quote: ACME 101.5 (attempt 3)",
+        "metrics: {'calls': 2, 'sent': 1, 'won': 1, 'refused': 0, 'deadline': 0}",
+        "sync: MisuseError: hedging needs async code",
+    ],
     "custom_policy.py": [
         "ORDERS",
         "stnemyap",

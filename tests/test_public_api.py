@@ -27,6 +27,7 @@ PUBLIC_API = {
     "Gradient2Limit",
     "VegasLimit",
     "Fallback",
+    "Hedge",
     "Timeout",
     "Backoff",
     "Deadline",

@@ -264,3 +264,23 @@ def test_a_real_limit_logs_through_install() -> None:
     assert [(log["event"], log["from_limit"], log["to_limit"]) for log in logs] == [
         ("limit.changed", 20, 12)
     ]
+
+
+def test_a_hedge_budget_refusal_is_a_throttled_warning() -> None:
+    """`hedge.budget_exhausted` is logged as a warning, throttled like retry.budget_exhausted.
+
+    docs/guide/observability.md: sent and won hedges are metrics and events, not lines.
+    """
+    from resilience.events import HedgeBudgetExhausted, HedgeSent, HedgeWon
+
+    observer = StructlogObserver(throttle=3600)
+    hub = ObserverHub()
+    hub.subscribe(observer)
+    with capture_logs() as logs:
+        for _ in range(5):
+            hub.publish(HedgeBudgetExhausted(name="quotes", time=0.0))
+        hub.publish(HedgeSent(name="quotes", time=0.0, attempt=2, elapsed=0.01, reason="delay"))
+        hub.publish(HedgeWon(name="quotes", time=0.0, attempt=2, elapsed=0.02))
+    assert [(log["event"], log["log_level"], log["name"]) for log in logs] == [
+        ("hedge.budget_exhausted", "warning", "quotes")
+    ]

@@ -460,3 +460,34 @@ def test_concurrency_limit_gauges_in_multiprocess_mode() -> None:
     exporter = rp.MultiprocessExporter()
     for name in ("resilience_concurrency_limit", "resilience_concurrency_in_flight"):
         assert exporter._metrics[name]._multiprocess_mode == "livesum"  # type: ignore[union-attr]
+
+
+async def _hedged_calls(policy: resilience.Hedge, clock: FakeClock) -> None:
+    async def slow_then_fast() -> str:
+        return "ok"
+
+    await policy.acall(slow_then_fast)
+
+
+def test_hedge_series(registry: CollectorRegistry) -> None:
+    """resilience_hedge_calls_total and resilience_hedges_total{outcome} follow `metrics()`."""
+    import asyncio
+
+    clock = FakeClock()
+    policy = resilience.Hedge(name="prom-hedge", delay=0.0, ratio=0.05, clock=clock)
+    for _ in range(3):
+        asyncio.run(_hedged_calls(policy, clock))
+    counts = policy.metrics()
+    samples = scrape(registry)
+    assert value(samples, "resilience_hedge_calls_total", name="prom-hedge") == 3
+    for outcome in ("sent", "won", "refused", "deadline"):
+        assert (
+            value(samples, "resilience_hedges_total", name="prom-hedge", outcome=outcome)
+            == (counts[outcome])
+        )
+    assert counts["sent"] >= 1
+    # The hedge's own budget is not a retry budget: no series of its own.
+    assert not any(
+        dict(labels)["name"].startswith("prom-hedge")
+        for labels in samples.get("resilience_retry_budget_exhausted_total", {})
+    )

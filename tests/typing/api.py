@@ -130,13 +130,21 @@ def guarded_lookup(key: str) -> int:
     return 1
 
 
+@resilience.Hedge(delay=0.05, budget=retry.budget)
+async def quote(symbol: str, *, fresh: bool = False) -> float:
+    return 1.0
+
+
 assert_type(lookup("k"), int)
 lookup(1)  # type: ignore[arg-type]
+quote(1).close()  # type: ignore[arg-type]
 assert_type(guarded_lookup("k"), int)
 
 
 async def use_policies() -> None:
     assert_type(await slow("k"), int)
+    assert_type(await quote("ACME", fresh=True), float)
+    assert_type(await resilience.Hedge().acall(quote, "ACME"), float)
     async with resilience.deadline(1.0) as current:
         assert_type(current, resilience.Deadline)
         assert_type(resilience.remaining(), float | None)

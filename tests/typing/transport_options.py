@@ -52,6 +52,7 @@ async_transport = AsyncResilientTransport(
     breaker=resilience.CircuitBreaker("api"),
     half_open_max_wait=...,
     concurrency_limit=lambda origin: resilience.ConcurrencyLimit(name=origin),
+    hedge=resilience.Hedge(max_hedged_attempts=2),
 )
 shared = ResilientTransport(concurrency_limit=resilience.ConcurrencyLimit(name="all"))
 
@@ -67,6 +68,9 @@ ResilientTransport(concurrency_limit=20)  # type: ignore[arg-type]
 ResilientTransport(concurrency_limit=resilience.AIMDLimit())  # type: ignore[arg-type]
 ResilientTransport(limits=10)  # type: ignore[arg-type]
 ResilientTransport(clock=object())  # type: ignore[arg-type]
+AsyncResilientTransport(hedge=True)  # type: ignore[arg-type]
+# The sync transport does not hedge (a blocking request cannot be cancelled).
+ResilientTransport(hedge=resilience.Hedge())  # type: ignore[call-arg]
 # Options are keyword-only: only the inner transport is positional.
 ResilientTransport(None, 30.0)  # type: ignore[call-arg]
 # Each transport wraps its own kind of inner transport.
