@@ -21,8 +21,9 @@ stays high until the slow latencies leave its window (1,000 attempts, 5 s
 at this rate): the plan ends with the overload so that the tail's
 percentiles are not about that.
 
-There is no HAProxy arm: HAProxy does not hedge (it retries a failed
-request, `retry-on`, but never sends a second copy of a slow one).
+There is no HAProxy arm: HAProxy does not hedge. It retries a request that
+failed or timed out (`retry-on`, giving up on the first), but never races a
+second copy against a slow one.
 """
 
 from __future__ import annotations
