@@ -232,6 +232,10 @@ from resilience.demo._scenario import Options
 from resilience.demo.scenarios import _cascade
 
 
+# A terminal's Ctrl-C, whatever started this (a background job ignores SIGINT).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def haproxy_children():
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):

@@ -3,7 +3,8 @@
 Layout: `_scenario.py` says what a scenario is (a name, a plan of phases, a
 set of arms, the rows of its table) and keeps the registry; `_report.py`
 turns any scenario's results into its table, plot, JSON and Markdown;
-`_harness.py` has the loopback servers, the load loop and the statistics;
+`_harness.py` has the loopback servers, the load loops (clients, or arrivals
+at a fixed rate) and the statistics;
 `_hop.py` and `_sidecar.py` build one hop's resilient transport and its
 HAProxy sidecar from the same settings; `scenarios/` holds the scenarios.
 

@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], options: Options) 
         part = _report.summary(plan, header, results, lines)
         part["skipped"] = skipped
         plot = Path(args.plot_dir) / f"resilience-demo-{scenario.name}.png"
-        _report.plot(plot, scenario, plan, results)
+        (scenario.plot or _report.plot)(plot, scenario, plan, results)
         part["plot"] = str(plot)
         console.print(f"plot: {plot}", highlight=False)
         report["scenarios"][scenario.name] = part

@@ -191,6 +191,60 @@ async def run_load(
     return samples
 
 
+async def open_loop(
+    call: Callable[[httpx.AsyncClient], Awaitable[bool]],
+    *,
+    rate: float,
+    duration: float,
+    give_up_after: float,
+    begin: list[float],
+    on_tick: Callable[[float], None],
+) -> list[Sample]:
+    """Arrivals at `rate` per second for `duration` seconds, whatever happens to earlier requests.
+
+    Real users keep arriving while a service is slow (an open loop; a closed
+    loop of clients would slow down with it and hide the tail). `call`
+    returns whether the answer was full; an exception, or no answer within
+    `give_up_after` seconds, is a failure. A sample's latency counts from
+    when its arrival was due, so a busy event loop's lag is not hidden.
+    `begin[0]` is set to when the arrivals start (servers read it to know
+    which phase they are in). At most `rate * duration` calls, then it waits
+    for those still running.
+    """
+    samples: list[Sample] = []
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(limits=limits) as client:
+
+        async def one(started: float) -> None:
+            outcome: Outcome
+            try:
+                ok = await asyncio.wait_for(call(client), give_up_after)
+                outcome = "full" if ok else "failed"
+            except Exception:  # noqa: BLE001  (a failed request is a data point)
+                outcome = "failed"
+            samples.append(Sample(started, time.monotonic() - begin[0] - started, outcome))
+
+        tasks = set()
+        begin[0] = time.monotonic()
+        arrivals = math.ceil(rate * duration - 1e-9)  # at 0, 1 / rate, 2 / rate...
+        arrived = 0
+        last_tick = 0.0
+        while arrived < arrivals:
+            now = time.monotonic() - begin[0]
+            # Every arrival due: a loop that was kept busy catches up.
+            while arrived < arrivals and arrived / rate <= now:
+                task = asyncio.create_task(one(arrived / rate))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                arrived += 1
+            if now - last_tick > 0.2:
+                on_tick(now)
+                last_tick = now
+            await asyncio.sleep(max(0.0, min(arrived / rate - now, 0.01)))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return samples
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by nearest rank; NaN for no values."""
     if not values:

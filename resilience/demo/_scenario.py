@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
 
     from ._harness import Bucket
 
@@ -127,7 +128,9 @@ class Scenario:
     """A named experiment: its plan, arms and table rows.
 
     `why_behind` explains, per row key, why the protected arm may lose that row
-    to a rival (printed under the table when it does).
+    to a rival (printed under the table when it does). `plot` draws the
+    scenario's figure when the common one (`_report.plot`: answered in full
+    and p99, per second) does not show what it is about.
     """
 
     name: str
@@ -138,6 +141,7 @@ class Scenario:
     rows: Sequence[Row]
     why_behind: Mapping[str, str] = field(default_factory=dict)
     notes: Callable[[dict[str, ArmResult]], list[str]] = lambda results: []
+    plot: Callable[[Path, Scenario, Plan, dict[str, ArmResult]], None] | None = None
 
     def __post_init__(self) -> None:
         roles = [arm.role for arm in self.arms]

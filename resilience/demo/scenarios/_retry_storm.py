@@ -30,7 +30,7 @@ from starlette.routing import Route
 import resilience
 from resilience.middleware import ASGIDeadlineMiddleware
 
-from .._harness import Outcome, Sample, count_outcomes, per_second, recovery_seconds, serve
+from .._harness import count_outcomes, open_loop, per_second, recovery_seconds, serve
 from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register, seconds_text
 
 if TYPE_CHECKING:
@@ -140,45 +140,6 @@ def protected_caller(url: str) -> Callable[[httpx.AsyncClient], Any]:
     return call
 
 
-async def open_loop(
-    call: Callable[[httpx.AsyncClient], Any],
-    plan: Plan,
-    begin: list[float],
-    on_tick: Callable[[float], None],
-) -> list[Sample]:
-    """Arrivals at a fixed rate, whatever happens to earlier requests (as real users do)."""
-    samples: list[Sample] = []
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(limits=limits) as client:
-
-        async def one(started: float) -> None:
-            outcome: Outcome
-            try:
-                ok = await asyncio.wait_for(call(client), STORM.client_timeout * 4)
-                outcome = "full" if ok else "failed"
-            except Exception:  # noqa: BLE001  (a failed request is a data point)
-                outcome = "failed"
-            samples.append(Sample(started, time.monotonic() - begin[0] - started, outcome))
-
-        tasks = set()
-        begin[0] = time.monotonic()
-        interval = 1 / STORM.arrival_rate
-        next_arrival = 0.0
-        last_tick = 0.0
-        while (now := time.monotonic() - begin[0]) < plan.duration:
-            if now >= next_arrival:
-                task = asyncio.create_task(one(now))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                next_arrival += interval
-            if now - last_tick > 0.2:
-                on_tick(now)
-                last_tick = now
-            await asyncio.sleep(max(0.0, min(next_arrival - now, 0.01)))
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return samples
-
-
 def run(
     protected: bool, plan: Plan, options: Options, on_tick: Callable[[float], None]
 ) -> ArmResult:
@@ -192,7 +153,16 @@ def run(
     with serve(inventory_app(plan, begin, counters)) as url:
         endpoint = f"{url}/reserve"
         call = protected_caller(endpoint) if protected else naive_caller(endpoint)
-        samples = asyncio.run(open_loop(call, plan, begin, on_tick))
+        samples = asyncio.run(
+            open_loop(
+                call,
+                rate=STORM.arrival_rate,
+                duration=plan.duration,
+                give_up_after=STORM.client_timeout * 4,
+                begin=begin,
+                on_tick=on_tick,
+            )
+        )
     trigger_from, trigger_until = plan.fault
 
     def goodput(start: float, end: float) -> float:
