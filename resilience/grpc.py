@@ -47,6 +47,7 @@ from ._backoff import Backoff
 from ._budget import RetryBudget
 from ._clock import SYSTEM_CLOCK, Clock, resolve_clock
 from ._deadline import Deadline, current_deadline, enter_deadline, leave_deadline
+from ._hedge import Hedge
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import AIMDLimit
 from ._outcome import ExceptionFilter
@@ -418,6 +419,7 @@ class _Client:
         total_timeout: float | None,
         attempt_timeout: float | None,
         concurrency_limit: ConcurrencyLimit | bool,
+        hedge: Hedge | None,
         clock: Clock | None,
     ) -> None:
         self.target = check_string(target, "target")
@@ -454,6 +456,7 @@ class _Client:
             )
         self.retry = self._resolve_retry(retry)
         self.limit = self._resolve_limit(concurrency_limit)
+        self.hedge = self._resolve_hedge(hedge)
 
     def _resolve_breaker(
         self, breaker: CircuitBreaker | BreakerRegistry | bool
@@ -521,6 +524,32 @@ class _Client:
                 f"got {value!r}"
             )
         return value
+
+    def _resolve_hedge(self, hedge: Hedge | None) -> Hedge | None:
+        """The target's hedge: a copy of `hedge` named after it, spending its retry budget.
+
+        Without `non_fatal=`, the failures gRPC A6 calls non-fatal
+        (`nonFatalStatusCodes`, by default the retry codes) send the next
+        hedge at once; any other status is fatal.
+        """
+        if hedge is None:
+            return None
+        if not isinstance(hedge, Hedge):
+            raise TypeError(f"hedge= must be a resilience.Hedge or None, got {hedge!r}")
+        budget = None if self.retry is None else self.retry.budget
+        made = hedge._for_target(self.target, budget)
+        if not hedge.non_fatal:
+            rules = self.rules
+
+            def non_fatal(error: BaseException) -> bool:
+                return (
+                    isinstance(error, grpc.RpcError)
+                    and not isinstance(error, _Status)
+                    and _code_of(error) in rules.retry_codes
+                )
+
+            made.non_fatal = ExceptionFilter(non_fatal, param="non_fatal")
+        return made
 
     # -- per call -------------------------------------------------------------------
 
@@ -854,6 +883,8 @@ class _Options:
     """The constructor both interceptors share (keyword-only, validated)."""
 
     _client: _Client
+    #: Whether `hedge=` is taken (grpc.aio only).
+    _hedges = False
 
     def __init__(
         self,
@@ -867,8 +898,16 @@ class _Options:
         total_timeout: float | None = None,
         attempt_timeout: float | None = None,
         concurrency_limit: ConcurrencyLimit | bool = False,
+        hedge: Hedge | None = None,
         clock: Clock | None = None,
     ) -> None:
+        if hedge is not None and not self._hedges:
+            raise MisuseError(
+                "ResilientClientInterceptor does not hedge (hedge=): a hedge runs attempts "
+                "concurrently and cancels the losers, which a blocking grpcio call cannot "
+                "do. Use resilience.grpc.AsyncResilientClientInterceptor(hedge=...) with a "
+                "grpc.aio channel."
+            )
         self._client = _Client(
             target=target,
             breaker=breaker,
@@ -879,6 +918,7 @@ class _Options:
             total_timeout=total_timeout,
             attempt_timeout=attempt_timeout,
             concurrency_limit=concurrency_limit,
+            hedge=hedge,
             clock=clock,
         )
 
@@ -901,6 +941,11 @@ class _Options:
     def concurrency_limit(self) -> ConcurrencyLimit | None:
         """The target's concurrency limit, or None."""
         return self._client.limit
+
+    @property
+    def hedge(self) -> Hedge | None:
+        """The hedge unary calls go through (a copy of yours named after the target), or None."""
+        return self._client.hedge
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} target={self._client.target!r}>"
@@ -952,6 +997,8 @@ class ResilientClientInterceptor(
         attempt_timeout: Seconds per attempt at most (default None).
         concurrency_limit: True for a `ConcurrencyLimit(AIMDLimit())` named
             after the target, one of yours, or False (default).
+        hedge: Not taken: raises `resilience.MisuseError` (a blocking call
+            cannot be cancelled); hedging needs `AsyncResilientClientInterceptor`.
         clock: A `resilience.Clock` for deadlines, backoff and the default
             policies (a FakeClock in tests). Default: your breaker's, else the
             system clock.
@@ -989,9 +1036,6 @@ class ResilientClientInterceptor(
                 raise client.cut(error, deadline) or error
             return outcome
 
-        # Extension point: a hedging policy would drive `attempt` here (several
-        # at once, the losers cancelled); each attempt already takes its own
-        # breaker and limit permits and sends its attempt number.
         future = _is_future_continuation(continuation)
         if future:
             retry = None  # not retried: not counted as a retried call's outcome either
@@ -1292,7 +1336,13 @@ class _AioUnaryUnary(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
             client.settle(permit, held, None)
             return call
 
-        # Extension point for hedging: see ResilientClientInterceptor.
+        hedge = client.hedge
+        if hedge is not None:
+            single = attempt
+
+            async def attempt() -> Any:  # each retry is hedged again (the transport's rule)
+                return await hedge.acall(single)
+
         try:
             return await (retry.acall(attempt) if retry is not None else attempt())
         finally:
@@ -1391,10 +1441,19 @@ class AsyncResilientClientInterceptor(
         attempt_timeout: Seconds per attempt at most (default None).
         concurrency_limit: True for a `ConcurrencyLimit(AIMDLimit())` named
             after the target, one of yours, or False (default).
+        hedge: A `resilience.Hedge` for unary-unary calls (streams are never
+            hedged): a copy named after the target, with its own latencies,
+            spending the target's retry budget. Each attempt has its own
+            breaker permit and limit slot and sends `grpc-previous-rpc-attempts`;
+            the losers' RPCs are cancelled. Without its `non_fatal=`, a status
+            in `retry_codes` sends the next hedge at once; others are fatal.
+            With a retry too, the retry runs outside the hedge (see the guide).
         clock: A `resilience.Clock` for deadlines, backoff and the default
             policies (a FakeClock in tests). Default: your breaker's, else the
             system clock.
     """
+
+    _hedges = True
 
     @functools.cached_property
     def _kinds(self) -> tuple[grpc.aio.ClientInterceptor, ...]:

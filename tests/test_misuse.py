@@ -332,8 +332,12 @@ GRPC_SERVER: dict[str, list[object] | str] = {
     "safety_margin": [True, "1", None, math.nan, -1, 30.0],
     "clock": CLOCK,
 }
-TABLE[resilience_grpc.ResilientClientInterceptor] = GRPC_CLIENT
-TABLE[resilience_grpc.AsyncResilientClientInterceptor] = GRPC_CLIENT
+# The sync interceptor refuses any hedge (MisuseError, a TypeError naming hedge=).
+TABLE[resilience_grpc.ResilientClientInterceptor] = {**GRPC_CLIENT, "hedge": [3, Hedge()]}
+TABLE[resilience_grpc.AsyncResilientClientInterceptor] = {
+    **GRPC_CLIENT,
+    "hedge": [3, True, "hedge"],
+}
 TABLE[resilience_grpc.DeadlineServerInterceptor] = GRPC_SERVER
 TABLE[resilience_grpc.AsyncDeadlineServerInterceptor] = GRPC_SERVER
 TABLE[resilience_grpc.channel_options] = {"options": ["abc", 3, [("a",)], [(1, 2)], [3]]}
