@@ -364,12 +364,13 @@ class _Rules:
         """Whether a gRPC error may be retried; a pushback wait is attached for the retry.
 
         A code in `retry_codes` is retried unless the server pushed back with
-        a negative value; RESOURCE_EXHAUSTED only with a pushback >= 0 (when
-        the server says when to come back). The pushback is set as the error's
+        a negative value; RESOURCE_EXHAUSTED also with a pushback >= 0 (when
+        the server says when to come back), unless `retry_codes` is empty:
+        then nothing is retried. The pushback is set as the error's
         `retry_after`, which `Retry` honours as the least wait.
         """
         code = _code_of(error)
-        if code is None:
+        if code is None or not self.retry_codes:
             return False
         pushback = pushback_of(error)
         if pushback is not None and pushback < 0:
@@ -988,7 +989,8 @@ class ResilientClientInterceptor(
             the target), a `resilience.Retry` of yours (gRPC errors are then
             retried by `retry_codes`, other exceptions by its `on=`), or False.
         retry_codes: The codes retried (default UNAVAILABLE). RESOURCE_EXHAUSTED
-            is also retried when the server sends `grpc-retry-pushback-ms`.
+            is also retried when the server sends `grpc-retry-pushback-ms`,
+            unless `retry_codes` is empty: then no gRPC error is retried.
         failure_codes: The codes a breaker counts as failures (default
             UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
             UNKNOWN); CANCELLED is ignored and every other code is a success.
@@ -1432,7 +1434,8 @@ class AsyncResilientClientInterceptor(
             the target), a `resilience.Retry` of yours (gRPC errors are then
             retried by `retry_codes`, other exceptions by its `on=`), or False.
         retry_codes: The codes retried (default UNAVAILABLE). RESOURCE_EXHAUSTED
-            is also retried when the server sends `grpc-retry-pushback-ms`.
+            is also retried when the server sends `grpc-retry-pushback-ms`,
+            unless `retry_codes` is empty: then no gRPC error is retried.
         failure_codes: The codes a breaker counts as failures (default
             UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
             UNKNOWN); CANCELLED is ignored and every other code is a success.
