@@ -115,6 +115,15 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 #: The channel option that turns grpcio's own retries on or off (gRPC A6).
 _ENABLE_RETRIES = "grpc.enable_retries"
+#: The channel options of grpcio's reconnect backoff (gRPC connection backoff).
+_MAX_RECONNECT = "grpc.max_reconnect_backoff_ms"
+_INITIAL_RECONNECT = "grpc.initial_reconnect_backoff_ms"
+#: gRPC's default first reconnect backoff, and the largest option value (an int32).
+_GRPC_INITIAL_BACKOFF_MS = 1000
+_MAX_BACKOFF_MS = 2**31 - 1
+#: `channel_options()`'s bound on the reconnect backoff: with its +-20% jitter,
+#: below the default breaker's 5 s open duration.
+_DEFAULT_RECONNECT_BACKOFF = 4.0
 #: A gRPC timeout that ends this close to the deadline (timers round) is the deadline's.
 _DEADLINE_SLACK = 0.001
 #: More seconds left than this is grpcio's "no deadline" (its infinite future).
@@ -127,15 +136,34 @@ _END: Any = object()
 
 def channel_options(
     options: Sequence[tuple[str, Any]] = (),
+    *,
+    max_reconnect_backoff: float | None = _DEFAULT_RECONNECT_BACKOFF,
 ) -> list[tuple[str, Any]]:
-    """`options` with grpcio's own retries switched off (`grpc.enable_retries=0`).
+    """`options` with grpcio's own retries off and its reconnect backoff bounded.
 
     Build the channel that a `ResilientClientInterceptor` retries on with
     these options, so that a service config's retry policy does not multiply
     the attempts (gRPC A6, "disabling retries"): `grpc.insecure_channel(
     target, options=resilience.grpc.channel_options())`. A
     `grpc.enable_retries` already in `options` is replaced.
+
+    `max_reconnect_backoff` (seconds, default 4) bounds grpcio's wait between
+    reconnections (gRPC's connection backoff: 1 s growing 1.6x, +-20% jitter,
+    up to 120 s): while it waits, every call fails at once with UNAVAILABLE,
+    a breaker's half-open probe too. Below the default breaker's 5 s
+    open duration (with the jitter), the channel tries again within each open
+    period. `grpc.initial_reconnect_backoff_ms` is lowered to it if larger.
+    None leaves grpcio's backoff; options of yours with those names are kept.
+    `grpc.min_reconnect_backoff_ms` is left alone: it is gRPC's minimum
+    connect timeout (20 s), which a slow network needs.
     """
+    if max_reconnect_backoff is not None:
+        max_reconnect_backoff = check_seconds(max_reconnect_backoff, "max_reconnect_backoff")
+        if not 0.001 <= max_reconnect_backoff <= _MAX_BACKOFF_MS / 1000:
+            raise ValueError(
+                f"max_reconnect_backoff= must be from 0.001 to {_MAX_BACKOFF_MS // 1000} "
+                f"seconds (grpcio takes whole milliseconds), got {max_reconnect_backoff!r}"
+            )
     given: object = options  # checked as what a caller may really pass
     if isinstance(given, (str, bytes)) or not isinstance(given, collections.abc.Iterable):
         raise TypeError(f"options= takes a sequence of (name, value) pairs, got {options!r}")
@@ -146,6 +174,13 @@ def channel_options(
         if option[0] != _ENABLE_RETRIES:
             kept.append(option)
     kept.append((_ENABLE_RETRIES, 0))
+    names = {name for name, _ in kept}
+    if max_reconnect_backoff is not None:
+        most = round(max_reconnect_backoff * 1000)
+        if _MAX_RECONNECT not in names:
+            kept.append((_MAX_RECONNECT, most))
+        if _INITIAL_RECONNECT not in names and most < _GRPC_INITIAL_BACKOFF_MS:
+            kept.append((_INITIAL_RECONNECT, most))
     return kept
 
 

@@ -340,7 +340,10 @@ TABLE[resilience_grpc.AsyncResilientClientInterceptor] = {
 }
 TABLE[resilience_grpc.DeadlineServerInterceptor] = GRPC_SERVER
 TABLE[resilience_grpc.AsyncDeadlineServerInterceptor] = GRPC_SERVER
-TABLE[resilience_grpc.channel_options] = {"options": ["abc", 3, [("a",)], [(1, 2)], [3]]}
+TABLE[resilience_grpc.channel_options] = {
+    "options": ["abc", 3, [("a",)], [(1, 2)], [3]],
+    "max_reconnect_backoff": [True, "4", math.nan, -1, 0, 0.0001, 2**31],
+}
 
 # What every constructor needs to be built at all, so one bad value is the only fault.
 REQUIRED: dict[Callable[..., Any], dict[str, object]] = {
