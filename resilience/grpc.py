@@ -51,8 +51,9 @@ from ._hedge import Hedge
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import AIMDLimit
 from ._outcome import ExceptionFilter
+from ._refusals import Refusal, refusal_of
 from ._retry import Retry
-from ._validate import check_seconds, check_string
+from ._validate import check_bool, check_seconds, check_string
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import (
     CircuitOpenError,
@@ -1704,9 +1705,11 @@ class _DeadlineOptions:
         max_seconds: float = 30.0,
         default: float | None = None,
         safety_margin: float = 0.0,
+        map_errors: bool = True,
         clock: Clock | None = None,
     ) -> None:
         self.max_seconds = check_seconds(max_seconds, "max_seconds")
+        self.map_errors = check_bool(map_errors, "map_errors")
         self.default = None if default is None else check_seconds(default, "default")
         if self.default is not None and self.default > self.max_seconds:
             raise ValueError(f"default={default!r} exceeds max_seconds={max_seconds!r}")
@@ -1725,41 +1728,98 @@ class _DeadlineOptions:
             return self.default
         return max(min(left, self.max_seconds) - self.safety_margin, 0.0)
 
+    def refusal(self, exc: BaseException) -> Refusal | None:
+        """The status a handler's error stands for (as the HTTP middleware's answers), or None."""
+        return refusal_of(exc) if self.map_errors and isinstance(exc, Exception) else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} max_seconds={self.max_seconds!r}>"
+
+
+_REFUSED_DEADLINE = "deadline exceeded: no time was left to finish the call"
+_REFUSED_SHED = "temporarily unable to handle the call; retry later"
+
+
+def _status_of(refusal: Refusal) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """The status, details and trailing metadata of a refused handler call.
+
+    UNAVAILABLE (retried by gRPC A6's example policy) with the pushback the
+    refusing policy knows (a breaker's remaining open time, whole ms rounded
+    up, at most a day); DEADLINE_EXCEEDED for a deadline that ran out.
+    """
+    if refusal.outcome == "deadline_exceeded":
+        return _Code.DEADLINE_EXCEEDED, _REFUSED_DEADLINE, ()
+    if refusal.retry_after is None:
+        return _Code.UNAVAILABLE, _REFUSED_SHED, ()
+    return (
+        _Code.UNAVAILABLE,
+        _REFUSED_SHED,
+        ((PUSHBACK_KEY, str(math.ceil(refusal.retry_after * 1000))),),
+    )
+
+
+def _abort(options: _DeadlineOptions, exc: BaseException, context: Any) -> None:
+    """Abort a sync handler's call with the status `exc` stands for; return if none."""
+    refusal = options.refusal(exc)
+    if refusal is None:
+        return
+    code, details, trailing = _status_of(refusal)
+    if trailing:
+        context.set_trailing_metadata(trailing)
+    context.abort(code, details)  # raises: the status is sent
+
+
+async def _aabort(options: _DeadlineOptions, exc: BaseException, context: Any) -> None:
+    """`_abort` for grpc.aio handlers."""
+    refusal = options.refusal(exc)
+    if refusal is None:
+        return
+    code, details, trailing = _status_of(refusal)
+    if trailing:
+        context.set_trailing_metadata(trailing)
+    await context.abort(code, details)
 
 
 def _sync_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], streams: bool) -> Any:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         budget = options.budget(context)
-        if budget is None:
-            return behaviour(request, context)
-        token, _ = enter_deadline(budget, options.clock)
+        token = None if budget is None else enter_deadline(budget, options.clock)[0]
         try:
             return behaviour(request, context)
+        except Exception as exc:
+            _abort(options, exc, context)
+            raise
         finally:
-            leave_deadline(token)
+            if token is not None:
+                leave_deadline(token)
 
     def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         budget = options.budget(context)
-        if budget is None:
-            yield from behaviour(request, context)
-            return
         # Each step of the handler's generator runs inside the deadline (entered
         # per step: the generator may be closed from another thread).
-        token, entered = enter_deadline(budget, options.clock)
+        entered = None if budget is None else enter_deadline(budget, options.clock)
         try:
             iterator = iter(behaviour(request, context))
+        except Exception as exc:
+            _abort(options, exc, context)
+            raise
         finally:
-            leave_deadline(token)
+            if entered is not None:
+                leave_deadline(entered[0])
         while True:
-            token, _ = enter_deadline(entered.remaining(), options.clock)
+            token = None
+            if entered is not None:
+                token, _ = enter_deadline(entered[1].remaining(), options.clock)
             try:
                 item = next(iterator)
             except StopIteration:
                 return
+            except Exception as exc:
+                _abort(options, exc, context)
+                raise
             finally:
-                leave_deadline(token)
+                if token is not None:
+                    leave_deadline(token)
             yield item
 
     return streaming if streams else unary
@@ -1783,6 +1843,12 @@ class DeadlineServerInterceptor(_DeadlineOptions, grpc.ServerInterceptor):
             none).
         safety_margin: Seconds kept back from the caller's budget, for the
             handler to answer before the caller gives up (default 0).
+        map_errors: Answer resilience's errors escaping the handler with
+            their status, as the HTTP middleware does (default True): a
+            `DeadlineExceededError` with DEADLINE_EXCEEDED, an open breaker
+            or a full bulkhead or limit with UNAVAILABLE (and
+            `grpc-retry-pushback-ms` when the breaker says when it admits
+            calls again). False: grpcio's UNKNOWN, as without it.
         clock: A `resilience.Clock`.
     """
 
@@ -1821,13 +1887,15 @@ def _aio_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], str
 
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         budget = options.budget(context)
-        if budget is None:
-            return await behaviour(request, context)
-        token, _ = enter_deadline(budget, options.clock)
+        token = None if budget is None else enter_deadline(budget, options.clock)[0]
         try:
             return await behaviour(request, context)
+        except Exception as exc:
+            await _aabort(options, exc, context)
+            raise
         finally:
-            leave_deadline(token)
+            if token is not None:
+                leave_deadline(token)
 
     async def streaming(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -1841,6 +1909,9 @@ def _aio_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], str
                     yield item
             else:  # a handler that writes with context.write() and returns
                 await result
+        except Exception as exc:
+            await _aabort(options, exc, context)
+            raise
         finally:
             if token is not None:
                 # A generator closed by the collector runs this in another context.
@@ -1865,6 +1936,12 @@ class AsyncDeadlineServerInterceptor(_DeadlineOptions, grpc.aio.ServerIntercepto
             none).
         safety_margin: Seconds kept back from the caller's budget, for the
             handler to answer before the caller gives up (default 0).
+        map_errors: Answer resilience's errors escaping the handler with
+            their status, as the HTTP middleware does (default True): a
+            `DeadlineExceededError` with DEADLINE_EXCEEDED, an open breaker
+            or a full bulkhead or limit with UNAVAILABLE (and
+            `grpc-retry-pushback-ms` when the breaker says when it admits
+            calls again). False: grpcio's UNKNOWN, as without it.
         clock: A `resilience.Clock`.
     """
 

@@ -330,6 +330,7 @@ GRPC_SERVER: dict[str, list[object] | str] = {
     "max_seconds": SECONDS,
     "default": [True, "1", math.nan, -1, math.inf],
     "safety_margin": [True, "1", None, math.nan, -1, 30.0],
+    "map_errors": FLAG,
     "clock": CLOCK,
 }
 # The sync interceptor refuses any hedge (MisuseError, a TypeError naming hedge=).
