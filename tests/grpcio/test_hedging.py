@@ -191,3 +191,14 @@ def test_sync_interceptor_refuses_hedge() -> None:
     """docs/guide/grpc.md: the sync interceptor raises MisuseError for hedge=."""
     with pytest.raises(resilience.MisuseError, match="AsyncResilientClientInterceptor"):
         ResilientClientInterceptor(target="x:1", hedge=resilience.Hedge())
+
+
+def test_the_hedge_budget_without_retry_is_its_own_and_a_given_one_is_kept() -> None:
+    """docs/guide/grpc.md: retry=False: the hedge's own budget; a Hedge's budget= is kept."""
+    alone = AsyncResilientClientInterceptor(target="x:1", hedge=resilience.Hedge(), retry=False)
+    assert alone.hedge.budget.name == "x:1"
+    mine = resilience.RetryBudget("mine")
+    kept = AsyncResilientClientInterceptor(target="x:1", hedge=resilience.Hedge(budget=mine))
+    assert kept.hedge.budget is mine
+    shared = AsyncResilientClientInterceptor(target="x:1", hedge=resilience.Hedge())
+    assert shared.hedge.budget is shared.retry.budget
