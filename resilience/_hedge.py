@@ -276,6 +276,20 @@ class Hedge(Policy):
                 twin.budget, twin._deposits = budget, False
         return twin
 
+    def _for_target(self, name: str, budget: RetryBudget | None) -> Hedge:
+        """A copy named `name` (a gRPC target) with latencies and counters of its own.
+
+        As `_for_origin` for the budget; its events also reach this hedge's
+        observers, and it is in the metrics under `name` (this one stays a template).
+        """
+        twin = self._for_origin(name, budget)
+        twin.name = name
+        twin.events = ObserverHub(parent=self.events)
+        twin._calls, twin._sent, twin._won = itertools.count(), itertools.count(), itertools.count()
+        twin._refused, twin._too_late = itertools.count(), itertools.count()
+        track("hedge", twin)
+        return twin
+
     def __repr__(self) -> str:
         delay = "adaptive" if self.delay is None else repr(self.delay)
         return (

@@ -47,11 +47,13 @@ from ._backoff import Backoff
 from ._budget import RetryBudget
 from ._clock import SYSTEM_CLOCK, Clock, resolve_clock
 from ._deadline import Deadline, current_deadline, enter_deadline, leave_deadline
+from ._hedge import Hedge
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import AIMDLimit
 from ._outcome import ExceptionFilter
+from ._refusals import Refusal, refusal_of
 from ._retry import Retry
-from ._validate import check_seconds, check_string
+from ._validate import check_bool, check_seconds, check_string
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import (
     CircuitOpenError,
@@ -114,6 +116,15 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 #: The channel option that turns grpcio's own retries on or off (gRPC A6).
 _ENABLE_RETRIES = "grpc.enable_retries"
+#: The channel options of grpcio's reconnect backoff (gRPC connection backoff).
+_MAX_RECONNECT = "grpc.max_reconnect_backoff_ms"
+_INITIAL_RECONNECT = "grpc.initial_reconnect_backoff_ms"
+#: gRPC's default first reconnect backoff, and the largest option value (an int32).
+_GRPC_INITIAL_BACKOFF_MS = 1000
+_MAX_BACKOFF_MS = 2**31 - 1
+#: `channel_options()`'s bound on the reconnect backoff: with its +-20% jitter,
+#: below the default breaker's 5 s open duration.
+_DEFAULT_RECONNECT_BACKOFF = 4.0
 #: A gRPC timeout that ends this close to the deadline (timers round) is the deadline's.
 _DEADLINE_SLACK = 0.001
 #: More seconds left than this is grpcio's "no deadline" (its infinite future).
@@ -126,15 +137,34 @@ _END: Any = object()
 
 def channel_options(
     options: Sequence[tuple[str, Any]] = (),
+    *,
+    max_reconnect_backoff: float | None = _DEFAULT_RECONNECT_BACKOFF,
 ) -> list[tuple[str, Any]]:
-    """`options` with grpcio's own retries switched off (`grpc.enable_retries=0`).
+    """`options` with grpcio's own retries off and its reconnect backoff bounded.
 
     Build the channel that a `ResilientClientInterceptor` retries on with
     these options, so that a service config's retry policy does not multiply
     the attempts (gRPC A6, "disabling retries"): `grpc.insecure_channel(
     target, options=resilience.grpc.channel_options())`. A
     `grpc.enable_retries` already in `options` is replaced.
+
+    `max_reconnect_backoff` (seconds, default 4) bounds grpcio's wait between
+    reconnections (gRPC's connection backoff: 1 s growing 1.6x, +-20% jitter,
+    up to 120 s): while it waits, every call fails at once with UNAVAILABLE,
+    a breaker's half-open probe too. Below the default breaker's 5 s
+    open duration (with the jitter), the channel tries again within each open
+    period. `grpc.initial_reconnect_backoff_ms` is lowered to it if larger.
+    None leaves grpcio's backoff; options of yours with those names are kept.
+    `grpc.min_reconnect_backoff_ms` is left alone: it is gRPC's minimum
+    connect timeout (20 s), which a slow network needs.
     """
+    if max_reconnect_backoff is not None:
+        max_reconnect_backoff = check_seconds(max_reconnect_backoff, "max_reconnect_backoff")
+        if not 0.001 <= max_reconnect_backoff <= _MAX_BACKOFF_MS / 1000:
+            raise ValueError(
+                f"max_reconnect_backoff= must be from 0.001 to {_MAX_BACKOFF_MS // 1000} "
+                f"seconds (grpcio takes whole milliseconds), got {max_reconnect_backoff!r}"
+            )
     given: object = options  # checked as what a caller may really pass
     if isinstance(given, (str, bytes)) or not isinstance(given, collections.abc.Iterable):
         raise TypeError(f"options= takes a sequence of (name, value) pairs, got {options!r}")
@@ -145,6 +175,13 @@ def channel_options(
         if option[0] != _ENABLE_RETRIES:
             kept.append(option)
     kept.append((_ENABLE_RETRIES, 0))
+    names = {name for name, _ in kept}
+    if max_reconnect_backoff is not None:
+        most = round(max_reconnect_backoff * 1000)
+        if _MAX_RECONNECT not in names:
+            kept.append((_MAX_RECONNECT, most))
+        if _INITIAL_RECONNECT not in names and most < _GRPC_INITIAL_BACKOFF_MS:
+            kept.append((_INITIAL_RECONNECT, most))
     return kept
 
 
@@ -363,12 +400,13 @@ class _Rules:
         """Whether a gRPC error may be retried; a pushback wait is attached for the retry.
 
         A code in `retry_codes` is retried unless the server pushed back with
-        a negative value; RESOURCE_EXHAUSTED only with a pushback >= 0 (when
-        the server says when to come back). The pushback is set as the error's
+        a negative value; RESOURCE_EXHAUSTED also with a pushback >= 0 (when
+        the server says when to come back), unless `retry_codes` is empty:
+        then nothing is retried. The pushback is set as the error's
         `retry_after`, which `Retry` honours as the least wait.
         """
         code = _code_of(error)
-        if code is None:
+        if code is None or not self.retry_codes:
             return False
         pushback = pushback_of(error)
         if pushback is not None and pushback < 0:
@@ -418,6 +456,7 @@ class _Client:
         total_timeout: float | None,
         attempt_timeout: float | None,
         concurrency_limit: ConcurrencyLimit | bool,
+        hedge: Hedge | None,
         clock: Clock | None,
     ) -> None:
         self.target = check_string(target, "target")
@@ -454,6 +493,7 @@ class _Client:
             )
         self.retry = self._resolve_retry(retry)
         self.limit = self._resolve_limit(concurrency_limit)
+        self.hedge = self._resolve_hedge(hedge)
 
     def _resolve_breaker(
         self, breaker: CircuitBreaker | BreakerRegistry | bool
@@ -521,6 +561,32 @@ class _Client:
                 f"got {value!r}"
             )
         return value
+
+    def _resolve_hedge(self, hedge: Hedge | None) -> Hedge | None:
+        """The target's hedge: a copy of `hedge` named after it, spending its retry budget.
+
+        Without `non_fatal=`, the failures gRPC A6 calls non-fatal
+        (`nonFatalStatusCodes`, by default the retry codes) send the next
+        hedge at once; any other status is fatal.
+        """
+        if hedge is None:
+            return None
+        if not isinstance(hedge, Hedge):
+            raise TypeError(f"hedge= must be a resilience.Hedge or None, got {hedge!r}")
+        budget = None if self.retry is None else self.retry.budget
+        made = hedge._for_target(self.target, budget)
+        if not hedge.non_fatal:
+            rules = self.rules
+
+            def non_fatal(error: BaseException) -> bool:
+                return (
+                    isinstance(error, grpc.RpcError)
+                    and not isinstance(error, _Status)
+                    and _code_of(error) in rules.retry_codes
+                )
+
+            made.non_fatal = ExceptionFilter(non_fatal, param="non_fatal")
+        return made
 
     # -- per call -------------------------------------------------------------------
 
@@ -854,6 +920,8 @@ class _Options:
     """The constructor both interceptors share (keyword-only, validated)."""
 
     _client: _Client
+    #: Whether `hedge=` is taken (grpc.aio only).
+    _hedges = False
 
     def __init__(
         self,
@@ -867,8 +935,16 @@ class _Options:
         total_timeout: float | None = None,
         attempt_timeout: float | None = None,
         concurrency_limit: ConcurrencyLimit | bool = False,
+        hedge: Hedge | None = None,
         clock: Clock | None = None,
     ) -> None:
+        if hedge is not None and not self._hedges:
+            raise MisuseError(
+                "ResilientClientInterceptor does not hedge (hedge=): a hedge runs attempts "
+                "concurrently and cancels the losers, which a blocking grpcio call cannot "
+                "do. Use resilience.grpc.AsyncResilientClientInterceptor(hedge=...) with a "
+                "grpc.aio channel."
+            )
         self._client = _Client(
             target=target,
             breaker=breaker,
@@ -879,6 +955,7 @@ class _Options:
             total_timeout=total_timeout,
             attempt_timeout=attempt_timeout,
             concurrency_limit=concurrency_limit,
+            hedge=hedge,
             clock=clock,
         )
 
@@ -901,6 +978,11 @@ class _Options:
     def concurrency_limit(self) -> ConcurrencyLimit | None:
         """The target's concurrency limit, or None."""
         return self._client.limit
+
+    @property
+    def hedge(self) -> Hedge | None:
+        """The hedge unary calls go through (a copy of yours named after the target), or None."""
+        return self._client.hedge
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} target={self._client.target!r}>"
@@ -943,7 +1025,8 @@ class ResilientClientInterceptor(
             the target), a `resilience.Retry` of yours (gRPC errors are then
             retried by `retry_codes`, other exceptions by its `on=`), or False.
         retry_codes: The codes retried (default UNAVAILABLE). RESOURCE_EXHAUSTED
-            is also retried when the server sends `grpc-retry-pushback-ms`.
+            is also retried when the server sends `grpc-retry-pushback-ms`,
+            unless `retry_codes` is empty: then no gRPC error is retried.
         failure_codes: The codes a breaker counts as failures (default
             UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
             UNKNOWN); CANCELLED is ignored and every other code is a success.
@@ -952,6 +1035,8 @@ class ResilientClientInterceptor(
         attempt_timeout: Seconds per attempt at most (default None).
         concurrency_limit: True for a `ConcurrencyLimit(AIMDLimit())` named
             after the target, one of yours, or False (default).
+        hedge: Not taken: raises `resilience.MisuseError` (a blocking call
+            cannot be cancelled); hedging needs `AsyncResilientClientInterceptor`.
         clock: A `resilience.Clock` for deadlines, backoff and the default
             policies (a FakeClock in tests). Default: your breaker's, else the
             system clock.
@@ -989,9 +1074,6 @@ class ResilientClientInterceptor(
                 raise client.cut(error, deadline) or error
             return outcome
 
-        # Extension point: a hedging policy would drive `attempt` here (several
-        # at once, the losers cancelled); each attempt already takes its own
-        # breaker and limit permits and sends its attempt number.
         future = _is_future_continuation(continuation)
         if future:
             retry = None  # not retried: not counted as a retried call's outcome either
@@ -1292,7 +1374,13 @@ class _AioUnaryUnary(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
             client.settle(permit, held, None)
             return call
 
-        # Extension point for hedging: see ResilientClientInterceptor.
+        hedge = client.hedge
+        if hedge is not None:
+            single = attempt
+
+            async def attempt() -> Any:  # each retry is hedged again (the transport's rule)
+                return await hedge.acall(single)
+
         try:
             return await (retry.acall(attempt) if retry is not None else attempt())
         finally:
@@ -1382,7 +1470,8 @@ class AsyncResilientClientInterceptor(
             the target), a `resilience.Retry` of yours (gRPC errors are then
             retried by `retry_codes`, other exceptions by its `on=`), or False.
         retry_codes: The codes retried (default UNAVAILABLE). RESOURCE_EXHAUSTED
-            is also retried when the server sends `grpc-retry-pushback-ms`.
+            is also retried when the server sends `grpc-retry-pushback-ms`,
+            unless `retry_codes` is empty: then no gRPC error is retried.
         failure_codes: The codes a breaker counts as failures (default
             UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
             UNKNOWN); CANCELLED is ignored and every other code is a success.
@@ -1391,10 +1480,19 @@ class AsyncResilientClientInterceptor(
         attempt_timeout: Seconds per attempt at most (default None).
         concurrency_limit: True for a `ConcurrencyLimit(AIMDLimit())` named
             after the target, one of yours, or False (default).
+        hedge: A `resilience.Hedge` for unary-unary calls (streams are never
+            hedged): a copy named after the target, with its own latencies,
+            spending the target's retry budget. Each attempt has its own
+            breaker permit and limit slot and sends `grpc-previous-rpc-attempts`;
+            the losers' RPCs are cancelled. Without its `non_fatal=`, a status
+            in `retry_codes` sends the next hedge at once; others are fatal.
+            With a retry too, the retry runs outside the hedge (see the guide).
         clock: A `resilience.Clock` for deadlines, backoff and the default
             policies (a FakeClock in tests). Default: your breaker's, else the
             system clock.
     """
+
+    _hedges = True
 
     @functools.cached_property
     def _kinds(self) -> tuple[grpc.aio.ClientInterceptor, ...]:
@@ -1607,9 +1705,11 @@ class _DeadlineOptions:
         max_seconds: float = 30.0,
         default: float | None = None,
         safety_margin: float = 0.0,
+        map_errors: bool = True,
         clock: Clock | None = None,
     ) -> None:
         self.max_seconds = check_seconds(max_seconds, "max_seconds")
+        self.map_errors = check_bool(map_errors, "map_errors")
         self.default = None if default is None else check_seconds(default, "default")
         if self.default is not None and self.default > self.max_seconds:
             raise ValueError(f"default={default!r} exceeds max_seconds={max_seconds!r}")
@@ -1628,41 +1728,98 @@ class _DeadlineOptions:
             return self.default
         return max(min(left, self.max_seconds) - self.safety_margin, 0.0)
 
+    def refusal(self, exc: BaseException) -> Refusal | None:
+        """The status a handler's error stands for (as the HTTP middleware's answers), or None."""
+        return refusal_of(exc) if self.map_errors and isinstance(exc, Exception) else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} max_seconds={self.max_seconds!r}>"
+
+
+_REFUSED_DEADLINE = "deadline exceeded: no time was left to finish the call"
+_REFUSED_SHED = "temporarily unable to handle the call; retry later"
+
+
+def _status_of(refusal: Refusal) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """The status, details and trailing metadata of a refused handler call.
+
+    UNAVAILABLE (retried by gRPC A6's example policy) with the pushback the
+    refusing policy knows (a breaker's remaining open time, whole ms rounded
+    up, at most a day); DEADLINE_EXCEEDED for a deadline that ran out.
+    """
+    if refusal.outcome == "deadline_exceeded":
+        return _Code.DEADLINE_EXCEEDED, _REFUSED_DEADLINE, ()
+    if refusal.retry_after is None:
+        return _Code.UNAVAILABLE, _REFUSED_SHED, ()
+    return (
+        _Code.UNAVAILABLE,
+        _REFUSED_SHED,
+        ((PUSHBACK_KEY, str(math.ceil(refusal.retry_after * 1000))),),
+    )
+
+
+def _abort(options: _DeadlineOptions, exc: BaseException, context: Any) -> None:
+    """Abort a sync handler's call with the status `exc` stands for; return if none."""
+    refusal = options.refusal(exc)
+    if refusal is None:
+        return
+    code, details, trailing = _status_of(refusal)
+    if trailing:
+        context.set_trailing_metadata(trailing)
+    context.abort(code, details)  # raises: the status is sent
+
+
+async def _aabort(options: _DeadlineOptions, exc: BaseException, context: Any) -> None:
+    """`_abort` for grpc.aio handlers."""
+    refusal = options.refusal(exc)
+    if refusal is None:
+        return
+    code, details, trailing = _status_of(refusal)
+    if trailing:
+        context.set_trailing_metadata(trailing)
+    await context.abort(code, details)
 
 
 def _sync_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], streams: bool) -> Any:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         budget = options.budget(context)
-        if budget is None:
-            return behaviour(request, context)
-        token, _ = enter_deadline(budget, options.clock)
+        token = None if budget is None else enter_deadline(budget, options.clock)[0]
         try:
             return behaviour(request, context)
+        except Exception as exc:
+            _abort(options, exc, context)
+            raise
         finally:
-            leave_deadline(token)
+            if token is not None:
+                leave_deadline(token)
 
     def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         budget = options.budget(context)
-        if budget is None:
-            yield from behaviour(request, context)
-            return
         # Each step of the handler's generator runs inside the deadline (entered
         # per step: the generator may be closed from another thread).
-        token, entered = enter_deadline(budget, options.clock)
+        entered = None if budget is None else enter_deadline(budget, options.clock)
         try:
             iterator = iter(behaviour(request, context))
+        except Exception as exc:
+            _abort(options, exc, context)
+            raise
         finally:
-            leave_deadline(token)
+            if entered is not None:
+                leave_deadline(entered[0])
         while True:
-            token, _ = enter_deadline(entered.remaining(), options.clock)
+            token = None
+            if entered is not None:
+                token, _ = enter_deadline(entered[1].remaining(), options.clock)
             try:
                 item = next(iterator)
             except StopIteration:
                 return
+            except Exception as exc:
+                _abort(options, exc, context)
+                raise
             finally:
-                leave_deadline(token)
+                if token is not None:
+                    leave_deadline(token)
             yield item
 
     return streaming if streams else unary
@@ -1686,6 +1843,12 @@ class DeadlineServerInterceptor(_DeadlineOptions, grpc.ServerInterceptor):
             none).
         safety_margin: Seconds kept back from the caller's budget, for the
             handler to answer before the caller gives up (default 0).
+        map_errors: Answer resilience's errors escaping the handler with
+            their status, as the HTTP middleware does (default True): a
+            `DeadlineExceededError` with DEADLINE_EXCEEDED, an open breaker
+            or a full bulkhead or limit with UNAVAILABLE (and
+            `grpc-retry-pushback-ms` when the breaker says when it admits
+            calls again). False: grpcio's UNKNOWN, as without it.
         clock: A `resilience.Clock`.
     """
 
@@ -1724,13 +1887,15 @@ def _aio_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], str
 
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         budget = options.budget(context)
-        if budget is None:
-            return await behaviour(request, context)
-        token, _ = enter_deadline(budget, options.clock)
+        token = None if budget is None else enter_deadline(budget, options.clock)[0]
         try:
             return await behaviour(request, context)
+        except Exception as exc:
+            await _aabort(options, exc, context)
+            raise
         finally:
-            leave_deadline(token)
+            if token is not None:
+                leave_deadline(token)
 
     async def streaming(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -1744,6 +1909,9 @@ def _aio_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], str
                     yield item
             else:  # a handler that writes with context.write() and returns
                 await result
+        except Exception as exc:
+            await _aabort(options, exc, context)
+            raise
         finally:
             if token is not None:
                 # A generator closed by the collector runs this in another context.
@@ -1768,6 +1936,12 @@ class AsyncDeadlineServerInterceptor(_DeadlineOptions, grpc.aio.ServerIntercepto
             none).
         safety_margin: Seconds kept back from the caller's budget, for the
             handler to answer before the caller gives up (default 0).
+        map_errors: Answer resilience's errors escaping the handler with
+            their status, as the HTTP middleware does (default True): a
+            `DeadlineExceededError` with DEADLINE_EXCEEDED, an open breaker
+            or a full bulkhead or limit with UNAVAILABLE (and
+            `grpc-retry-pushback-ms` when the breaker says when it admits
+            calls again). False: grpcio's UNKNOWN, as without it.
         clock: A `resilience.Clock`.
     """
 

@@ -31,13 +31,12 @@ from ._counter import peek
 from ._deadline import DEADLINE_HEADER, Deadline, enter_deadline, leave_deadline, outlive_deadline
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import Gradient2Limit
+from ._refusals import MAX_RETRY_AFTER as MAX_RETRY_AFTER  # the longest Retry-After (a day)
+from ._refusals import refusal_of
 from ._tracking import track
 from ._validate import check_bool, check_int, check_seconds, check_string
 from .errors import (
-    BulkheadFullError,
-    CircuitOpenError,
     ConcurrencyLimitExceededError,
-    DeadlineExceededError,
 )
 from .events import DeadlineExceeded, ObserverHub, global_hub
 
@@ -137,22 +136,6 @@ class Answer(NamedTuple):
         return f"{self.status} {phrase}"
 
 
-#: The longest `Retry-After` answered, in seconds (a day): a breaker open for
-#: longer (or for ever) still gets a finite, well-formed header.
-MAX_RETRY_AFTER = 86_400.0
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The errors in an exception group, nested groups flattened."""
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaves(exc))
-        else:
-            leaves.append(exc)
-    return leaves
-
-
 class ErrorAnswers:
     """What an exception escaping a request handler becomes, and how often it happened.
 
@@ -208,31 +191,25 @@ class ErrorAnswers:
         An exception group (a route that fanned out with a task group) is
         answered when every error in it is: 504 if any is a deadline's, else 503.
         """
-        if isinstance(exc, BaseExceptionGroup):
-            answers = [self.answer(leaf, deadline) for leaf in _leaves(exc)]
-            if not answers or any(answer is None for answer in answers):
-                return None
-            return next(
-                (a for a in answers if a is not None and a.outcome == "deadline_exceeded"),
-                answers[0],
+
+        def timed_out(error: BaseException) -> bool:  # the deadline cut an httpx call short
+            return (
+                deadline is not None
+                and _is_httpx_timeout(error)
+                and deadline.expires_at - deadline.clock.monotonic() <= DEADLINE_SLACK
             )
-        if isinstance(exc, DeadlineExceededError) or (
-            deadline is not None
-            and _is_httpx_timeout(exc)
-            and deadline.expires_at - deadline.clock.monotonic() <= DEADLINE_SLACK
-        ):
+
+        refusal = refusal_of(exc, timed_out)
+        if refusal is None:
+            return None
+        if refusal.outcome == "deadline_exceeded":
             return Answer(
                 self.deadline_status, _headers(_DEADLINE_BODY), _DEADLINE_BODY, "deadline_exceeded"
             )
-        if isinstance(exc, (CircuitOpenError, BulkheadFullError)):
-            seconds = self.retry_after
-            if isinstance(exc, CircuitOpenError) and exc.retry_after is not None:
-                seconds = exc.retry_after
-            headers = _headers(_SHED_BODY)
-            seconds = min(seconds, MAX_RETRY_AFTER) if seconds == seconds else self.retry_after
-            headers.append(("retry-after", str(max(1, math.ceil(seconds)))))
-            return Answer(self.shed_status, headers, _SHED_BODY, "shed")
-        return None
+        seconds = self.retry_after if refusal.retry_after is None else refusal.retry_after
+        headers = _headers(_SHED_BODY)
+        headers.append(("retry-after", str(max(1, math.ceil(seconds)))))
+        return Answer(self.shed_status, headers, _SHED_BODY, "shed")
 
     def record(self, answer: Answer, exc: BaseException, deadline: Deadline | None) -> None:
         """Count an answer about to be given; publish `DeadlineExceeded` for a deadline answer."""

@@ -330,13 +330,21 @@ GRPC_SERVER: dict[str, list[object] | str] = {
     "max_seconds": SECONDS,
     "default": [True, "1", math.nan, -1, math.inf],
     "safety_margin": [True, "1", None, math.nan, -1, 30.0],
+    "map_errors": FLAG,
     "clock": CLOCK,
 }
-TABLE[resilience_grpc.ResilientClientInterceptor] = GRPC_CLIENT
-TABLE[resilience_grpc.AsyncResilientClientInterceptor] = GRPC_CLIENT
+# The sync interceptor refuses any hedge (MisuseError, a TypeError naming hedge=).
+TABLE[resilience_grpc.ResilientClientInterceptor] = {**GRPC_CLIENT, "hedge": [3, Hedge()]}
+TABLE[resilience_grpc.AsyncResilientClientInterceptor] = {
+    **GRPC_CLIENT,
+    "hedge": [3, True, "hedge"],
+}
 TABLE[resilience_grpc.DeadlineServerInterceptor] = GRPC_SERVER
 TABLE[resilience_grpc.AsyncDeadlineServerInterceptor] = GRPC_SERVER
-TABLE[resilience_grpc.channel_options] = {"options": ["abc", 3, [("a",)], [(1, 2)], [3]]}
+TABLE[resilience_grpc.channel_options] = {
+    "options": ["abc", 3, [("a",)], [(1, 2)], [3]],
+    "max_reconnect_backoff": [True, "4", math.nan, -1, 0, 0.0001, 2**31],
+}
 
 # What every constructor needs to be built at all, so one bad value is the only fault.
 REQUIRED: dict[Callable[..., Any], dict[str, object]] = {

@@ -107,6 +107,21 @@ def test_resource_exhausted_is_retried_only_with_pushback(server: SyncServer) ->
     assert server.script.count() == 3
 
 
+def test_empty_retry_codes_retry_nothing_not_even_pushback(server: SyncServer) -> None:
+    """docs/guide/grpc.md: `retry_codes=set()` retries no gRPC error, pushback included."""
+    methods, interceptor = sync_channel(server.target, retry_codes=set(), clock=FakeClock())
+    pushback = (("grpc-retry-pushback-ms", "10"),)
+    server.script.add(Step(grpc.StatusCode.RESOURCE_EXHAUSTED, trailing=pushback))
+    with pytest.raises(grpc.RpcError) as raised:
+        methods["unary"](b"hi")
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    server.script.add(Step(UNAVAILABLE, trailing=pushback))
+    with pytest.raises(grpc.RpcError):
+        methods["unary"](b"hi")
+    assert server.script.count() == 2
+    assert interceptor.retry.metrics()["retries"] == 0
+
+
 def test_breaker_trips_on_a_dead_server_and_recovers() -> None:
     """docs/guide/grpc.md: UNAVAILABLE counts as a failure; an open breaker sends nothing."""
     port = free_port()

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import grpc
@@ -150,10 +151,31 @@ def test_without_channel_options_grpcio_retries_multiply(server: SyncServer) -> 
 
 def test_channel_options_replaces_enable_retries() -> None:
     """docs/guide/grpc.md: channel_options keeps your options and sets grpc.enable_retries=0."""
-    assert channel_options([("grpc.enable_retries", 1), ("grpc.primary_user_agent", "x")]) == [
+    assert channel_options(
+        [("grpc.enable_retries", 1), ("grpc.primary_user_agent", "x")],
+        max_reconnect_backoff=None,
+    ) == [
         ("grpc.primary_user_agent", "x"),
         ("grpc.enable_retries", 0),
     ]
+
+
+def test_channel_options_bound_the_reconnect_backoff() -> None:
+    """docs/guide/grpc.md: 4 s by default, `max_reconnect_backoff=` to change; yours are kept."""
+    assert channel_options() == [
+        ("grpc.enable_retries", 0),
+        ("grpc.max_reconnect_backoff_ms", 4000),
+    ]
+    assert channel_options(max_reconnect_backoff=0.25) == [
+        ("grpc.enable_retries", 0),
+        ("grpc.max_reconnect_backoff_ms", 250),
+        ("grpc.initial_reconnect_backoff_ms", 250),  # never above the bound
+    ]
+    mine = [("grpc.max_reconnect_backoff_ms", 100), ("grpc.initial_reconnect_backoff_ms", 50)]
+    assert channel_options(mine, max_reconnect_backoff=0.01) == [*mine, ("grpc.enable_retries", 0)]
+    for bad in (0.0001, 2**31, -1, math.nan, "4", True):
+        with pytest.raises((TypeError, ValueError), match="max_reconnect_backoff"):
+            channel_options(max_reconnect_backoff=bad)  # type: ignore[arg-type]
 
 
 # -- aio ----------------------------------------------------------------------------
