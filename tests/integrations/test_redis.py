@@ -85,8 +85,10 @@ def test_four_processes_trip_together(redis_server: RedisServer) -> None:
     total = sum(counts)
     # Alone, each process would fail 5 times (20 in all) before rejecting. Shared:
     # the fleet's minimum_calls (5), plus what each process had in flight while
-    # the news travelled (a flush every 5 ms, then pub/sub): at most two calls each.
-    assert total <= 5 + 2 * 4, counts
+    # the news travelled (a flush every 5 ms, then pub/sub): two calls each on an
+    # idle machine, three on a loaded one (once [3, 4, 3, 4] = 14 with two CPU
+    # hogs running), within the 9 to 18 docs/guide/redis.md reports.
+    assert total <= 5 + 3 * 4, counts
     assert total < 4 * 5, counts
     assert all(count < 5 for count in counts), counts
 
