@@ -542,6 +542,11 @@ class _Race:
             while self.failed_now or self.timer_fired:
                 reason = "failure" if self.failed_now else "delay"
                 self.failed_now = self.timer_fired = False
+                if reason == "delay" and self.in_flight == 0:
+                    # The delay ran out as the last attempt was refused (a
+                    # stalled process sees both at once): no attempt is left
+                    # to hedge, and the hedge would be refused too.
+                    break
                 if not self.stopped and len(self.attempts) <= hedge.max_hedged_attempts:
                     if self._may_hedge():
                         self._send(reason)

@@ -73,14 +73,20 @@ def test_extra_load_stays_within_the_budget_and_its_reserve(
     """Hedges add at most 5% of the calls plus the reserve (docs/why.md, docs/guide/hedging.md).
 
     The downstream counts every request it receives: beyond one per call,
-    each is a hedge, and no more hedges are sent than the budget allows.
+    each is a hedge, and no more hedges are sent than the budget allows. A
+    call that never reached it (given up while connecting on a loaded
+    machine: once, 299 of 300 arrived) failed, and offsets no hedge.
     """
     plain, mine = tail_run["plain"].totals, tail_run["resilience"].totals
-    assert plain["downstream_requests"] == plain["calls"]
+    for totals in (plain, mine):
+        assert 0 <= totals["calls_not_received"] <= totals["failed"]
+    reached = plain["calls"] - plain["calls_not_received"]
+    assert plain["downstream_requests"] == reached  # one request per call, never more
     assert plain["extra_share"] == 0
     calls = mine["calls"]
-    extra = mine["downstream_requests"] - calls
+    extra = mine["downstream_requests"] - (calls - mine["calls_not_received"])
     assert 0 <= extra <= mine["hedges_sent"]
+    assert mine["extra_share"] == pytest.approx(extra / calls)
     # A run shorter than the budget's 10 s window: 5% of the calls + 10 in all.
     assert mine["hedges_sent"] <= 0.05 * calls + 10
     assert mine["extra_share"] <= mine["budget_share"]
@@ -138,6 +144,14 @@ def test_the_plot_is_written(tail_run: dict[str, ArmResult], tmp_path: Path) -> 
         quantiles = result.details["latency_by_percentile_ms"]
         assert [q for q, _ in quantiles] == _tail.PERCENTILES
         assert [ms for _, ms in quantiles] == sorted(ms for _, ms in quantiles)
+
+
+def test_a_call_that_never_reached_the_downstream_offsets_no_hedge() -> None:
+    """Extra load counts requests beyond one per call; a missing call counts 0, not -1."""
+    received = {0: 1, 1: 2, 3: 1}  # call 1 was hedged, call 2 never arrived
+    assert _tail.extra_share(received, [0, 1, 2, 3]) == pytest.approx(1 / 4)
+    assert _tail.extra_share({0: 1}, [0, 1]) == 0
+    assert _tail.extra_share({}, []) == 0
 
 
 def test_budget_allows_ratio_plus_a_reserve_per_window() -> None:

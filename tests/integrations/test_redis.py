@@ -85,10 +85,14 @@ def test_four_processes_trip_together(redis_server: RedisServer) -> None:
     total = sum(counts)
     # Alone, each process would fail 5 times (20 in all) before rejecting. Shared:
     # the fleet's minimum_calls (5), plus what each process had in flight while
-    # the news travelled (a flush every 5 ms, then pub/sub): at most two calls each.
-    assert total <= 5 + 2 * 4, counts
+    # the news travelled (a flush every 5 ms, then pub/sub): two calls each on an
+    # idle machine, three on a loaded one (once [3, 4, 3, 4] = 14 with two CPU
+    # hogs running), within the 9 to 18 docs/guide/redis.md reports.
+    assert total <= 5 + 3 * 4, counts
     assert total < 4 * 5, counts
-    assert all(count < 5 for count in counts), counts
+    # Most processes are stopped by the fleet before their own streak of 5; a
+    # stalled one may reach it first (once [3, 5, 4, 3] under load), never all.
+    assert sum(count < 5 for count in counts) >= 3, counts
 
 
 WORKER_PROBES = """
@@ -581,7 +585,10 @@ asyncio.run(main())
 
 FLUSH = 0.02  # flush_interval of the fleet tests
 OPEN = 0.3  # open_duration where the test waits through open periods
-LONG_OPEN = 1.5  # open_duration where the fleet must stay open for the whole test
+# open_duration where the fleet must stay open for the whole test: no test waits
+# through it, and a loaded machine can take over 1.5 s to start a late worker's
+# interpreter or restart redis-server (the fleet was half-open by then, once each).
+LONG_OPEN = 20.0
 # Scheduling noise: four busy worker processes, redis-server and pytest share two cores
 # (measured there: 5-30 ms; the bounds below hold with two CPU hogs running besides).
 SLACK = 0.15

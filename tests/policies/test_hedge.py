@@ -926,3 +926,25 @@ def test_call_with_an_async_function_says_to_await_acall() -> None:
     with pytest.raises(MisuseError, match=r"await hedge\.acall\(") as caught:
         policy.call(fetch)  # type: ignore[arg-type]
     assert "not a coroutine function" not in str(caught.value)
+
+
+async def test_a_refusal_as_the_delay_runs_out_sends_no_hedge() -> None:
+    """The delay and a refusal seen at once (a stalled process): no hedge, the refusal raised.
+
+    docs/guide/hedging.md, The rules: Failures (a refused attempt sends no
+    hedge). Found under load: the transport's open breaker refused the first
+    attempt, but the loop woke after the delay too and sent a hedge.
+    """
+    clock = FakeClock()
+    policy = hedge(clock, delay=0.01)
+    calls: list[int] = []
+
+    async def refused() -> str:
+        calls.append(1)
+        clock.advance(0.02)  # the hedge's timer fires before the refusal is judged
+        raise CircuitOpenError("open", resilience.State.OPEN, 1.0)
+
+    with pytest.raises(CircuitOpenError):
+        await drive(clock, lambda: policy.acall(refused))
+    assert calls == [1]
+    assert policy.metrics() == {"calls": 1, "sent": 0, "won": 0, "refused": 0, "deadline": 0}

@@ -32,26 +32,41 @@ def calls_counted(retry: Retry) -> int:
     return sum(metrics[outcome] for outcome in OUTCOMES)
 
 
-def make() -> Retry:
-    # Real time, short waits: the cancellation must find the call asleep.
-    return Retry(on=Transient, attempts=3, wait=Backoff(initial=0.05, jitter="none"))
+def make(wait: float = 0.05) -> Retry:
+    # Real time: the cancellation must find the call asleep.
+    return Retry(on=Transient, attempts=3, wait=Backoff(initial=wait, jitter="none"))
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("where", ["first attempt", "wait", "second attempt"])
 async def test_a_cancelled_async_call_is_counted_once(where: str) -> None:
-    retry = make()
+    """Another task cancels the call once it has reached `where` (no race with a timer).
+
+    The wait before a retry is long where the cancellation must land in it.
+    """
+    retry = make(wait=10.0 if where == "wait" else 0.05)
     attempts = 0
+    reached = anyio.Event()
 
     async def call() -> str:
         nonlocal attempts
         attempts += 1
         if where == "first attempt" or (where == "second attempt" and attempts == 2):
+            reached.set()
             await anyio.sleep_forever()
+        if where == "wait":
+            reached.set()  # raised next: the retry waits 10 s before the next attempt
         raise Transient
 
-    with anyio.move_on_after(0.02 if where != "second attempt" else 0.1):
-        await retry.acall(call)
+    with anyio.fail_after(5), anyio.CancelScope() as scope:
+
+        async def cancel_when_reached() -> None:
+            await reached.wait()
+            scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancel_when_reached)
+            await retry.acall(call)
     assert retry.metrics()["cancelled"] == 1
     assert calls_counted(retry) == 1
     assert attempts == (1 if where != "second attempt" else 2)

@@ -104,24 +104,28 @@ def client(hedge: Hedge, **options: Any) -> httpx.AsyncClient:
 async def test_the_hedge_wins_and_the_server_sees_the_loser_disconnect(tail: TailServer) -> None:
     """The loser is cancelled before the response is returned: its connection is closed.
 
-    The server sees the first request disconnected within 50 ms of the
-    caller getting the hedge's answer, and a 2-connection pool still serves
-    requests (nothing leaked); the breaker settled both permits.
+    When the caller gets the hedge's answer, the pool holds only the
+    winner's connection, idle: the loser's was closed before the call
+    returned (docs/guide/hedging.md, The rules). The server then sees the
+    first request disconnect (long before its 5 s answer; no bound in ms, as
+    the server's thread is at the mercy of a loaded machine), and a
+    2-connection pool still serves requests (nothing leaked); the breaker
+    settled both permits.
     """
     hedge = Hedge(delay=0.05, name="tail")
     win = fresh("win")
     async with client(hedge) as http:
         response = await http.get(f"{tail.url}/tail/{win}?slow=1&seconds=5")
-        returned = time.monotonic()
+        pool = http._transport._inner._pool  # type: ignore[attr-defined]
+        assert [(c.is_idle(), c.is_closed()) for c in pool.connections] == [(True, False)]
         assert response.text == f"{win} 2"
         assert response.extensions["resilience"]["attempts"] == 2
-        for _ in range(200):
+        for _ in range(400):  # up to ~4 s: before the server's 5 s answer would go out
             if any(key == win for key, _, _ in tail.disconnected):
                 break
-            await anyio.sleep(0.005)
-        [(_, number, seen)] = [d for d in tail.disconnected if d[0] == win]
+            await anyio.sleep(0.01)
+        [(_, number, _)] = [d for d in tail.disconnected if d[0] == win]
         assert number == 1
-        assert seen - returned <= 0.05
         for _ in range(5):  # both connections are free again
             assert (await http.get(f"{tail.url}/tail/after")).status_code == 200
         breaker = http._transport.breakers.get(tail.url)  # type: ignore[attr-defined]

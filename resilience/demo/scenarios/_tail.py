@@ -125,6 +125,16 @@ def budget_allows(hedge: resilience.Hedge, calls: int, seconds: float) -> float:
     return hedge.ratio * calls + budget.min_per_second * budget.window * windows
 
 
+def extra_share(received: dict[int, int], numbers: list[int]) -> float:
+    """Requests the downstream received beyond one per call, as a share of the calls.
+
+    A call that never reached it (given up while connecting, on a loaded
+    machine) is no negative extra load: it cannot offset another's hedge.
+    """
+    beyond = sum(max(received.get(n, 0) - 1, 0) for n in numbers)
+    return beyond / (len(numbers) or 1)
+
+
 async def _load(
     hedged: bool,
     url: str,
@@ -182,8 +192,7 @@ def run(hedged: bool, plan: Plan, options: Options, on_tick: Callable[[float], N
     received = downstream.received
 
     def extra(numbers: list[int]) -> float:
-        """Requests the downstream received beyond one per call, as a share of the calls."""
-        return (sum(received.get(n, 0) for n in numbers) - len(numbers)) / (len(numbers) or 1)
+        return extra_share(received, numbers)
 
     calls = list(started)
     in_overload = [n for n, t in started.items() if t >= overload_from]
@@ -195,6 +204,7 @@ def run(hedged: bool, plan: Plan, options: Options, on_tick: Callable[[float], N
         p99_ms=percentile(tail, 99) * 1000,
         p999_ms=percentile(tail, 99.9) * 1000,
         downstream_requests=sum(received.values()),
+        calls_not_received=sum(n not in received for n in calls),
         extra_share=extra(calls),
         extra_share_overload=extra(in_overload),
         budget_share=None,
