@@ -69,3 +69,33 @@ def check_string(value: object, param: str) -> str:
     if not value.strip():
         raise ValueError(f"{param}= must not be empty")
     return value
+
+
+def check_attempt_within_total(
+    attempt_timeout: float | None, total_timeout: float | None, given: object, total: object
+) -> None:
+    """Refuse an attempt timeout longer than the total (`given`, `total`: as written)."""
+    if total_timeout is None or attempt_timeout is None:
+        return
+    if attempt_timeout > total_timeout:
+        raise ValueError(
+            f"attempt_timeout={given!r} exceeds total_timeout={total!r}: "
+            f"an attempt could never use its full time"
+        )
+
+
+def check_incoming_budget(
+    max_seconds: object, default: object, safety_margin: object
+) -> tuple[float, float | None, float]:
+    """A server's clamp on incoming deadlines: `max_seconds`, `default` <= it, a margin below it."""
+    maximum = check_seconds(max_seconds, "max_seconds")
+    fallback = None if default is None else check_seconds(default, "default")
+    if fallback is not None and fallback > maximum:
+        raise ValueError(f"default={default!r} exceeds max_seconds={max_seconds!r}")
+    margin = check_seconds(safety_margin, "safety_margin", allow_zero=True)
+    if margin >= maximum:
+        raise ValueError(
+            f"safety_margin={safety_margin!r} must be less than max_seconds={max_seconds!r}: "
+            f"every caller's budget would be spent before the handler started"
+        )
+    return maximum, fallback, margin

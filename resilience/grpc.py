@@ -53,7 +53,13 @@ from ._limit_algorithms import AIMDLimit
 from ._outcome import ExceptionFilter
 from ._refusals import Refusal, refusal_of
 from ._retry import Retry
-from ._validate import check_bool, check_seconds, check_string
+from ._validate import (
+    check_attempt_within_total,
+    check_bool,
+    check_incoming_budget,
+    check_seconds,
+    check_string,
+)
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import (
     CircuitOpenError,
@@ -470,15 +476,9 @@ class _Client:
         self.attempt_timeout = (
             None if attempt_timeout is None else check_seconds(attempt_timeout, "attempt_timeout")
         )
-        if (
-            self.total_timeout is not None
-            and self.attempt_timeout is not None
-            and self.attempt_timeout > self.total_timeout
-        ):
-            raise ValueError(
-                f"attempt_timeout={attempt_timeout!r} exceeds total_timeout={total_timeout!r}: "
-                f"an attempt could never use its full time"
-            )
+        check_attempt_within_total(
+            self.attempt_timeout, self.total_timeout, attempt_timeout, total_timeout
+        )
         if clock is not None:
             self.clock = resolve_clock(clock)
         elif isinstance(breaker, CircuitBreaker):
@@ -1708,17 +1708,10 @@ class _DeadlineOptions:
         map_errors: bool = True,
         clock: Clock | None = None,
     ) -> None:
-        self.max_seconds = check_seconds(max_seconds, "max_seconds")
         self.map_errors = check_bool(map_errors, "map_errors")
-        self.default = None if default is None else check_seconds(default, "default")
-        if self.default is not None and self.default > self.max_seconds:
-            raise ValueError(f"default={default!r} exceeds max_seconds={max_seconds!r}")
-        self.safety_margin = check_seconds(safety_margin, "safety_margin", allow_zero=True)
-        if self.safety_margin >= self.max_seconds:
-            raise ValueError(
-                f"safety_margin={safety_margin!r} must be less than max_seconds={max_seconds!r}: "
-                f"every caller's budget would be spent before the handler started"
-            )
+        self.max_seconds, self.default, self.safety_margin = check_incoming_budget(
+            max_seconds, default, safety_margin
+        )
         self.clock = resolve_clock(clock)
 
     def budget(self, context: Any) -> float | None:

@@ -34,7 +34,7 @@ from ._limit_algorithms import Gradient2Limit
 from ._refusals import MAX_RETRY_AFTER as MAX_RETRY_AFTER  # the longest Retry-After (a day)
 from ._refusals import refusal_of
 from ._tracking import track
-from ._validate import check_bool, check_int, check_seconds, check_string
+from ._validate import check_bool, check_incoming_budget, check_int, check_seconds, check_string
 from .errors import (
     ConcurrencyLimitExceededError,
 )
@@ -255,16 +255,9 @@ class _DeadlinePolicy:
         headers: Iterable[str],
         clock: Clock | None,
     ) -> None:
-        self.max_seconds = check_seconds(max_seconds, "max_seconds")
-        self.default = None if default is None else check_seconds(default, "default")
-        if self.default is not None and self.default > self.max_seconds:
-            raise ValueError(f"default={default!r} exceeds max_seconds={max_seconds!r}")
-        self.safety_margin = check_seconds(safety_margin, "safety_margin", allow_zero=True)
-        if self.safety_margin >= self.max_seconds:
-            raise ValueError(
-                f"safety_margin={safety_margin!r} must be less than max_seconds={max_seconds!r}: "
-                f"every caller's budget would be spent before the handler started"
-            )
+        self.max_seconds, self.default, self.safety_margin = check_incoming_budget(
+            max_seconds, default, safety_margin
+        )
         self.reject_expired = check_bool(reject_expired, "reject_expired")
         self.expired_status = _check_status(expired_status, "expired_status")
         if isinstance(headers, (str, bytes)) or not isinstance(headers, Iterable):

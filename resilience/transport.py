@@ -41,7 +41,7 @@ from ._limit_algorithms import AIMDLimit
 from ._outcome import ExceptionFilter
 from ._retry import Retry, RetryExhaustedError, _discard_for_this_call
 from ._tracking import untrack
-from ._validate import check_bool, check_int, check_seconds
+from ._validate import check_attempt_within_total, check_bool, check_int, check_seconds
 from .breaker import BreakerRegistry, CircuitBreaker, Permit, TimeWindow
 from .errors import CircuitOpenError, ConcurrencyLimitExceededError, DeadlineExceededError
 from .events import ObserverHub
@@ -236,15 +236,9 @@ class _Pipeline:
         self.attempt_timeout = (
             None if attempt_timeout is None else check_seconds(attempt_timeout, "attempt_timeout")
         )
-        if (
-            self.total_timeout is not None
-            and self.attempt_timeout is not None
-            and self.attempt_timeout > self.total_timeout
-        ):
-            raise ValueError(
-                f"attempt_timeout={attempt_timeout!r} exceeds total_timeout={total_timeout!r}: "
-                f"an attempt could never use its full time"
-            )
+        check_attempt_within_total(
+            self.attempt_timeout, self.total_timeout, attempt_timeout, total_timeout
+        )
         if not callable(failure_status):
             raise TypeError(
                 f"failure_status= must be callable(status) -> bool, got {failure_status!r}"
