@@ -19,11 +19,13 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from ._admission import _asyncio_loop
 from ._budget import RetryBudget
 from ._clock import Clock, SystemClock, alarms_of, resolve_clock
 from ._compose import _NOTHING, MisuseError, Policy, is_async_callable, not_awaitable
 from ._counter import peek
 from ._deadline import current_deadline
+from ._limit import _cancelled
 from ._outcome import ExceptionFilter, ExceptionSpec, is_rejection
 from ._tracking import track, untrack
 from ._validate import check_int, check_ratio, check_seconds, check_string
@@ -236,7 +238,7 @@ class Hedge(Policy):
         race = _Race(self, fn, args, kwargs)
         asyncio = sys.modules.get("asyncio")
         try:
-            if asyncio is not None and _asyncio_running(asyncio):
+            if asyncio is not None and _asyncio_loop(asyncio) is not None:
                 await race.on_asyncio(asyncio)
             else:
                 await race.on_trio()
@@ -346,27 +348,10 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
             pending.extend(exc.exceptions)
         else:
             leaves.append(exc)
-    others = [exc for exc in leaves if not _is_cancellation(exc)]
+    others = [exc for exc in leaves if not _cancelled(exc)]
     if not others:
         return leaves[-1] if leaves else group
     return others[0] if len(others) == 1 else group
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    """An asyncio or trio cancellation."""
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
-        return True
-    trio = sys.modules.get("trio")
-    return trio is not None and isinstance(exc, trio.Cancelled)
-
-
-def _asyncio_running(asyncio: Any) -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 async def _discard_all(discard: Callable[[Any], object], results: list[Any]) -> None:
