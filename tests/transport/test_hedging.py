@@ -374,6 +374,31 @@ def test_hedging_state_per_origin_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
     }
 
 
+def test_one_origin_keeps_one_latency_window_whatever_the_budget() -> None:
+    """A request with its retries off spends another budget, but the origin's latencies are one.
+
+    docs/guide/hedging.md, In the httpx transport: "Each origin keeps its own
+    latencies"; "When the origin's retries have a budget, the hedges spend from it".
+    """
+    transport = AsyncResilientTransport(hedge=Hedge())
+    pipeline = transport._pipeline
+
+    async def discard(response: httpx.Response) -> None: ...
+
+    request = httpx.Request("GET", "http://one.test/")
+    options: dict[str, object] = {}
+    _, retry, _ = pipeline.route(request, options)
+    assert retry is not None
+    assert retry.budget is not None
+    retried = pipeline.hedge_for(request, options, retry, discard)
+    unretried = pipeline.hedge_for(request, {"retry": False}, None, discard)
+    assert retried is not None
+    assert unretried is not None
+    assert retried.budget is retry.budget
+    assert unretried.budget is not retry.budget
+    assert retried._latencies is unretried._latencies
+
+
 async def test_an_open_breaker_fails_the_call_at_once_without_a_hedge(tail: TailServer) -> None:
     """The origin's breaker is open: HTTPCircuitOpenError at once, no hedge sent or refused.
 
