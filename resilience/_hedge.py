@@ -27,6 +27,7 @@ from ._counter import peek
 from ._deadline import current_deadline
 from ._limit import _cancelled
 from ._outcome import ExceptionFilter, ExceptionSpec, is_rejection
+from ._retry import _discard_for_this_call
 from ._tracking import track, untrack
 from ._validate import check_int, check_ratio, check_seconds, check_string
 from .events import HedgeBudgetExhausted, HedgeSent, HedgeWon, ObserverHub, global_hub
@@ -751,9 +752,13 @@ class _Race:
         return None
 
     async def discard(self) -> None:
-        """Hand every result that will not be returned to `discard_result`."""
-        discard = self.hedge.discard_result
-        if discard is None:
+        """Hand every result that will not be returned to `discard_result`, then the transport's.
+
+        The transport's hook (which closes a response) is the one its retries
+        use too, and runs even when `discard_result` raised.
+        """
+        hooks = [h for h in (self.hedge.discard_result, _discard_for_this_call.get()) if h]
+        if not hooks:
             return
         returned = self._returned()
         unused = [a.result for a in self.attempts if a.has_result and a is not returned]
@@ -763,9 +768,11 @@ class _Race:
             import trio
 
             with trio.CancelScope(shield=True):  # even when the caller was cancelled
-                await _discard_all(discard, unused)
+                for hook in hooks:
+                    await _discard_all(hook, unused)
         else:
-            await _discard_all(discard, unused)
+            for hook in hooks:
+                await _discard_all(hook, unused)
 
     def sample(self) -> None:
         """Record the attempts' latencies (see the class docstring of `Hedge`)."""

@@ -504,7 +504,6 @@ class _Pipeline:
         request: httpx.Request,
         options: Mapping[str, Any],
         retry: Retry | None,
-        discard: Callable[[httpx.Response], Any],
     ) -> Hedge | None:
         """The hedging policy for this request's origin, or None if it is not hedged.
 
@@ -541,7 +540,6 @@ class _Pipeline:
                     made.non_fatal = ExceptionFilter(_transient, param="non_fatal")
                 if hedge.non_fatal_result is None:
                     made.non_fatal_result = self.retryable_status
-                made.discard_result = _then(hedge.discard_result, discard)
                 while len(self._hedges) >= _MAX_ORIGINS:
                     self._hedges.popitem(last=False)
                 self._hedges[key] = made
@@ -651,24 +649,6 @@ class _Pipeline:
             "breaker_state": None if breaker is None else breaker.state._value_,
             "elapsed": elapsed,
         }
-
-
-def _then(
-    first: Callable[[Any], object] | None, second: Callable[[Any], Any]
-) -> Callable[[Any], Any]:
-    """`second`, after `first` if given (a caller's hook, then the transport's)."""
-    if first is None:
-        return second
-
-    async def both(result: Any) -> None:
-        try:
-            done = first(result)
-            if hasattr(done, "__await__"):
-                await done
-        finally:
-            await second(result)  # closed even when the caller's hook raised
-
-    return both
 
 
 def _within(timeouts: Mapping[str, float | None], limit: float) -> bool:
@@ -1811,11 +1791,7 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
         options = pipeline.options(request)
         breaker, retry, not_retried = pipeline.route(request, options)
         limit = pipeline.limit_for(request, options) if pipeline.limited else None
-        hedge = (
-            None
-            if pipeline.hedge is None
-            else pipeline.hedge_for(request, options, retry, self._discard)
-        )
+        hedge = None if pipeline.hedge is None else pipeline.hedge_for(request, options, retry)
         if (retry is not None or hedge is not None) and not isinstance(
             request.stream, httpx.ByteStream
         ):
@@ -1855,7 +1831,11 @@ class AsyncResilientTransport(_Configured, httpx.AsyncBaseTransport):
                 return last
 
         token, deadline = pipeline.enter(options, clock)
-        discarding = None if retry is None else _discard_for_this_call.set(self._discard)
+        discarding = (
+            None
+            if retry is None and hedge is None
+            else _discard_for_this_call.set(self._discard)  # the responses nobody will read
+        )
         try:
             response = await (retry.acall(attempt) if retry is not None else attempt())
         except BaseException as exc:

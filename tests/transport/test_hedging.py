@@ -363,11 +363,9 @@ def test_hedging_state_per_origin_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
     transport = AsyncResilientTransport(hedge=Hedge(), retry=False)
     pipeline = transport._pipeline
 
-    async def discard(response: httpx.Response) -> None: ...
-
     for number in range(40):
         request = httpx.Request("GET", f"http://host{number}.test/")
-        assert pipeline.hedge_for(request, {}, None, discard) is not None
+        assert pipeline.hedge_for(request, {}, None) is not None
     assert len(pipeline._hedges) == 5
     assert {origin for origin, _ in pipeline._hedges} == {
         f"http://host{n}.test:80" for n in range(35, 40)
@@ -383,15 +381,13 @@ def test_one_origin_keeps_one_latency_window_whatever_the_budget() -> None:
     transport = AsyncResilientTransport(hedge=Hedge())
     pipeline = transport._pipeline
 
-    async def discard(response: httpx.Response) -> None: ...
-
     request = httpx.Request("GET", "http://one.test/")
     options: dict[str, object] = {}
     _, retry, _ = pipeline.route(request, options)
     assert retry is not None
     assert retry.budget is not None
-    retried = pipeline.hedge_for(request, options, retry, discard)
-    unretried = pipeline.hedge_for(request, {"retry": False}, None, discard)
+    retried = pipeline.hedge_for(request, options, retry)
+    unretried = pipeline.hedge_for(request, {"retry": False}, None)
     assert retried is not None
     assert unretried is not None
     assert retried.budget is retry.budget
