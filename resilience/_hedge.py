@@ -644,26 +644,23 @@ class _Race:
             else:
                 self.winner = attempt
                 self.done = True
-        elif (
-            not attempt.judged
-            and isinstance(error, Exception)
-            and not isinstance(error, MisuseError)
-            and is_rejection(error)
-        ):
-            # Refused before it ran (an open breaker, a full bulkhead or limit):
-            # the other attempts go on, but no hedge goes out at once, as it
-            # would be refused too and spend the budget the retries share.
-            pass
-        elif (
-            not attempt.judged
-            and isinstance(error, Exception)
-            and not isinstance(error, MisuseError)
-            and self._non_fatal(attempt)
-        ):
-            self.failed_now = True
         else:
-            self.fatal = attempt
-            self.done = True
+            # A BaseException, a misuse, or a predicate's own error: always fatal.
+            may_go_on = (
+                not attempt.judged
+                and isinstance(error, Exception)
+                and not isinstance(error, MisuseError)
+            )
+            if may_go_on and is_rejection(error):
+                # Refused before it ran (an open breaker, a full bulkhead or limit):
+                # the other attempts go on, but no hedge goes out at once, as it
+                # would be refused too and spend the budget the retries share.
+                pass
+            elif may_go_on and self._non_fatal(attempt):
+                self.failed_now = True
+            else:
+                self.fatal = attempt
+                self.done = True
         self._wake.set()
 
     def _non_fatal(self, attempt: _Attempt) -> bool:
