@@ -72,7 +72,8 @@ _DEFAULT_NAME = "retry"
 _DEFAULT_BUDGET_NAME = "retry-budget"
 
 # A discard hook for the calls made in this context, for callers that use a
-# Retry they do not own (the httpx transport closes failed responses with it).
+# Retry or a Hedge they do not own (the httpx transport closes the failed and
+# the losing responses with it).
 _discard_for_this_call: ContextVar[Callable[[Any], object] | None] = ContextVar(
     "resilience_retry_discard", default=None
 )
