@@ -590,11 +590,14 @@ class _Client:
 
     # -- per call -------------------------------------------------------------------
 
-    def breaker_for(self, method: str) -> CircuitBreaker | None:
+    def breaker_for(self, method: str | bytes) -> CircuitBreaker | None:
+        """The call's breaker; the method's name is decoded only for per-method breakers."""
         breaker = self.breaker
         if breaker is None or isinstance(breaker, CircuitBreaker):
             return breaker
-        return breaker.get(f"{self.target}{method}" if self.by_method else self.target)
+        if self.by_method:
+            return breaker.get(f"{self.target}{_method_name(method)}")
+        return breaker.get(self.target)
 
     def enter(self, timeout: float | None) -> tuple[Token[Deadline | None] | None, Deadline | None]:
         """Open the call's total deadline: its `timeout`, else `total_timeout` (nested)."""
@@ -1050,7 +1053,7 @@ class ResilientClientInterceptor(
     ) -> Any:
         """Run one unary call through deadline, retry, breaker and limit."""
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         retry = client.retry
         token, deadline = client.enter(client_call_details.timeout)
         attempts = 0
@@ -1095,7 +1098,7 @@ class ResilientClientInterceptor(
     ) -> Any:
         """Start a server-streaming call: retried only while no message was received."""
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         token, deadline = client.enter(client_call_details.timeout)
         stream = _RetryingStream(client, continuation, client_call_details, request, breaker)
         try:
@@ -1132,7 +1135,7 @@ class ResilientClientInterceptor(
         requests: _Requests,
     ) -> Any:
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         token, deadline = client.enter(client_call_details.timeout)
         try:
             details = client.details(client_call_details, deadline, 0, aio=False)
@@ -1348,7 +1351,7 @@ class _AioUnaryUnary(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
     ) -> Any:
         """Run one unary call through deadline, retry, breaker and limit."""
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         retry = client.retry
         token, deadline = client.enter(client_call_details.timeout)
         attempts = 0
@@ -1397,7 +1400,7 @@ class _AioUnaryStream(_AioInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     ) -> Any:
         """A server-streaming call: retried only while no message was received."""
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         token, deadline = client.enter(client_call_details.timeout)
         try:
             call = await _aio_start(
@@ -1554,7 +1557,7 @@ async def _aio_once(
     request: Any,
 ) -> Any:
     """A client-streaming call: one attempt, under the breaker, the limit and the deadline."""
-    breaker = client.breaker_for(_method_name(original.method))
+    breaker = client.breaker_for(original.method)
     token, deadline = client.enter(original.timeout)
     try:
         return await _aio_start(client, continuation, original, request, breaker, deadline, 0)
