@@ -616,7 +616,7 @@ class _Client:
         """The call details of one attempt: the timeout clamped, the attempt count sent."""
         timeout = self.attempt_timeout
         if deadline is not None:
-            left = deadline.expires_at - deadline.clock.monotonic()
+            left = deadline.remaining()
             if left <= 0:
                 spent = _AioGrpcDeadlineExceededError if aio else GrpcDeadlineExceededError
                 raise spent(self.target, deadline.budget, before_call=True)
@@ -747,7 +747,7 @@ class _Client:
             deadline is None
             or isinstance(error, DeadlineExceededError)
             or _code_of(error) is not _Code.DEADLINE_EXCEEDED
-            or deadline.expires_at - deadline.clock.monotonic() > _DEADLINE_SLACK
+            or deadline.remaining() > _DEADLINE_SLACK
         ):
             return None
         cut = (_AioGrpcDeadlineExceededError if aio else GrpcDeadlineExceededError)(
