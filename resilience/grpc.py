@@ -649,52 +649,34 @@ class _Client:
 
     def acquire(self, breaker: CircuitBreaker | None) -> tuple[Permit | None, LimitPermit | None]:
         """The attempt's breaker permit and limit permit (raising the gRPC-shaped errors)."""
-        permit = None
-        if breaker is not None:
-            try:
+        permit = held = None
+        try:
+            if breaker is not None:
                 permit = breaker.acquire()
-            except CircuitOpenError as error:
-                raise GrpcCircuitOpenError(error.name, error.state, error.retry_after) from None
-        held = None
-        if self.limit is not None:
-            try:
+            if self.limit is not None:
                 held = self.limit.acquire()
-            except ConcurrencyLimitExceededError as error:
-                if permit is not None:
-                    permit.release()
-                raise GrpcConcurrencyLimitExceededError(
-                    error.name, error.limit, error.waited
-                ) from None
-            except BaseException:
-                if permit is not None:
-                    permit.release()
+        except BaseException as error:
+            refused = _refused(error, permit, aio=False)
+            if refused is error:
                 raise
+            raise refused from None
         return permit, held
 
     async def aacquire(
         self, breaker: CircuitBreaker | None
     ) -> tuple[Permit | None, LimitPermit | None]:
         """`acquire` for async code (a limit's wait is awaited, not blocked on)."""
-        permit = None
-        if breaker is not None:
-            try:
+        permit = held = None
+        try:
+            if breaker is not None:
                 permit = await breaker.aacquire()
-            except CircuitOpenError as error:
-                raise _AioGrpcCircuitOpenError(error.name, error.state, error.retry_after) from None
-        held = None
-        if self.limit is not None:
-            try:
+            if self.limit is not None:
                 held = await self.limit.aacquire()
-            except ConcurrencyLimitExceededError as error:
-                if permit is not None:
-                    permit.release()
-                raise _AioGrpcConcurrencyLimitExceededError(
-                    error.name, error.limit, error.waited
-                ) from None
-            except BaseException:
-                if permit is not None:
-                    permit.release()
+        except BaseException as error:
+            refused = _refused(error, permit, aio=True)
+            if refused is error:
                 raise
+            raise refused from None
         return permit, held
 
     def settle(
@@ -755,6 +737,22 @@ class _Client:
         )
         cut.__cause__ = error
         return cut
+
+
+def _refused(error: BaseException, permit: Permit | None, aio: bool) -> BaseException:
+    """What a failed `acquire` raises: a refusal in its gRPC shape, else `error` itself.
+
+    The breaker's permit, if one was taken before the limit refused, is released.
+    """
+    if permit is not None:
+        permit.release()
+    if isinstance(error, CircuitOpenError):
+        opened = _AioGrpcCircuitOpenError if aio else GrpcCircuitOpenError
+        return opened(error.name, error.state, error.retry_after)
+    if isinstance(error, ConcurrencyLimitExceededError):
+        full = _AioGrpcConcurrencyLimitExceededError if aio else GrpcConcurrencyLimitExceededError
+        return full(error.name, error.limit, error.waited)
+    return error
 
 
 def _call_timeout(timeout: object) -> float:
