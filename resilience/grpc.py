@@ -1774,6 +1774,27 @@ async def _aabort(options: _DeadlineOptions, exc: BaseException, context: Any) -
     await context.abort(code, details)
 
 
+#: A method handler's behaviours, and whether each answers with a stream.
+_HANDLER_KINDS = (
+    ("unary_unary", False),
+    ("unary_stream", True),
+    ("stream_unary", False),
+    ("stream_stream", True),
+)
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], wrap: Callable[[Callable[..., Any], bool], Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with each of its behaviours replaced by `wrap(behaviour, streams)`."""
+    wrapped = {}
+    for kind, streams in _HANDLER_KINDS:
+        behaviour = getattr(handler, kind, None)
+        if behaviour is not None:
+            wrapped[kind] = wrap(behaviour, streams)
+    return cast("grpc.RpcMethodHandler[Any, Any]", cast("Any", handler)._replace(**wrapped))
+
+
 def _sync_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], streams: bool) -> Any:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         budget = options.budget(context)
@@ -1853,24 +1874,15 @@ class DeadlineServerInterceptor(_DeadlineOptions, grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """Wrap the handler's behaviour in the caller's deadline."""
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        wrapped: dict[str, Any] = {}
-        for kind, streams in (
-            ("unary_unary", False),
-            ("unary_stream", True),
-            ("stream_unary", False),
-            ("stream_stream", True),
-        ):
-            behaviour = getattr(handler, kind, None)
-            if behaviour is not None:
-                if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
-                    raise MisuseError(
-                        "DeadlineServerInterceptor wraps sync grpcio handlers; for a "
-                        "grpc.aio server use resilience.grpc.AsyncDeadlineServerInterceptor"
-                    )
-                wrapped[kind] = _sync_behaviour(self, behaviour, streams)
-        return cast("grpc.RpcMethodHandler[Any, Any]", cast("Any", handler)._replace(**wrapped))
+        return None if handler is None else _wrap_handler(handler, self._wrap)
+
+    def _wrap(self, behaviour: Callable[..., Any], streams: bool) -> Any:
+        if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
+            raise MisuseError(
+                "DeadlineServerInterceptor wraps sync grpcio handlers; for a "
+                "grpc.aio server use resilience.grpc.AsyncDeadlineServerInterceptor"
+            )
+        return _sync_behaviour(self, behaviour, streams)
 
 
 def _aio_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], streams: bool) -> Any:
@@ -1950,14 +1962,4 @@ class AsyncDeadlineServerInterceptor(_DeadlineOptions, grpc.aio.ServerIntercepto
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        wrapped: dict[str, Any] = {}
-        for kind, streams in (
-            ("unary_unary", False),
-            ("unary_stream", True),
-            ("stream_unary", False),
-            ("stream_stream", True),
-        ):
-            behaviour = getattr(handler, kind, None)
-            if behaviour is not None:
-                wrapped[kind] = _aio_behaviour(self, behaviour, streams)
-        return cast("grpc.RpcMethodHandler[Any, Any]", cast("Any", handler)._replace(**wrapped))
+        return _wrap_handler(handler, functools.partial(_aio_behaviour, self))
