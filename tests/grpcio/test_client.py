@@ -28,8 +28,8 @@ from .conftest import (
     Step,
     SyncServer,
     aio_methods,
+    aio_setup,
     free_port,
-    start_aio_server,
     start_sync_server,
     sync_methods,
 )
@@ -180,14 +180,6 @@ def test_breaker_scope_method_gives_each_method_its_breaker(server: SyncServer) 
 
 
 # -- aio ------------------------------------------------------------------------------
-
-
-async def aio_setup(script: Script, **options: Any) -> tuple[Any, Any, Any, str]:
-    grpc_server, port = await start_aio_server(script)
-    target = f"127.0.0.1:{port}"
-    interceptor = AsyncResilientClientInterceptor(target=target, **options)
-    channel = grpc.aio.insecure_channel(target, options=channel_options(), interceptors=interceptor)
-    return grpc_server, channel, interceptor, target
 
 
 @pytest.mark.anyio
