@@ -79,6 +79,10 @@ class Script:
     def count(self, method: str = UNARY) -> int:
         return sum(1 for call in self.calls if call.method == method)
 
+    def previous_attempts(self) -> list[str | None]:
+        """The `grpc-previous-rpc-attempts` each call the server saw carried (None: absent)."""
+        return [call.metadata.get("grpc-previous-rpc-attempts") for call in self.calls]
+
 
 def _finish(step: Step, context: Any) -> None:
     if step.trailing:

@@ -192,7 +192,7 @@ async def test_aio_transient_unavailable_is_retried_then_ok() -> None:
         call = aio_methods(channel)["unary"](b"hi", timeout=5)
         assert await call == b"hi"
         assert await call.code() is grpc.StatusCode.OK
-        assert [c.metadata.get("grpc-previous-rpc-attempts") for c in script.calls] == [
+        assert script.previous_attempts() == [
             None,
             "1",
             "2",

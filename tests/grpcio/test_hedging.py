@@ -59,7 +59,7 @@ async def test_a_slow_attempt_is_hedged_and_the_loser_rpc_is_cancelled_on_the_se
         assert answered < 2.0
         cancelled_after = await wait_for(lambda: script.cancelled == 1)
         assert cancelled_after < 0.5  # measured: a few milliseconds on loopback
-        assert [c.metadata.get("grpc-previous-rpc-attempts") for c in script.calls] == [None, "1"]
+        assert script.previous_attempts() == [None, "1"]
         hedge = interceptor.hedge
         assert hedge is not template
         assert hedge.name == interceptor.target
@@ -151,7 +151,7 @@ async def test_a_failed_hedged_call_is_retried_as_a_whole() -> None:
         script.add(Step(UNAVAILABLE), Step(UNAVAILABLE))
         assert await aio_methods(channel)["unary"](b"hi", timeout=10) == b"hi"
         assert script.count() == 3
-        assert [c.metadata.get("grpc-previous-rpc-attempts") for c in script.calls] == [
+        assert script.previous_attempts() == [
             None,
             "1",
             "2",
