@@ -196,7 +196,7 @@ class ErrorAnswers:
             return (
                 deadline is not None
                 and _is_httpx_timeout(error)
-                and deadline.expires_at - deadline.clock.monotonic() <= DEADLINE_SLACK
+                and deadline.remaining() <= DEADLINE_SLACK
             )
 
         refusal = refusal_of(exc, timed_out)
