@@ -1722,9 +1722,21 @@ class _DeadlineOptions:
             return self.default
         return max(min(left, self.max_seconds) - self.safety_margin, 0.0)
 
-    def refusal(self, exc: BaseException) -> Refusal | None:
-        """The status a handler's error stands for (as the HTTP middleware's answers), or None."""
-        return refusal_of(exc) if self.map_errors and isinstance(exc, Exception) else None
+    def refused(self, exc: BaseException, context: Any) -> tuple[grpc.StatusCode, str] | None:
+        """The status to abort with for a handler's error (as the HTTP middleware answers).
+
+        Its pushback, if any, is set on `context` as trailing metadata. None:
+        not one of resilience's refusals (or `map_errors=False`).
+        """
+        if not (self.map_errors and isinstance(exc, Exception)):
+            return None
+        refusal = refusal_of(exc)
+        if refusal is None:
+            return None
+        code, details, trailing = _status_of(refusal)
+        if trailing:
+            context.set_trailing_metadata(trailing)
+        return code, details
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} max_seconds={self.max_seconds!r}>"
@@ -1754,24 +1766,16 @@ def _status_of(refusal: Refusal) -> tuple[grpc.StatusCode, str, tuple[tuple[str,
 
 def _abort(options: _DeadlineOptions, exc: BaseException, context: Any) -> None:
     """Abort a sync handler's call with the status `exc` stands for; return if none."""
-    refusal = options.refusal(exc)
-    if refusal is None:
-        return
-    code, details, trailing = _status_of(refusal)
-    if trailing:
-        context.set_trailing_metadata(trailing)
-    context.abort(code, details)  # raises: the status is sent
+    status = options.refused(exc, context)
+    if status is not None:
+        context.abort(*status)  # raises: the status is sent
 
 
 async def _aabort(options: _DeadlineOptions, exc: BaseException, context: Any) -> None:
     """`_abort` for grpc.aio handlers."""
-    refusal = options.refusal(exc)
-    if refusal is None:
-        return
-    code, details, trailing = _status_of(refusal)
-    if trailing:
-        context.set_trailing_metadata(trailing)
-    await context.abort(code, details)
+    status = options.refused(exc, context)
+    if status is not None:
+        await context.abort(*status)
 
 
 #: A method handler's behaviours, and whether each answers with a stream.
