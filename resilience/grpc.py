@@ -590,11 +590,14 @@ class _Client:
 
     # -- per call -------------------------------------------------------------------
 
-    def breaker_for(self, method: str) -> CircuitBreaker | None:
+    def breaker_for(self, method: str | bytes) -> CircuitBreaker | None:
+        """The call's breaker; the method's name is decoded only for per-method breakers."""
         breaker = self.breaker
         if breaker is None or isinstance(breaker, CircuitBreaker):
             return breaker
-        return breaker.get(f"{self.target}{method}" if self.by_method else self.target)
+        if self.by_method:
+            return breaker.get(f"{self.target}{_method_name(method)}")
+        return breaker.get(self.target)
 
     def enter(self, timeout: float | None) -> tuple[Token[Deadline | None] | None, Deadline | None]:
         """Open the call's total deadline: its `timeout`, else `total_timeout` (nested)."""
@@ -613,7 +616,7 @@ class _Client:
         """The call details of one attempt: the timeout clamped, the attempt count sent."""
         timeout = self.attempt_timeout
         if deadline is not None:
-            left = deadline.expires_at - deadline.clock.monotonic()
+            left = deadline.remaining()
             if left <= 0:
                 spent = _AioGrpcDeadlineExceededError if aio else GrpcDeadlineExceededError
                 raise spent(self.target, deadline.budget, before_call=True)
@@ -646,52 +649,34 @@ class _Client:
 
     def acquire(self, breaker: CircuitBreaker | None) -> tuple[Permit | None, LimitPermit | None]:
         """The attempt's breaker permit and limit permit (raising the gRPC-shaped errors)."""
-        permit = None
-        if breaker is not None:
-            try:
+        permit = held = None
+        try:
+            if breaker is not None:
                 permit = breaker.acquire()
-            except CircuitOpenError as error:
-                raise GrpcCircuitOpenError(error.name, error.state, error.retry_after) from None
-        held = None
-        if self.limit is not None:
-            try:
+            if self.limit is not None:
                 held = self.limit.acquire()
-            except ConcurrencyLimitExceededError as error:
-                if permit is not None:
-                    permit.release()
-                raise GrpcConcurrencyLimitExceededError(
-                    error.name, error.limit, error.waited
-                ) from None
-            except BaseException:
-                if permit is not None:
-                    permit.release()
+        except BaseException as error:
+            refused = _refused(error, permit, aio=False)
+            if refused is error:
                 raise
+            raise refused from None
         return permit, held
 
     async def aacquire(
         self, breaker: CircuitBreaker | None
     ) -> tuple[Permit | None, LimitPermit | None]:
         """`acquire` for async code (a limit's wait is awaited, not blocked on)."""
-        permit = None
-        if breaker is not None:
-            try:
+        permit = held = None
+        try:
+            if breaker is not None:
                 permit = await breaker.aacquire()
-            except CircuitOpenError as error:
-                raise _AioGrpcCircuitOpenError(error.name, error.state, error.retry_after) from None
-        held = None
-        if self.limit is not None:
-            try:
+            if self.limit is not None:
                 held = await self.limit.aacquire()
-            except ConcurrencyLimitExceededError as error:
-                if permit is not None:
-                    permit.release()
-                raise _AioGrpcConcurrencyLimitExceededError(
-                    error.name, error.limit, error.waited
-                ) from None
-            except BaseException:
-                if permit is not None:
-                    permit.release()
+        except BaseException as error:
+            refused = _refused(error, permit, aio=True)
+            if refused is error:
                 raise
+            raise refused from None
         return permit, held
 
     def settle(
@@ -744,7 +729,7 @@ class _Client:
             deadline is None
             or isinstance(error, DeadlineExceededError)
             or _code_of(error) is not _Code.DEADLINE_EXCEEDED
-            or deadline.expires_at - deadline.clock.monotonic() > _DEADLINE_SLACK
+            or deadline.remaining() > _DEADLINE_SLACK
         ):
             return None
         cut = (_AioGrpcDeadlineExceededError if aio else GrpcDeadlineExceededError)(
@@ -752,6 +737,22 @@ class _Client:
         )
         cut.__cause__ = error
         return cut
+
+
+def _refused(error: BaseException, permit: Permit | None, aio: bool) -> BaseException:
+    """What a failed `acquire` raises: a refusal in its gRPC shape, else `error` itself.
+
+    The breaker's permit, if one was taken before the limit refused, is released.
+    """
+    if permit is not None:
+        permit.release()
+    if isinstance(error, CircuitOpenError):
+        opened = _AioGrpcCircuitOpenError if aio else GrpcCircuitOpenError
+        return opened(error.name, error.state, error.retry_after)
+    if isinstance(error, ConcurrencyLimitExceededError):
+        full = _AioGrpcConcurrencyLimitExceededError if aio else GrpcConcurrencyLimitExceededError
+        return full(error.name, error.limit, error.waited)
+    return error
 
 
 def _call_timeout(timeout: object) -> float:
@@ -1050,7 +1051,7 @@ class ResilientClientInterceptor(
     ) -> Any:
         """Run one unary call through deadline, retry, breaker and limit."""
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         retry = client.retry
         token, deadline = client.enter(client_call_details.timeout)
         attempts = 0
@@ -1095,7 +1096,7 @@ class ResilientClientInterceptor(
     ) -> Any:
         """Start a server-streaming call: retried only while no message was received."""
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         token, deadline = client.enter(client_call_details.timeout)
         stream = _RetryingStream(client, continuation, client_call_details, request, breaker)
         try:
@@ -1132,7 +1133,7 @@ class ResilientClientInterceptor(
         requests: _Requests,
     ) -> Any:
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         token, deadline = client.enter(client_call_details.timeout)
         try:
             details = client.details(client_call_details, deadline, 0, aio=False)
@@ -1348,7 +1349,7 @@ class _AioUnaryUnary(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
     ) -> Any:
         """Run one unary call through deadline, retry, breaker and limit."""
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         retry = client.retry
         token, deadline = client.enter(client_call_details.timeout)
         attempts = 0
@@ -1397,7 +1398,7 @@ class _AioUnaryStream(_AioInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     ) -> Any:
         """A server-streaming call: retried only while no message was received."""
         client = self._client
-        breaker = client.breaker_for(_method_name(client_call_details.method))
+        breaker = client.breaker_for(client_call_details.method)
         token, deadline = client.enter(client_call_details.timeout)
         try:
             call = await _aio_start(
@@ -1554,7 +1555,7 @@ async def _aio_once(
     request: Any,
 ) -> Any:
     """A client-streaming call: one attempt, under the breaker, the limit and the deadline."""
-    breaker = client.breaker_for(_method_name(original.method))
+    breaker = client.breaker_for(original.method)
     token, deadline = client.enter(original.timeout)
     try:
         return await _aio_start(client, continuation, original, request, breaker, deadline, 0)
@@ -1721,9 +1722,21 @@ class _DeadlineOptions:
             return self.default
         return max(min(left, self.max_seconds) - self.safety_margin, 0.0)
 
-    def refusal(self, exc: BaseException) -> Refusal | None:
-        """The status a handler's error stands for (as the HTTP middleware's answers), or None."""
-        return refusal_of(exc) if self.map_errors and isinstance(exc, Exception) else None
+    def refused(self, exc: BaseException, context: Any) -> tuple[grpc.StatusCode, str] | None:
+        """The status to abort with for a handler's error (as the HTTP middleware answers).
+
+        Its pushback, if any, is set on `context` as trailing metadata. None:
+        not one of resilience's refusals (or `map_errors=False`).
+        """
+        if not (self.map_errors and isinstance(exc, Exception)):
+            return None
+        refusal = refusal_of(exc)
+        if refusal is None:
+            return None
+        code, details, trailing = _status_of(refusal)
+        if trailing:
+            context.set_trailing_metadata(trailing)
+        return code, details
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} max_seconds={self.max_seconds!r}>"
@@ -1753,24 +1766,37 @@ def _status_of(refusal: Refusal) -> tuple[grpc.StatusCode, str, tuple[tuple[str,
 
 def _abort(options: _DeadlineOptions, exc: BaseException, context: Any) -> None:
     """Abort a sync handler's call with the status `exc` stands for; return if none."""
-    refusal = options.refusal(exc)
-    if refusal is None:
-        return
-    code, details, trailing = _status_of(refusal)
-    if trailing:
-        context.set_trailing_metadata(trailing)
-    context.abort(code, details)  # raises: the status is sent
+    status = options.refused(exc, context)
+    if status is not None:
+        context.abort(*status)  # raises: the status is sent
 
 
 async def _aabort(options: _DeadlineOptions, exc: BaseException, context: Any) -> None:
     """`_abort` for grpc.aio handlers."""
-    refusal = options.refusal(exc)
-    if refusal is None:
-        return
-    code, details, trailing = _status_of(refusal)
-    if trailing:
-        context.set_trailing_metadata(trailing)
-    await context.abort(code, details)
+    status = options.refused(exc, context)
+    if status is not None:
+        await context.abort(*status)
+
+
+#: A method handler's behaviours, and whether each answers with a stream.
+_HANDLER_KINDS = (
+    ("unary_unary", False),
+    ("unary_stream", True),
+    ("stream_unary", False),
+    ("stream_stream", True),
+)
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], wrap: Callable[[Callable[..., Any], bool], Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with each of its behaviours replaced by `wrap(behaviour, streams)`."""
+    wrapped = {}
+    for kind, streams in _HANDLER_KINDS:
+        behaviour = getattr(handler, kind, None)
+        if behaviour is not None:
+            wrapped[kind] = wrap(behaviour, streams)
+    return cast("grpc.RpcMethodHandler[Any, Any]", cast("Any", handler)._replace(**wrapped))
 
 
 def _sync_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], streams: bool) -> Any:
@@ -1852,24 +1878,15 @@ class DeadlineServerInterceptor(_DeadlineOptions, grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """Wrap the handler's behaviour in the caller's deadline."""
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        wrapped: dict[str, Any] = {}
-        for kind, streams in (
-            ("unary_unary", False),
-            ("unary_stream", True),
-            ("stream_unary", False),
-            ("stream_stream", True),
-        ):
-            behaviour = getattr(handler, kind, None)
-            if behaviour is not None:
-                if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
-                    raise MisuseError(
-                        "DeadlineServerInterceptor wraps sync grpcio handlers; for a "
-                        "grpc.aio server use resilience.grpc.AsyncDeadlineServerInterceptor"
-                    )
-                wrapped[kind] = _sync_behaviour(self, behaviour, streams)
-        return cast("grpc.RpcMethodHandler[Any, Any]", cast("Any", handler)._replace(**wrapped))
+        return None if handler is None else _wrap_handler(handler, self._wrap)
+
+    def _wrap(self, behaviour: Callable[..., Any], streams: bool) -> Any:
+        if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
+            raise MisuseError(
+                "DeadlineServerInterceptor wraps sync grpcio handlers; for a "
+                "grpc.aio server use resilience.grpc.AsyncDeadlineServerInterceptor"
+            )
+        return _sync_behaviour(self, behaviour, streams)
 
 
 def _aio_behaviour(options: _DeadlineOptions, behaviour: Callable[..., Any], streams: bool) -> Any:
@@ -1949,14 +1966,4 @@ class AsyncDeadlineServerInterceptor(_DeadlineOptions, grpc.aio.ServerIntercepto
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        wrapped: dict[str, Any] = {}
-        for kind, streams in (
-            ("unary_unary", False),
-            ("unary_stream", True),
-            ("stream_unary", False),
-            ("stream_stream", True),
-        ):
-            behaviour = getattr(handler, kind, None)
-            if behaviour is not None:
-                wrapped[kind] = _aio_behaviour(self, behaviour, streams)
-        return cast("grpc.RpcMethodHandler[Any, Any]", cast("Any", handler)._replace(**wrapped))
+        return _wrap_handler(handler, functools.partial(_aio_behaviour, self))

@@ -196,7 +196,7 @@ class ErrorAnswers:
             return (
                 deadline is not None
                 and _is_httpx_timeout(error)
-                and deadline.expires_at - deadline.clock.monotonic() <= DEADLINE_SLACK
+                and deadline.remaining() <= DEADLINE_SLACK
             )
 
         refusal = refusal_of(exc, timed_out)
@@ -206,7 +206,9 @@ class ErrorAnswers:
             return Answer(
                 self.deadline_status, _headers(_DEADLINE_BODY), _DEADLINE_BODY, "deadline_exceeded"
             )
-        seconds = self.retry_after if refusal.retry_after is None else refusal.retry_after
+        seconds = refusal.retry_after
+        if seconds is None:  # the error does not know: ours, at most a day as theirs
+            seconds = min(self.retry_after, MAX_RETRY_AFTER)
         headers = _headers(_SHED_BODY)
         headers.append(("retry-after", str(max(1, math.ceil(seconds)))))
         return Answer(self.shed_status, headers, _SHED_BODY, "shed")

@@ -14,7 +14,9 @@ empty) and is recorded (its metadata and `context.time_remaining()`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent import futures
@@ -24,6 +26,9 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+
+import resilience
+from resilience.grpc import AsyncResilientClientInterceptor, channel_options
 
 SERVICE = "test.Echo"
 UNARY = f"/{SERVICE}/Unary"
@@ -73,6 +78,10 @@ class Script:
 
     def count(self, method: str = UNARY) -> int:
         return sum(1 for call in self.calls if call.method == method)
+
+    def previous_attempts(self) -> list[str | None]:
+        """The `grpc-previous-rpc-attempts` each call the server saw carried (None: absent)."""
+        return [call.metadata.get("grpc-previous-rpc-attempts") for call in self.calls]
 
 
 def _finish(step: Step, context: Any) -> None:
@@ -231,6 +240,30 @@ def aio_methods(channel: grpc.aio.Channel) -> dict[str, Any]:
         "upload": channel.stream_unary(UPLOAD),
         "chat": channel.stream_stream(CHAT),
     }
+
+
+async def aio_setup(script: Script, **options: Any) -> tuple[Any, Any, Any, str]:
+    """A grpc.aio server run by `script`; a channel to it through an interceptor of `options`."""
+    grpc_server, port = await start_aio_server(script)
+    target = f"127.0.0.1:{port}"
+    interceptor = AsyncResilientClientInterceptor(target=target, **options)
+    channel = grpc.aio.insecure_channel(target, options=channel_options(), interceptors=interceptor)
+    return grpc_server, channel, interceptor, target
+
+
+def settled(breaker: resilience.CircuitBreaker) -> int:
+    """How many of the breaker's permits were settled (success, failure or ignored)."""
+    calls = breaker.metrics().calls
+    return calls["success"] + calls["failure"] + calls["ignored"]
+
+
+def wait_until(condition: Any, seconds: float = 3.0) -> None:
+    """Poll `condition` (collecting garbage: dropped calls settle in finalizers)."""
+    give_up = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < give_up, "not settled in time"
+        gc.collect()
+        time.sleep(0.005)
 
 
 @pytest.fixture

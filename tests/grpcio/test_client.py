@@ -28,8 +28,8 @@ from .conftest import (
     Step,
     SyncServer,
     aio_methods,
+    aio_setup,
     free_port,
-    start_aio_server,
     start_sync_server,
     sync_methods,
 )
@@ -182,14 +182,6 @@ def test_breaker_scope_method_gives_each_method_its_breaker(server: SyncServer) 
 # -- aio ------------------------------------------------------------------------------
 
 
-async def aio_setup(script: Script, **options: Any) -> tuple[Any, Any, Any, str]:
-    grpc_server, port = await start_aio_server(script)
-    target = f"127.0.0.1:{port}"
-    interceptor = AsyncResilientClientInterceptor(target=target, **options)
-    channel = grpc.aio.insecure_channel(target, options=channel_options(), interceptors=interceptor)
-    return grpc_server, channel, interceptor, target
-
-
 @pytest.mark.anyio
 async def test_aio_transient_unavailable_is_retried_then_ok() -> None:
     """docs/guide/grpc.md: the same for grpc.aio."""
@@ -200,7 +192,7 @@ async def test_aio_transient_unavailable_is_retried_then_ok() -> None:
         call = aio_methods(channel)["unary"](b"hi", timeout=5)
         assert await call == b"hi"
         assert await call.code() is grpc.StatusCode.OK
-        assert [c.metadata.get("grpc-previous-rpc-attempts") for c in script.calls] == [
+        assert script.previous_attempts() == [
             None,
             "1",
             "2",

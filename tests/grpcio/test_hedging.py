@@ -19,20 +19,11 @@ from resilience.events import HedgeSent, HedgeWon
 from resilience.grpc import (
     AsyncResilientClientInterceptor,
     ResilientClientInterceptor,
-    channel_options,
 )
 
-from .conftest import STREAM, Script, Step, aio_methods, start_aio_server
+from .conftest import STREAM, Script, Step, aio_methods, aio_setup
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-
-
-async def setup(script: Script, **options: Any) -> tuple[Any, Any, Any]:
-    grpc_server, port = await start_aio_server(script)
-    target = f"127.0.0.1:{port}"
-    interceptor = AsyncResilientClientInterceptor(target=target, **options)
-    channel = grpc.aio.insecure_channel(target, options=channel_options(), interceptors=interceptor)
-    return grpc_server, channel, interceptor
 
 
 async def wait_for(condition: Any, seconds: float = 2.0) -> float:
@@ -57,7 +48,7 @@ async def test_a_slow_attempt_is_hedged_and_the_loser_rpc_is_cancelled_on_the_se
     seen: list[Any] = []
     template = resilience.Hedge(delay=0.05)
     template.events.subscribe(seen.append)
-    grpc_server, channel, interceptor = await setup(
+    grpc_server, channel, interceptor, _ = await aio_setup(
         script, hedge=template, breaker=breaker, retry=False
     )
     try:
@@ -68,7 +59,7 @@ async def test_a_slow_attempt_is_hedged_and_the_loser_rpc_is_cancelled_on_the_se
         assert answered < 2.0
         cancelled_after = await wait_for(lambda: script.cancelled == 1)
         assert cancelled_after < 0.5  # measured: a few milliseconds on loopback
-        assert [c.metadata.get("grpc-previous-rpc-attempts") for c in script.calls] == [None, "1"]
+        assert script.previous_attempts() == [None, "1"]
         hedge = interceptor.hedge
         assert hedge is not template
         assert hedge.name == interceptor.target
@@ -90,7 +81,7 @@ async def test_unavailable_is_non_fatal_and_sends_the_next_hedge_at_once() -> No
     """docs/guide/grpc.md: a retry code (UNAVAILABLE) sends the next hedge at once."""
     script = Script()
     hedge = resilience.Hedge(delay=30.0)  # the delay never passes in this test
-    grpc_server, channel, interceptor = await setup(script, hedge=hedge, retry=False)
+    grpc_server, channel, interceptor, _ = await aio_setup(script, hedge=hedge, retry=False)
     try:
         script.add(Step(UNAVAILABLE))
         started = time.monotonic()
@@ -108,7 +99,7 @@ async def test_invalid_argument_is_fatal_no_more_hedges_and_raised() -> None:
     """docs/guide/grpc.md: any other status is fatal: raised, no hedge sent, the rest cancelled."""
     script = Script()
     hedge = resilience.Hedge(delay=0.05, max_hedged_attempts=3)
-    grpc_server, channel, interceptor = await setup(script, hedge=hedge, retry=False)
+    grpc_server, channel, interceptor, _ = await aio_setup(script, hedge=hedge, retry=False)
     try:
         script.add(Step(sleep=5.0), Step(grpc.StatusCode.INVALID_ARGUMENT))
         with pytest.raises(grpc.RpcError) as raised:
@@ -132,7 +123,7 @@ async def test_hedges_spend_the_targets_retry_budget() -> None:
     budget = resilience.RetryBudget("echo", ratio=0.1, min_per_second=0.0)
     retry = resilience.Retry(on=grpc.RpcError, wait=0.0, budget=budget)
     hedge = resilience.Hedge(delay=0.02)
-    grpc_server, channel, interceptor = await setup(script, hedge=hedge, retry=retry)
+    grpc_server, channel, interceptor, _ = await aio_setup(script, hedge=hedge, retry=retry)
     try:
         assert interceptor.hedge.budget is budget
         script.add(Step(sleep=0.3))  # slow: wants a hedge, the budget has none
@@ -154,13 +145,13 @@ async def test_a_failed_hedged_call_is_retried_as_a_whole() -> None:
     script = Script()
     retry = resilience.Retry(on=grpc.RpcError, wait=0.0, attempts=2)
     hedge = resilience.Hedge(delay=30.0, ratio=1.0)
-    grpc_server, channel, interceptor = await setup(script, hedge=hedge, retry=retry)
+    grpc_server, channel, interceptor, _ = await aio_setup(script, hedge=hedge, retry=retry)
     try:
         # Attempt 1 fails, its hedge fails: the hedged call fails; the retry sends it again.
         script.add(Step(UNAVAILABLE), Step(UNAVAILABLE))
         assert await aio_methods(channel)["unary"](b"hi", timeout=10) == b"hi"
         assert script.count() == 3
-        assert [c.metadata.get("grpc-previous-rpc-attempts") for c in script.calls] == [
+        assert script.previous_attempts() == [
             None,
             "1",
             "2",
@@ -176,7 +167,7 @@ async def test_streams_are_never_hedged() -> None:
     """docs/guide/grpc.md: streaming calls are never hedged."""
     script = Script()
     hedge = resilience.Hedge(delay=0.0, ratio=1.0)
-    grpc_server, channel, interceptor = await setup(script, hedge=hedge)
+    grpc_server, channel, interceptor, _ = await aio_setup(script, hedge=hedge)
     try:
         messages = [m async for m in aio_methods(channel)["stream"](b"hi", timeout=10)]
         assert messages == [b"hi"]

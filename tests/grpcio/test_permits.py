@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -23,19 +22,17 @@ from resilience.grpc import (
 )
 from resilience.testing import FakeClock
 
-from .conftest import STREAM, UNARY, Script, Step, SyncServer, aio_methods, start_aio_server
-
-
-def settled(breaker: resilience.CircuitBreaker) -> int:
-    calls = breaker.metrics().calls
-    return calls["success"] + calls["failure"] + calls["ignored"]
-
-
-def wait_until(condition: Any, seconds: float = 3.0) -> None:
-    give_up = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < give_up, "not settled in time"
-        time.sleep(0.005)
+from .conftest import (
+    STREAM,
+    UNARY,
+    Script,
+    Step,
+    SyncServer,
+    aio_methods,
+    settled,
+    start_aio_server,
+    wait_until,
+)
 
 
 def test_concurrent_sync_calls_settle_every_permit_once(server: SyncServer) -> None:

@@ -35,23 +35,12 @@ from .conftest import (
     SyncServer,
     aio_methods,
     free_port,
+    settled,
     start_aio_server,
     start_sync_server,
     sync_methods,
+    wait_until,
 )
-
-
-def settled(breaker: resilience.CircuitBreaker) -> int:
-    calls = breaker.metrics().calls
-    return calls["success"] + calls["failure"] + calls["ignored"]
-
-
-def wait_until(condition: Any, seconds: float = 3.0) -> None:
-    give_up = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < give_up, "not settled in time"
-        gc.collect()
-        time.sleep(0.005)
 
 
 def limited_channel(
