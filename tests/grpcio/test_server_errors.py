@@ -287,16 +287,3 @@ def test_refusal_statuses_never_send_a_negative_or_unbounded_pushback() -> None:
     past = resilience.CircuitOpenError("x", resilience.State.OPEN, -3.0)
     assert refusal_of(forever) == Refusal("shed", 86_400.0)
     assert refusal_of(past) == Refusal("shed", 0.0)
-
-
-def test_the_configured_retry_after_is_at_most_a_day_too() -> None:
-    """The middleware's own `retry_after=` is bounded by MAX_RETRY_AFTER (a day) too.
-
-    As before the error mapping moved to resilience/_refusals.py for the gRPC interceptors.
-    """
-    from resilience.middleware import ErrorAnswers
-
-    answers = ErrorAnswers(name="x", retry_after=1e9)
-    answer = answers.answer(resilience.CircuitOpenError("x", resilience.State.OPEN, None), None)
-    assert answer is not None
-    assert ("retry-after", "86400") in answer.headers

@@ -668,3 +668,14 @@ async def test_work_after_the_response_is_not_bound_by_the_deadline() -> None:
     assert seen[0] is not None
     assert 0 < seen[0] <= 0.8
     assert seen[1] is None
+
+
+def test_the_configured_retry_after_is_at_most_a_day_too() -> None:
+    """The middleware's own `retry_after=` is bounded by MAX_RETRY_AFTER (a day) too.
+
+    As before the error mapping moved to resilience/_refusals.py for the gRPC interceptors.
+    """
+    answers = ErrorAnswers(name="x", retry_after=1e9)
+    answer = answers.answer(resilience.CircuitOpenError("x", resilience.State.OPEN, None), None)
+    assert answer is not None
+    assert ("retry-after", "86400") in answer.headers
