@@ -33,6 +33,10 @@ __all__ = [
 #: The header that carries a deadline between services: the milliseconds left,
 #: as an integer. Sent by the httpx transport, read by the server middleware.
 DEADLINE_HEADER = "x-resilience-deadline-ms"
+#: Within this much of its end, a deadline counts as run out: timers may fire
+#: a hair early (clock and poll rounding), and the transports set the
+#: timeouts to exactly the time left.
+DEADLINE_SLACK = 0.001
 
 
 class Deadline:

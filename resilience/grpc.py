@@ -46,7 +46,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover  (grpcio is in the te
 from ._backoff import Backoff
 from ._budget import RetryBudget
 from ._clock import SYSTEM_CLOCK, Clock, resolve_clock
-from ._deadline import Deadline, current_deadline, enter_deadline, leave_deadline
+from ._deadline import DEADLINE_SLACK, Deadline, current_deadline, enter_deadline, leave_deadline
 from ._hedge import Hedge
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import AIMDLimit
@@ -131,8 +131,6 @@ _MAX_BACKOFF_MS = 2**31 - 1
 #: `channel_options()`'s bound on the reconnect backoff: with its +-20% jitter,
 #: below the default breaker's 5 s open duration.
 _DEFAULT_RECONNECT_BACKOFF = 4.0
-#: A gRPC timeout that ends this close to the deadline (timers round) is the deadline's.
-_DEADLINE_SLACK = 0.001
 #: More seconds left than this is grpcio's "no deadline" (its infinite future).
 _NO_DEADLINE = 1e9
 #: The most targets x methods with a breaker of their own in the default registry.
@@ -729,7 +727,7 @@ class _Client:
             deadline is None
             or isinstance(error, DeadlineExceededError)
             or _code_of(error) is not _Code.DEADLINE_EXCEEDED
-            or deadline.remaining() > _DEADLINE_SLACK
+            or deadline.remaining() > DEADLINE_SLACK
         ):
             return None
         cut = (_AioGrpcDeadlineExceededError if aio else GrpcDeadlineExceededError)(

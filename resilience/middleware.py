@@ -23,12 +23,19 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ._clock import Clock, resolve_clock
 from ._compose import is_async_callable
 from ._counter import peek
-from ._deadline import DEADLINE_HEADER, Deadline, enter_deadline, leave_deadline, outlive_deadline
+from ._deadline import (
+    DEADLINE_HEADER,
+    DEADLINE_SLACK,
+    Deadline,
+    enter_deadline,
+    leave_deadline,
+    outlive_deadline,
+)
 from ._limit import ConcurrencyLimit, LimitPermit
 from ._limit_algorithms import Gradient2Limit
 from ._refusals import MAX_RETRY_AFTER as MAX_RETRY_AFTER  # the longest Retry-After (a day)
@@ -103,11 +110,6 @@ def _check_status(status: object, param: str) -> int:
         raise ValueError(f"{param}= must be an HTTP status, got {status!r}")
     return checked
 
-
-#: Within this much of its end, a deadline counts as run out: timers may fire
-#: a hair early (clock and poll rounding), and the transport sets httpx's
-#: timeouts to exactly the time left.
-DEADLINE_SLACK: Final = 0.001
 
 _DEADLINE_BODY = b"deadline exceeded: no time was left to finish the request\n"
 _SHED_BODY = b"temporarily unable to handle the request; retry later\n"

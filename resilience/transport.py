@@ -30,6 +30,7 @@ from ._clock import SYSTEM_CLOCK, Clock, resolve_clock
 from ._compose import MisuseError
 from ._deadline import (
     DEADLINE_HEADER,
+    DEADLINE_SLACK,
     Deadline,
     current_deadline,
     enter_deadline,
@@ -98,8 +99,6 @@ NON_RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 _TOTAL_TIMEOUT = 30.0
 #: The most origins that get a default retry of their own (as the default breakers).
 _MAX_ORIGINS = 1000
-#: An httpx timeout that fires this close to the deadline (timers round) is the deadline's.
-_DEADLINE_SLACK = 0.001
 
 
 class _Default(float):
@@ -906,7 +905,7 @@ def _cut_by_deadline(
         deadline is None
         or not isinstance(exc, httpx.TimeoutException)
         or isinstance(exc, DeadlineExceededError)  # a nested resilient transport's
-        or deadline.expires_at - deadline.clock.monotonic() > _DEADLINE_SLACK
+        or deadline.expires_at - deadline.clock.monotonic() > DEADLINE_SLACK
     ):
         return None
     return HTTPDeadlineExceededError(_origin_name(request.url), deadline.budget, request=request)
