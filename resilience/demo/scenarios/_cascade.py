@@ -32,6 +32,7 @@ failed; reads have no fallback, so a read is full or failed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import time
@@ -188,8 +189,16 @@ def payments_app(plan: Plan, clock: Clock, counters: dict[str, float]) -> Any:
     return ASGIDeadlineMiddleware(Starlette(routes=routes))
 
 
-def _plain_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=500))
+def _client(hop: HopSettings | None) -> httpx.AsyncClient:
+    """A plain client (httpx's 5 s timeout), or one on the library's transport set for `hop`."""
+    if hop is None:
+        return httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=500))
+    return httpx.AsyncClient(transport=resilient_transport(hop))
+
+
+def _client_on_first_use(hop: HopSettings | None) -> Callable[[], httpx.AsyncClient]:
+    """`_client(hop)`, made when a request first needs it (on the server's own event loop)."""
+    return functools.cache(lambda: _client(hop))
 
 
 def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> tuple[Any, WorkerPool]:
@@ -201,17 +210,8 @@ def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> tuple[A
     deadline is taken when a request arrives, and shedding turns requests
     away instead of queueing them.
     """
-    state: dict[str, httpx.AsyncClient] = {}
     protected = mode == "resilience"
-
-    def client() -> httpx.AsyncClient:
-        if "client" not in state:
-            if protected:
-                transport = resilient_transport(ORDERS_TO_PAYMENTS)
-                state["client"] = httpx.AsyncClient(transport=transport)
-            else:
-                state["client"] = _plain_client()
-        return state["client"]
+    client = _client_on_first_use(ORDERS_TO_PAYMENTS if protected else None)
 
     async def read(request: Request) -> JSONResponse:
         await asyncio.sleep(READ_SECONDS)  # its own database, not payments
@@ -238,17 +238,8 @@ def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> tuple[A
 
 
 def gateway_app(mode: Mode, orders: str) -> Any:
-    state: dict[str, httpx.AsyncClient] = {}
     protected = mode == "resilience"
-
-    def client() -> httpx.AsyncClient:
-        if "client" not in state:
-            if protected:
-                transport = resilient_transport(GATEWAY_TO_ORDERS)
-                state["client"] = httpx.AsyncClient(transport=transport)
-            else:
-                state["client"] = _plain_client()
-        return state["client"]
+    client = _client_on_first_use(GATEWAY_TO_ORDERS if protected else None)
 
     async def forward(method: str, url: str) -> JSONResponse:
         try:
@@ -301,12 +292,8 @@ async def hop_latency(mode: Mode, payments: str, via: str, count: int) -> dict[s
     """
     if mode == "plain":
         return {"hop_added_median_ms": None, "hop_added_p99_ms": None}
-    direct = _plain_client()
-    through = (
-        httpx.AsyncClient(transport=resilient_transport(ORDERS_TO_PAYMENTS))
-        if mode == "resilience"
-        else _plain_client()
-    )
+    direct = _client(None)
+    through = _client(ORDERS_TO_PAYMENTS if mode == "resilience" else None)
     async with direct, through:
 
         async def straight() -> object:
