@@ -269,18 +269,23 @@ print(json.dumps(report))
 """
 
 
-def test_sidecar_arm_stops_haproxy_when_interrupted() -> None:
-    """Ctrl-C (a real SIGINT) or a failure in the middle of the arm leaves no haproxy behind."""
-    require_haproxy()
+def _run_python(script: str) -> str:
+    """Run `script` in a fresh interpreter; its standard output (it must succeed)."""
     result = subprocess.run(
-        [sys.executable, "-c", _INTERRUPTED_ARM],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    return result.stdout
+
+
+def test_sidecar_arm_stops_haproxy_when_interrupted() -> None:
+    """Ctrl-C (a real SIGINT) or a failure in the middle of the arm leaves no haproxy behind."""
+    require_haproxy()
+    report = json.loads(_run_python(_INTERRUPTED_ARM))
     assert set(report) == {"SIGINT", "RuntimeError"}
     for pids in report.values():
         assert len(pids["seen"]) == 2  # one sidecar per caller was running
@@ -696,15 +701,7 @@ with _sidecar.sidecar(_cascade.ORDERS_TO_PAYMENTS, "http://127.0.0.1:1") as (url
 def test_haproxy_starts_under_a_1024_open_file_limit() -> None:
     """A common `ulimit -n`: HAProxy's maxconn fits it (before: "Cannot raise FD limit")."""
     require_haproxy()
-    result = subprocess.run(
-        [sys.executable, "-c", _SIDECAR_UNDER_1024_FILES],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    maxconn = int(result.stdout.split()[0])
+    maxconn = int(_run_python(_SIDECAR_UNDER_1024_FILES).split()[0])
     assert _sidecar.MIN_MAXCONN <= maxconn <= (1024 - 64) // 2
 
 
