@@ -57,6 +57,7 @@ from .._harness import (
     paired_latencies,
     per_second,
     percentile,
+    recovery_row,
     recovery_seconds,
     run_load,
     serve,
@@ -462,13 +463,7 @@ SCENARIO = register(
             Row("p99_seconds", "p99 latency", "{:.3f} s", "lower"),
             Row("payments_requests_while_down", "reached hung payments", "{:,.0f}", "lower"),
             Row("orders_peak_queued", "peak queue at orders", "{:,.0f}", "lower"),
-            Row(
-                "recovery_seconds",
-                "recovery (full > 99%)",
-                "{:.0f} s",
-                "lower",
-                missing="not in run",
-            ),
+            recovery_row("recovery"),
             Row(
                 "hop_added_median_ms",
                 "hop latency, median",

@@ -30,7 +30,7 @@ from starlette.routing import Route
 import resilience
 from resilience.middleware import ASGIDeadlineMiddleware
 
-from .._harness import count_outcomes, open_loop, per_second, recovery_seconds, serve
+from .._harness import count_outcomes, open_loop, per_second, recovery_row, recovery_seconds, serve
 from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register, seconds_text
 
 if TYPE_CHECKING:
@@ -216,13 +216,7 @@ SCENARIO = register(
             Row("goodput_during_per_second", "goodput during the trigger", "{:.0f}/s", "higher"),
             Row("goodput_after_per_second", "goodput after the trigger", "{:.0f}/s", "higher"),
             Row("full_share", "answered, share of requests", "{:.1%}", "higher"),
-            Row(
-                "recovery_seconds",
-                "time to recover (full > 99%)",
-                "{:.0f} s",
-                "lower",
-                missing="not in run",
-            ),
+            recovery_row("time to recover"),
             Row("downstream_requests", "requests sent downstream", "{:,.0f}", "lower"),
             Row("downstream_work_done", "work done downstream", "{:,.0f}", None),
             Row("dropped_expired", "stale requests dropped", "{:,.0f}", None),
