@@ -45,7 +45,7 @@ from resilience.demo._scenario import (
     registered,
     seconds_text,
 )
-from resilience.demo.scenarios import _cascade
+from resilience.demo.scenarios import _cascade, _retry_storm, _tail
 
 
 def require_haproxy() -> str:
@@ -453,6 +453,41 @@ def test_header_times_match_the_plan() -> None:
         "2.5",
         "18",
     ]
+
+
+def test_the_page_states_each_scenario_as_the_code_runs_it() -> None:
+    """docs/why.md: each scenario's setup, as the page states it, is what the code runs.
+
+    Load, SLA, workers and breaker of the cascade; `--quick` alone runs the
+    cascade, 5 s per arm; the storm's service and trigger; the tail's header.
+    """
+    assert "20 clients for 30 s" in _cascade.header(_cascade.plan(Options()), Options())
+    assert _cascade.SLA_SECONDS == 2.0
+    assert _cascade.ORDERS_WORKERS == 5
+    hop = _cascade.ORDERS_TO_PAYMENTS
+    assert (hop.attempt_timeout, hop.attempts, hop.initial_limit, hop.max_limit) == (
+        0.5,
+        2,
+        20,
+        200,
+    )
+    breaker = hop.breaker
+    assert breaker is not None
+    assert (
+        breaker.consecutive_failures,
+        breaker.failure_rate_threshold,
+        breaker.window_seconds,
+        breaker.open_duration,
+    ) == (5, 0.5, 5.0, 1.0)
+    assert registered()[0] is _cascade.SCENARIO  # the default --scenario
+    assert _cascade.plan(Options(quick=True)).duration == 5.0
+    storm = _retry_storm.STORM
+    assert (storm.workers, storm.service_time, storm.arrival_rate) == (4, 0.02, 110.0)
+    assert (storm.slowdown, storm.client_timeout) == (8.0, 0.3)
+    start, end = _retry_storm.plan(Options()).fault
+    assert end - start == 1.5
+    page = (Path(__file__).resolve().parents[1] / "docs" / "why.md").read_text()
+    assert f"<!-- {_tail.header(_tail.plan(Options()), Options())} -->" in page
 
 
 @pytest.mark.parametrize(
