@@ -15,17 +15,19 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
 
 from resilience.demo import __main__ as demo
-from resilience.demo import _report, _sidecar
+from resilience.demo import _harness, _report, _sidecar
 from resilience.demo._harness import (
     Sample,
     WorkerPool,
@@ -67,6 +69,22 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = str(Path(resilience.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root, "TERM": "xterm-256color"}
     env.pop("COLUMNS", None)
+    metrics_port = _harness.free_port()
+    scraped: list[str] = []
+    finished = threading.Event()
+
+    def scrape() -> None:  # what `--metrics-port` promises: /metrics while the demo runs
+        while not finished.wait(0.5):
+            try:
+                body = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1.0).text
+            except httpx.HTTPError:
+                continue  # not listening yet
+            scraped.append(body)
+            if "resilience_breaker_state{" in body:
+                return
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
     result = subprocess.run(
         [
             sys.executable,
@@ -75,6 +93,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "--scenario",
             "all",
             "--quick",
+            "--metrics-port",
+            str(metrics_port),
             "--duration",
             "2.5",  # every phase still sees several progress ticks (one per 0.2 s)
             "--plot-dir",
@@ -91,11 +111,15 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=directory,
         env=env,
     )
+    finished.set()
+    scraper.join(timeout=5)
     assert result.returncode == 0, result.stderr
     return {
         "directory": directory,
         "stdout": result.stdout,
         "report": json.loads((directory / "demo.json").read_text()),
+        "metrics_port": metrics_port,
+        "scraped": scraped,
     }
 
 
@@ -112,6 +136,13 @@ def test_quick_run_covers_every_arm_that_can_run(quick_run: dict[str, Any]) -> N
             assert "apt-get install haproxy" in skipped[name]
     if _sidecar.find_haproxy() is not None or os.environ.get("CI") == "true":
         assert "haproxy" in scenarios["cascade"]["arms"], scenarios["cascade"]["skipped"]
+
+
+def test_metrics_port_serves_metrics_while_it_runs(quick_run: dict[str, Any]) -> None:
+    """docs/why.md: `--metrics-port 9464` lets you watch /metrics while it runs."""
+    port = quick_run["metrics_port"]
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in quick_run["stdout"]
+    assert any("resilience_breaker_state{" in body for body in quick_run["scraped"])
 
 
 def test_every_answer_is_full_degraded_or_failed(quick_run: dict[str, Any]) -> None:
