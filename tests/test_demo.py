@@ -358,6 +358,16 @@ def test_generated_haproxy_config_mirrors_the_library_settings() -> None:
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_what_haproxy_cannot_mirror_is_listed_in_its_config_and_on_the_page() -> None:
+    """docs/why.md: what HAProxy cannot mirror; the generated configuration says the same."""
+    hop = _cascade.ORDERS_TO_PAYMENTS
+    config = _sidecar.haproxy_config(hop, listen_port=10001, server="127.0.0.1:10002", maxconn=480)
+    page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "why.md").read_text().split())
+    for item in _sidecar.NOT_MIRRORED:
+        assert f"# - {item}" in config
+        assert f"- {item.split(':')[0]}:" in page
+
+
 def test_without_haproxy_the_arm_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """The sidecar arm is skipped with the command that installs haproxy."""
     monkeypatch.setattr(_sidecar, "find_haproxy", lambda: None)
