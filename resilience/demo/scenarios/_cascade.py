@@ -431,13 +431,6 @@ def negative_hop_notes(results: dict[str, ArmResult]) -> list[str]:
     ]
 
 
-def _arm(mode: Mode) -> Callable[[Plan, Options, Callable[[float], None]], ArmResult]:
-    def run_arm(plan: Plan, options: Options, on_tick: Callable[[float], None]) -> ArmResult:
-        return run(mode, plan, options, on_tick)
-
-    return run_arm
-
-
 SCENARIO = register(
     Scenario(
         name="cascade",
@@ -445,9 +438,14 @@ SCENARIO = register(
         plan=plan,
         header=header,
         arms=(
-            Arm("plain", "baseline", _arm("plain")),
-            Arm("haproxy", "rival", _arm("sidecar"), unavailable=_sidecar.unavailable),
-            Arm("resilience", "protected", _arm("resilience")),
+            Arm("plain", "baseline", functools.partial(run, "plain")),
+            Arm(
+                "haproxy",
+                "rival",
+                functools.partial(run, "sidecar"),
+                unavailable=_sidecar.unavailable,
+            ),
+            Arm("resilience", "protected", functools.partial(run, "resilience")),
         ),
         rows=(
             Row("answers", "answers", "{:,.0f}", None),

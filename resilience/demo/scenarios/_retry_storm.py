@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -185,13 +186,6 @@ def run(
     return ArmResult(per_second(samples, plan.duration), totals)
 
 
-def _arm(protected: bool) -> Callable[[Plan, Options, Callable[[float], None]], ArmResult]:
-    def run_arm(plan: Plan, options: Options, on_tick: Callable[[float], None]) -> ArmResult:
-        return run(protected, plan, options, on_tick)
-
-    return run_arm
-
-
 def notes(results: dict[str, ArmResult]) -> list[str]:
     """Whether goodput came back after the trigger, per arm."""
     return [
@@ -208,8 +202,8 @@ SCENARIO = register(
         plan=plan,
         header=header,
         arms=(
-            Arm("naive retries", "baseline", _arm(False)),
-            Arm("resilience", "protected", _arm(True)),
+            Arm("naive retries", "baseline", partial(run, False)),
+            Arm("resilience", "protected", partial(run, True)),
         ),
         rows=(
             Row("goodput_before_per_second", "goodput before the trigger", "{:.0f}/s", "higher"),
