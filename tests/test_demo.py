@@ -809,6 +809,28 @@ def _make_dry_run(directory: Path, target: str) -> str:
     return result.stdout
 
 
+def test_plots_and_figures_go_to_demo_output_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/development.md, docs/why.md: plots and the JSON go to `demo-output/` (git-ignored)."""
+    monkeypatch.chdir(tmp_path)
+    args = demo._parse([], [scenario.name for scenario in registered()])
+    assert (args.plot_dir, args.json) == ("demo-output", None)  # the JSON: in PLOT_DIR
+    assert (tmp_path / "demo-output").is_dir()
+    root = Path(__file__).resolve().parents[1]
+    assert "demo-output/" in (root / ".gitignore").read_text().split()
+
+
+def test_each_module_in_the_scenarios_package_is_a_registered_scenario() -> None:
+    """docs/development.md: a scenario is one module in `resilience/demo/scenarios/`, any name."""
+    import pkgutil
+
+    from resilience.demo import scenarios
+
+    modules = {f"{scenarios.__name__}.{m.name}" for m in pkgutil.iter_modules(scenarios.__path__)}
+    assert modules == {scenario.plan.__module__ for scenario in registered()}
+
+
 def test_make_demo_installs_only_the_demo_extra_and_make_test_still_gets_the_dev_tools(
     tmp_path: Path,
 ) -> None:
