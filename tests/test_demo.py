@@ -781,6 +781,20 @@ def test_haproxy_starts_under_a_1024_open_file_limit() -> None:
     assert _sidecar.MIN_MAXCONN <= maxconn <= (1024 - 64) // 2
 
 
+@pytest.mark.parametrize(
+    ("hard_limit", "maxconn"), [(1024, 480), (100_000, 4096), (None, 4096), (300, 256)]
+)
+def test_haproxy_maxconn_is_4096_lowered_to_fit_the_open_file_limit(
+    monkeypatch: pytest.MonkeyPatch, hard_limit: int | None, maxconn: int
+) -> None:
+    """docs/why.md: `global maxconn` 4096, lowered to fit `ulimit -n` (1024 allows 480)."""
+    import resource
+
+    hard = resource.RLIM_INFINITY if hard_limit is None else hard_limit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (hard, hard))
+    assert _sidecar.global_maxconn() == maxconn
+
+
 def test_markdown_keeps_the_labels_indentation() -> None:
     """The Markdown table shows which rows are parts of the row above (docs/why.md)."""
     scenario = replace(
