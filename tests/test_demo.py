@@ -520,6 +520,7 @@ def test_the_page_states_each_scenario_as_the_code_runs_it() -> None:
         breaker.window_seconds,
         breaker.open_duration,
     ) == (5, 0.5, 5.0, 1.0)
+    assert _cascade.hop_calls(Options()) == 300  # "300 calls straight ... and 300 through"
     assert registered()[0] is _cascade.SCENARIO  # the default --scenario
     assert _cascade.plan(Options(quick=True)).duration == 5.0
     storm = _retry_storm.STORM

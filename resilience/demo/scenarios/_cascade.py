@@ -137,6 +137,11 @@ def clients(options: Options) -> int:
     return options.clients or (10 if options.quick else 20)
 
 
+def hop_calls(options: Options) -> int:
+    """Calls each way (straight, via the hop) before an arm's load, to measure the hop."""
+    return 100 if options.quick else 300
+
+
 def header(plan: Plan, options: Options) -> str:
     start, end = plan.fault
     return (
@@ -356,9 +361,7 @@ def run(mode: Mode, plan: Plan, options: Options, on_tick: Callable[[float], Non
             return outcome(kind, reply)
 
         async def measure() -> tuple[dict[str, float | None], list[Sample]]:
-            hop = await hop_latency(
-                mode, payments, payments_for_orders, 100 if options.quick else 300
-            )
+            hop = await hop_latency(mode, payments, payments_for_orders, hop_calls(options))
             for counter in counters:
                 counters[counter] = 0  # the hop measurement is not part of the run
             clock.begin = time.monotonic()
