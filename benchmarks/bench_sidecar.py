@@ -20,24 +20,15 @@ import asyncio
 import statistics
 import subprocess
 import time
-from typing import Any
 
 import httpx
 from _harness import write_json
+from bench_transport import asgi_ok
 
 from resilience.demo import _sidecar
 from resilience.demo._harness import percentile, serve
 from resilience.demo._hop import resilient_transport
 from resilience.demo.scenarios._cascade import ORDERS_TO_PAYMENTS
-
-
-async def asgi_ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
-    )
-    await send({"type": "http.response.body", "body": b"ok"})
 
 
 async def rounds(direct_url: str, sidecar_url: str, count: int) -> dict[str, list[float]]:

@@ -15,17 +15,19 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
 
 from resilience.demo import __main__ as demo
-from resilience.demo import _report, _sidecar
+from resilience.demo import _harness, _report, _sidecar
 from resilience.demo._harness import (
     Sample,
     WorkerPool,
@@ -45,7 +47,7 @@ from resilience.demo._scenario import (
     registered,
     seconds_text,
 )
-from resilience.demo.scenarios import _cascade
+from resilience.demo.scenarios import _cascade, _retry_storm, _tail
 
 
 def require_haproxy() -> str:
@@ -67,6 +69,22 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = str(Path(resilience.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root, "TERM": "xterm-256color"}
     env.pop("COLUMNS", None)
+    metrics_port = _harness.free_port()
+    scraped: list[str] = []
+    finished = threading.Event()
+
+    def scrape() -> None:  # what `--metrics-port` promises: /metrics while the demo runs
+        while not finished.wait(0.5):
+            try:
+                body = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1.0).text
+            except httpx.HTTPError:
+                continue  # not listening yet
+            scraped.append(body)
+            if "resilience_breaker_state{" in body:
+                return
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
     result = subprocess.run(
         [
             sys.executable,
@@ -75,6 +93,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "--scenario",
             "all",
             "--quick",
+            "--metrics-port",
+            str(metrics_port),
             "--duration",
             "2.5",  # every phase still sees several progress ticks (one per 0.2 s)
             "--plot-dir",
@@ -91,11 +111,15 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=directory,
         env=env,
     )
+    finished.set()
+    scraper.join(timeout=5)
     assert result.returncode == 0, result.stderr
     return {
         "directory": directory,
         "stdout": result.stdout,
         "report": json.loads((directory / "demo.json").read_text()),
+        "metrics_port": metrics_port,
+        "scraped": scraped,
     }
 
 
@@ -112,6 +136,13 @@ def test_quick_run_covers_every_arm_that_can_run(quick_run: dict[str, Any]) -> N
             assert "apt-get install haproxy" in skipped[name]
     if _sidecar.find_haproxy() is not None or os.environ.get("CI") == "true":
         assert "haproxy" in scenarios["cascade"]["arms"], scenarios["cascade"]["skipped"]
+
+
+def test_metrics_port_serves_metrics_while_it_runs(quick_run: dict[str, Any]) -> None:
+    """docs/why.md: `--metrics-port 9464` lets you watch /metrics while it runs."""
+    port = quick_run["metrics_port"]
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in quick_run["stdout"]
+    assert any("resilience_breaker_state{" in body for body in quick_run["scraped"])
 
 
 def test_every_answer_is_full_degraded_or_failed(quick_run: dict[str, Any]) -> None:
@@ -269,18 +300,23 @@ print(json.dumps(report))
 """
 
 
-def test_sidecar_arm_stops_haproxy_when_interrupted() -> None:
-    """Ctrl-C (a real SIGINT) or a failure in the middle of the arm leaves no haproxy behind."""
-    require_haproxy()
+def _run_python(script: str) -> str:
+    """Run `script` in a fresh interpreter; its standard output (it must succeed)."""
     result = subprocess.run(
-        [sys.executable, "-c", _INTERRUPTED_ARM],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    return result.stdout
+
+
+def test_sidecar_arm_stops_haproxy_when_interrupted() -> None:
+    """Ctrl-C (a real SIGINT) or a failure in the middle of the arm leaves no haproxy behind."""
+    require_haproxy()
+    report = json.loads(_run_python(_INTERRUPTED_ARM))
     assert set(report) == {"SIGINT", "RuntimeError"}
     for pids in report.values():
         assert len(pids["seen"]) == 2  # one sidecar per caller was running
@@ -320,6 +356,16 @@ def test_generated_haproxy_config_mirrors_the_library_settings() -> None:
     for text in (config, gateway):
         checked = _sidecar.check_config(text)
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_what_haproxy_cannot_mirror_is_listed_in_its_config_and_on_the_page() -> None:
+    """docs/why.md: what HAProxy cannot mirror; the generated configuration says the same."""
+    hop = _cascade.ORDERS_TO_PAYMENTS
+    config = _sidecar.haproxy_config(hop, listen_port=10001, server="127.0.0.1:10002", maxconn=480)
+    page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "why.md").read_text().split())
+    for item in _sidecar.NOT_MIRRORED:
+        assert f"# - {item}" in config
+        assert f"- {item.split(':')[0]}:" in page
 
 
 def test_without_haproxy_the_arm_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -448,6 +494,42 @@ def test_header_times_match_the_plan() -> None:
         "2.5",
         "18",
     ]
+
+
+def test_the_page_states_each_scenario_as_the_code_runs_it() -> None:
+    """docs/why.md: each scenario's setup, as the page states it, is what the code runs.
+
+    Load, SLA, workers and breaker of the cascade; `--quick` alone runs the
+    cascade, 5 s per arm; the storm's service and trigger; the tail's header.
+    """
+    assert "20 clients for 30 s" in _cascade.header(_cascade.plan(Options()), Options())
+    assert _cascade.SLA_SECONDS == 2.0
+    assert _cascade.ORDERS_WORKERS == 5
+    hop = _cascade.ORDERS_TO_PAYMENTS
+    assert (hop.attempt_timeout, hop.attempts, hop.initial_limit, hop.max_limit) == (
+        0.5,
+        2,
+        20,
+        200,
+    )
+    breaker = hop.breaker
+    assert breaker is not None
+    assert (
+        breaker.consecutive_failures,
+        breaker.failure_rate_threshold,
+        breaker.window_seconds,
+        breaker.open_duration,
+    ) == (5, 0.5, 5.0, 1.0)
+    assert _cascade.hop_calls(Options()) == 300  # "300 calls straight ... and 300 through"
+    assert registered()[0] is _cascade.SCENARIO  # the default --scenario
+    assert _cascade.plan(Options(quick=True)).duration == 5.0
+    storm = _retry_storm.STORM
+    assert (storm.workers, storm.service_time, storm.arrival_rate) == (4, 0.02, 110.0)
+    assert (storm.slowdown, storm.client_timeout) == (8.0, 0.3)
+    start, end = _retry_storm.plan(Options()).fault
+    assert end - start == 1.5
+    page = (Path(__file__).resolve().parents[1] / "docs" / "why.md").read_text()
+    assert f"<!-- {_tail.header(_tail.plan(Options()), Options())} -->" in page
 
 
 @pytest.mark.parametrize(
@@ -696,16 +778,22 @@ with _sidecar.sidecar(_cascade.ORDERS_TO_PAYMENTS, "http://127.0.0.1:1") as (url
 def test_haproxy_starts_under_a_1024_open_file_limit() -> None:
     """A common `ulimit -n`: HAProxy's maxconn fits it (before: "Cannot raise FD limit")."""
     require_haproxy()
-    result = subprocess.run(
-        [sys.executable, "-c", _SIDECAR_UNDER_1024_FILES],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    maxconn = int(result.stdout.split()[0])
+    maxconn = int(_run_python(_SIDECAR_UNDER_1024_FILES).split()[0])
     assert _sidecar.MIN_MAXCONN <= maxconn <= (1024 - 64) // 2
+
+
+@pytest.mark.parametrize(
+    ("hard_limit", "maxconn"), [(1024, 480), (100_000, 4096), (None, 4096), (300, 256)]
+)
+def test_haproxy_maxconn_is_4096_lowered_to_fit_the_open_file_limit(
+    monkeypatch: pytest.MonkeyPatch, hard_limit: int | None, maxconn: int
+) -> None:
+    """docs/why.md: `global maxconn` 4096, lowered to fit `ulimit -n` (1024 allows 480)."""
+    import resource
+
+    hard = resource.RLIM_INFINITY if hard_limit is None else hard_limit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (hard, hard))
+    assert _sidecar.global_maxconn() == maxconn
 
 
 def test_markdown_keeps_the_labels_indentation() -> None:
@@ -734,6 +822,28 @@ def _make_dry_run(directory: Path, target: str) -> str:
         cwd=directory,
     )
     return result.stdout
+
+
+def test_plots_and_figures_go_to_demo_output_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/development.md, docs/why.md: plots and the JSON go to `demo-output/` (git-ignored)."""
+    monkeypatch.chdir(tmp_path)
+    args = demo._parse([], [scenario.name for scenario in registered()])
+    assert (args.plot_dir, args.json) == ("demo-output", None)  # the JSON: in PLOT_DIR
+    assert (tmp_path / "demo-output").is_dir()
+    root = Path(__file__).resolve().parents[1]
+    assert "demo-output/" in (root / ".gitignore").read_text().split()
+
+
+def test_each_module_in_the_scenarios_package_is_a_registered_scenario() -> None:
+    """docs/development.md: a scenario is one module in `resilience/demo/scenarios/`, any name."""
+    import pkgutil
+
+    from resilience.demo import scenarios
+
+    modules = {f"{scenarios.__name__}.{m.name}" for m in pkgutil.iter_modules(scenarios.__path__)}
+    assert modules == {scenario.plan.__module__ for scenario in registered()}
 
 
 def test_make_demo_installs_only_the_demo_extra_and_make_test_still_gets_the_dev_tools(

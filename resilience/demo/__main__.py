@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from ._scenario import Arm, ArmResult, Options, Plan, Scenario
+    from ._scenario import Options, Scenario
 
 #: What the demo needs beyond the library: the `demo` extra.
 NEEDS = ("rich", "matplotlib", "uvicorn", "starlette")
@@ -101,25 +99,15 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], options: Options) 
             reason = arm.unavailable()
             if reason is not None:
                 skipped[arm.name] = reason
-                skip = f"{arm.name}: skipped, {reason}"
-                text = textwrap.fill(
-                    skip,
-                    width=min(console.width, 80),
-                    initial_indent="  ",
-                    subsequent_indent="    ",
-                )
-                console.print(text, highlight=False, soft_wrap=True)
+                _print_wrapped(console, f"{arm.name}: skipped, {reason}", "  ")
                 continue
             results[arm.name] = _report.progress(
-                console, arm.name, plan, partial(_run_arm, arm, plan, options)
+                console, arm.name, plan, partial(arm.run, plan, options)
             )
         lines = _report.compare(scenario, results)
         _report.print_table(console, scenario, results, lines)
         for note in _report.closing_notes(scenario, results, lines):
-            text = textwrap.fill(
-                note, width=min(console.width, 80), initial_indent="  - ", subsequent_indent="    "
-            )
-            console.print(text, highlight=False, soft_wrap=True)
+            _print_wrapped(console, note, "  - ")
         part = _report.summary(plan, header, results, lines)
         part["skipped"] = skipped
         plot = Path(args.plot_dir) / f"resilience-demo-{scenario.name}.png"
@@ -129,7 +117,7 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], options: Options) 
         report["scenarios"][scenario.name] = part
         markdown.append(_report.markdown(scenario, header, results, lines, skipped))
     json_path = Path(args.json or Path(args.plot_dir) / "resilience-demo.json")
-    json_path.write_text(json.dumps(_finite(report), indent=2, default=_json_default) + "\n")
+    json_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
     console.print(f"figures: {json_path}", highlight=False)
     if args.markdown:
         Path(args.markdown).write_text("\n".join(markdown))
@@ -137,8 +125,11 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], options: Options) 
     return 0
 
 
-def _run_arm(arm: Arm, plan: Plan, options: Options, tick: Callable[[float], None]) -> ArmResult:
-    return arm.run(plan, options, tick)
+def _print_wrapped(console: Any, text: str, first: str) -> None:
+    """`text` wrapped between words to 80 columns at most, after `first`, then indented 4."""
+    width = min(console.width, 80)
+    wrapped = textwrap.fill(text, width=width, initial_indent=first, subsequent_indent="    ")
+    console.print(wrapped, highlight=False, soft_wrap=True)
 
 
 def _parse(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
@@ -240,10 +231,6 @@ def _positive_int(text: str, *, at_most: int) -> int:
     if not 0 < value <= at_most:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {at_most}, got {text}")
     return value
-
-
-def _json_default(value: Any) -> Any:
-    raise TypeError(f"not JSON serializable: {value!r}")
 
 
 def _finite(value: Any) -> Any:

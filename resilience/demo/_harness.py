@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 import uvicorn
 
+from ._scenario import Row
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
 
@@ -309,6 +311,17 @@ def recovery_seconds(samples: Sequence[Sample], fault_end: float, run_end: float
             return float(k)
         k += 1
     return None
+
+
+def recovery_row(label: str) -> Row:
+    """The table row for `recovery_seconds` (its threshold in the label, from `RECOVERED_SHARE`)."""
+    return Row(
+        "recovery_seconds",
+        f"{label} (full > {RECOVERED_SHARE:.0%})",
+        "{:.0f} s",
+        "lower",
+        missing="not in run",
+    )
 
 
 async def paired_latencies(

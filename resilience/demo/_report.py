@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._scenario import seconds_text
@@ -70,7 +70,7 @@ def compare(scenario: Scenario, results: dict[str, ArmResult]) -> list[Line]:
     """The judged table of a scenario's results (arms that did not run are left out)."""
     arms = [arm for arm in scenario.arms if arm.name in results]
     baseline = arms[0].name
-    protected = next(arm.name for arm in arms if arm.role == "protected")
+    protected = _protected(scenario)
     lines = []
     for row in scenario.rows:
         values = {name: results[name].totals.get(row.key) for name in results}
@@ -103,7 +103,7 @@ def closing_notes(
     scenario: Scenario, results: dict[str, ArmResult], lines: list[Line]
 ) -> list[str]:
     """Why the protected arm is behind where it is, then the scenario's own notes."""
-    protected = next(arm.name for arm in scenario.arms if arm.role == "protected")
+    protected = _protected(scenario)
     notes = []
     for line in lines:
         for rival in line.behind:
@@ -250,8 +250,8 @@ def progress(
         phase = plan.phase_at(now).name
         if phase not in seen:
             seen.append(phase)
-            began = seconds_text(starts[phase])
-            console.print(f"  {name}: {phase} (from {began} s)", highlight=False)
+            start = seconds_text(starts[phase])
+            console.print(f"  {name}: {phase} (from {start} s)", highlight=False)
 
     result = run(announce)
     console.print(f"  {name}: done ({time.monotonic() - began:.1f} s)", highlight=False)
@@ -272,29 +272,10 @@ def summary(
         "arms": {
             name: {
                 "totals": result.totals,
-                "buckets": [
-                    {
-                        "start": b.start,
-                        "full": b.full,
-                        "degraded": b.degraded,
-                        "failed": b.failed,
-                        "p99_seconds": b.p99_seconds,
-                    }
-                    for b in result.buckets
-                ],
+                "buckets": [asdict(bucket) for bucket in result.buckets],
                 **result.details,
             }
             for name, result in results.items()
         },
-        "table": [
-            {
-                "key": line.key,
-                "label": line.label.strip(),
-                "cells": line.cells,
-                "better_than_baseline": line.better_than_baseline,
-                "note": line.note,
-                "behind": line.behind,
-            }
-            for line in lines
-        ],
+        "table": [{**asdict(line), "label": line.label.strip()} for line in lines],
     }

@@ -32,6 +32,7 @@ failed; reads have no fallback, so a read is full or failed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import time
@@ -56,6 +57,7 @@ from .._harness import (
     paired_latencies,
     per_second,
     percentile,
+    recovery_row,
     recovery_seconds,
     run_load,
     serve,
@@ -135,6 +137,11 @@ def clients(options: Options) -> int:
     return options.clients or (10 if options.quick else 20)
 
 
+def hop_calls(options: Options) -> int:
+    """Calls each way (straight, via the hop) before an arm's load, to measure the hop."""
+    return 100 if options.quick else 300
+
+
 def header(plan: Plan, options: Options) -> str:
     start, end = plan.fault
     return (
@@ -188,8 +195,16 @@ def payments_app(plan: Plan, clock: Clock, counters: dict[str, float]) -> Any:
     return ASGIDeadlineMiddleware(Starlette(routes=routes))
 
 
-def _plain_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=500))
+def _client(hop: HopSettings | None) -> httpx.AsyncClient:
+    """A plain client (httpx's 5 s timeout), or one on the library's transport set for `hop`."""
+    if hop is None:
+        return httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=500))
+    return httpx.AsyncClient(transport=resilient_transport(hop))
+
+
+def _client_on_first_use(hop: HopSettings | None) -> Callable[[], httpx.AsyncClient]:
+    """`_client(hop)`, made when a request first needs it (on the server's own event loop)."""
+    return functools.cache(lambda: _client(hop))
 
 
 def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> tuple[Any, WorkerPool]:
@@ -201,17 +216,8 @@ def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> tuple[A
     deadline is taken when a request arrives, and shedding turns requests
     away instead of queueing them.
     """
-    state: dict[str, httpx.AsyncClient] = {}
     protected = mode == "resilience"
-
-    def client() -> httpx.AsyncClient:
-        if "client" not in state:
-            if protected:
-                transport = resilient_transport(ORDERS_TO_PAYMENTS)
-                state["client"] = httpx.AsyncClient(transport=transport)
-            else:
-                state["client"] = _plain_client()
-        return state["client"]
+    client = _client_on_first_use(ORDERS_TO_PAYMENTS if protected else None)
 
     async def read(request: Request) -> JSONResponse:
         await asyncio.sleep(READ_SECONDS)  # its own database, not payments
@@ -238,17 +244,8 @@ def orders_app(mode: Mode, payments: str, counters: dict[str, float]) -> tuple[A
 
 
 def gateway_app(mode: Mode, orders: str) -> Any:
-    state: dict[str, httpx.AsyncClient] = {}
     protected = mode == "resilience"
-
-    def client() -> httpx.AsyncClient:
-        if "client" not in state:
-            if protected:
-                transport = resilient_transport(GATEWAY_TO_ORDERS)
-                state["client"] = httpx.AsyncClient(transport=transport)
-            else:
-                state["client"] = _plain_client()
-        return state["client"]
+    client = _client_on_first_use(GATEWAY_TO_ORDERS if protected else None)
 
     async def forward(method: str, url: str) -> JSONResponse:
         try:
@@ -301,12 +298,8 @@ async def hop_latency(mode: Mode, payments: str, via: str, count: int) -> dict[s
     """
     if mode == "plain":
         return {"hop_added_median_ms": None, "hop_added_p99_ms": None}
-    direct = _plain_client()
-    through = (
-        httpx.AsyncClient(transport=resilient_transport(ORDERS_TO_PAYMENTS))
-        if mode == "resilience"
-        else _plain_client()
-    )
+    direct = _client(None)
+    through = _client(ORDERS_TO_PAYMENTS if mode == "resilience" else None)
     async with direct, through:
 
         async def straight() -> object:
@@ -368,9 +361,7 @@ def run(mode: Mode, plan: Plan, options: Options, on_tick: Callable[[float], Non
             return outcome(kind, reply)
 
         async def measure() -> tuple[dict[str, float | None], list[Sample]]:
-            hop = await hop_latency(
-                mode, payments, payments_for_orders, 100 if options.quick else 300
-            )
+            hop = await hop_latency(mode, payments, payments_for_orders, hop_calls(options))
             for counter in counters:
                 counters[counter] = 0  # the hop measurement is not part of the run
             clock.begin = time.monotonic()
@@ -443,13 +434,6 @@ def negative_hop_notes(results: dict[str, ArmResult]) -> list[str]:
     ]
 
 
-def _arm(mode: Mode) -> Callable[[Plan, Options, Callable[[float], None]], ArmResult]:
-    def run_arm(plan: Plan, options: Options, on_tick: Callable[[float], None]) -> ArmResult:
-        return run(mode, plan, options, on_tick)
-
-    return run_arm
-
-
 SCENARIO = register(
     Scenario(
         name="cascade",
@@ -457,9 +441,14 @@ SCENARIO = register(
         plan=plan,
         header=header,
         arms=(
-            Arm("plain", "baseline", _arm("plain")),
-            Arm("haproxy", "rival", _arm("sidecar"), unavailable=_sidecar.unavailable),
-            Arm("resilience", "protected", _arm("resilience")),
+            Arm("plain", "baseline", functools.partial(run, "plain")),
+            Arm(
+                "haproxy",
+                "rival",
+                functools.partial(run, "sidecar"),
+                unavailable=_sidecar.unavailable,
+            ),
+            Arm("resilience", "protected", functools.partial(run, "resilience")),
         ),
         rows=(
             Row("answers", "answers", "{:,.0f}", None),
@@ -475,13 +464,7 @@ SCENARIO = register(
             Row("p99_seconds", "p99 latency", "{:.3f} s", "lower"),
             Row("payments_requests_while_down", "reached hung payments", "{:,.0f}", "lower"),
             Row("orders_peak_queued", "peak queue at orders", "{:,.0f}", "lower"),
-            Row(
-                "recovery_seconds",
-                "recovery (full > 99%)",
-                "{:.0f} s",
-                "lower",
-                missing="not in run",
-            ),
+            recovery_row("recovery"),
             Row(
                 "hop_added_median_ms",
                 "hop latency, median",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -30,7 +31,7 @@ from starlette.routing import Route
 import resilience
 from resilience.middleware import ASGIDeadlineMiddleware
 
-from .._harness import count_outcomes, open_loop, per_second, recovery_seconds, serve
+from .._harness import count_outcomes, open_loop, per_second, recovery_row, recovery_seconds, serve
 from .._scenario import Arm, ArmResult, Options, Phase, Plan, Row, Scenario, register, seconds_text
 
 if TYPE_CHECKING:
@@ -185,13 +186,6 @@ def run(
     return ArmResult(per_second(samples, plan.duration), totals)
 
 
-def _arm(protected: bool) -> Callable[[Plan, Options, Callable[[float], None]], ArmResult]:
-    def run_arm(plan: Plan, options: Options, on_tick: Callable[[float], None]) -> ArmResult:
-        return run(protected, plan, options, on_tick)
-
-    return run_arm
-
-
 def notes(results: dict[str, ArmResult]) -> list[str]:
     """Whether goodput came back after the trigger, per arm."""
     return [
@@ -208,21 +202,15 @@ SCENARIO = register(
         plan=plan,
         header=header,
         arms=(
-            Arm("naive retries", "baseline", _arm(False)),
-            Arm("resilience", "protected", _arm(True)),
+            Arm("naive retries", "baseline", partial(run, False)),
+            Arm("resilience", "protected", partial(run, True)),
         ),
         rows=(
             Row("goodput_before_per_second", "goodput before the trigger", "{:.0f}/s", "higher"),
             Row("goodput_during_per_second", "goodput during the trigger", "{:.0f}/s", "higher"),
             Row("goodput_after_per_second", "goodput after the trigger", "{:.0f}/s", "higher"),
             Row("full_share", "answered, share of requests", "{:.1%}", "higher"),
-            Row(
-                "recovery_seconds",
-                "time to recover (full > 99%)",
-                "{:.0f} s",
-                "lower",
-                missing="not in run",
-            ),
+            recovery_row("time to recover"),
             Row("downstream_requests", "requests sent downstream", "{:,.0f}", "lower"),
             Row("downstream_work_done", "work done downstream", "{:,.0f}", None),
             Row("dropped_expired", "stale requests dropped", "{:,.0f}", None),

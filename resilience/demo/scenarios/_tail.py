@@ -33,6 +33,7 @@ import itertools
 import math
 import random
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -230,13 +231,6 @@ def run(hedged: bool, plan: Plan, options: Options, on_tick: Callable[[float], N
     return ArmResult(per_second(samples, plan.duration), totals, details)
 
 
-def _arm(hedged: bool) -> Callable[[Plan, Options, Callable[[float], None]], ArmResult]:
-    def run_arm(plan: Plan, options: Options, on_tick: Callable[[float], None]) -> ArmResult:
-        return run(hedged, plan, options, on_tick)
-
-    return run_arm
-
-
 def notes(results: dict[str, ArmResult]) -> list[str]:
     """The price of the shorter tail (the extra requests, next to the budget); the overload."""
     mine = results.get("resilience")
@@ -302,8 +296,8 @@ SCENARIO = register(
         plan=plan,
         header=header,
         arms=(
-            Arm("plain", "baseline", _arm(False)),
-            Arm("resilience", "protected", _arm(True)),
+            Arm("plain", "baseline", partial(run, False)),
+            Arm("resilience", "protected", partial(run, True)),
         ),
         rows=(
             Row("p50_ms", "p50 latency (2% slow)", "{:.1f} ms", "lower"),
